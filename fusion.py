@@ -1,0 +1,107 @@
+"""The thesis' proposed decoder: U-Net levels joined by SE fusion layers (thesis §4.2, Fig. 5 and Fig. 6).
+
+What the text says (§4.2): the decoder, "besides taking into account the features from the previous decoder levels,
+also adds information from corresponding encoder levels, and processes it through the SE-block"; the fusion layer
+links high- and low-level features and "uses SE-block to merge information". §3 names the ingredients it draws on:
+bilinear upsampling [34], dense upsampling convolution [35], channel attention [36], and the weakness of plain
+concatenation shown by ExFuse [31].
+
+What is inferred (Fig. 5 and 6 are missing from the text): the layer below is the attention-guided dense-upsampling
+block of AUNet (Sun et al. 2019), the one published block that fuses a skip with the previous decoder level through
+SE channel attention using exactly those ingredients:
+
+    high (C_in, H, W) --bilinear x2--> conv3x3 --------------------------------+
+    high (C_in, H, W) --conv3x3 to 4m--> pixel shuffle x2 -> (+ skip) -> conv3x3 -+-> concat (2m) -> SE -> 2 x conv3x3 -> m
+
+Evidence: with SE reduction 4 and widths (1024, 512, 256, 128, 64) on BiT-R50x1 with 21 classes, this decoder gives
+202.35M parameters and 115.77 thesis-FLOPs at 384x384 against Table 4's 202.44M and 115.82 (see architecture.md §7
+of the project notes and tests/test_model.py). For ResNet-34 no width rule shared with BiT fits Table 2; the widths
+DEFAULT_WIDTHS gives below were fitted to its 89.62M parameters and 32.22 FLOPs, and are the least certain part.
+Every convolution has a bias and is followed by BatchNorm and ReLU, as in AUNet. The last level has no skip (the
+encoder has no features at stride 1 besides the image itself).
+
+    decoder = FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=DEFAULT_WIDTHS["resnet34"])
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Decoder widths, deepest level first, that reproduce the thesis' parameter and FLOP counts (Tables 2 and 4).
+DEFAULT_WIDTHS = {
+    "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M params, 115.82 FLOPs
+    "resnet34": (768, 384, 256, 96, 48),  # Table 2: 89.62M params, 32.22 FLOPs (fitted: 89.25M, 31.83)
+}
+
+
+class ConvBNReLU(nn.Sequential):
+    """Convolution (with bias, as in AUNet) + BatchNorm + ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018): scale each channel by sigmoid(FC(ReLU(FC(global average))))."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeezed = x.mean(dim=(2, 3))  # (B, C): one descriptor per channel
+        weights = torch.sigmoid(self.fc2(F.relu(self.fc1(squeezed))))  # (B, C) in (0, 1)
+        return x * weights[:, :, None, None]  # (B, C, H, W)
+
+
+class FusionLayer(nn.Module):
+    """Fig. 6: fuse the previous decoder level (high) with the encoder level (skip) through an SE block."""
+
+    def __init__(self, high_channels: int, skip_channels: int, out_channels: int, *, se_reduction: int = 4):
+        super().__init__()
+        self.bilinear_branch = ConvBNReLU(high_channels, out_channels)
+        # Dense upsampling convolution: predict 4 sub-pixels per channel, then rearrange them into a 2x larger map.
+        self.dense_upsampling = nn.Sequential(ConvBNReLU(high_channels, 4 * out_channels), nn.PixelShuffle(2))
+        self.skip_projection = None
+        if skip_channels and skip_channels != out_channels:  # the skip is added, so its width must match
+            self.skip_projection = ConvBNReLU(skip_channels, out_channels, kernel_size=1)
+        self.smooth = ConvBNReLU(out_channels, out_channels)
+        self.se = SEBlock(2 * out_channels, se_reduction)
+        self.conv1 = ConvBNReLU(2 * out_channels, out_channels)
+        self.conv2 = ConvBNReLU(out_channels, out_channels)
+
+    def forward(self, high: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        upsampled = F.interpolate(high, scale_factor=2.0, mode="bilinear", align_corners=False)
+        semantic = self.bilinear_branch(upsampled)  # (B, m, 2H, 2W)
+        detail = self.dense_upsampling(high)  # (B, 4m, H, W) -> (B, m, 2H, 2W)
+        if skip is not None:
+            detail = detail + (skip if self.skip_projection is None else self.skip_projection(skip))
+        fused = torch.cat([self.smooth(detail), semantic], dim=1)  # (B, 2m, 2H, 2W)
+        return self.conv2(self.conv1(self.se(fused)))  # (B, m, 2H, 2W)
+
+
+class FusionDecoder(nn.Module):
+    """Fig. 5: five fusion layers from stride 32 up to stride 1, each taking the encoder map of its resolution."""
+
+    def __init__(self, encoder_channels, *, decoder_channels=DEFAULT_WIDTHS["bit_r50x1"], se_reduction: int = 4):
+        super().__init__()
+        deepest, *skips = list(encoder_channels[1:])[::-1]  # (s32; s16, s8, s4, s2)
+        skips = skips + [0]  # the last level has no skip
+        if len(decoder_channels) != len(skips):
+            raise ValueError(f"decoder_channels needs {len(skips)} widths, one per level, got {decoder_channels}")
+        highs = [deepest] + list(decoder_channels[:-1])
+        self.layers = nn.ModuleList(FusionLayer(h, s, o, se_reduction=se_reduction)
+                                    for h, s, o in zip(highs, skips, decoder_channels))
+        self.out_channels = decoder_channels[-1]
+        self.options = dict(decoder_channels=list(decoder_channels), se_reduction=se_reduction)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        skips = features[1:-1][::-1] + [None]  # (s16, s8, s4, s2, none)
+        x = features[-1]
+        for layer, skip in zip(self.layers, skips):
+            x = layer(x, skip)
+        return x

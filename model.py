@@ -1,0 +1,448 @@
+"""The network: encoders, their pretrained weights, the baseline decoders and the segmentation model (thesis §4.2-4.3).
+
+What lives here, top to bottom:
+  * ResNetEncoder   ResNet-34 with torchvision's module names, so torchvision's ImageNet file loads unchanged
+                    (thesis Table 1, CBIS-DDSM column).
+  * ResNetV2Encoder BiT ResNetV2-50x1 (weight-standardised convolutions, GroupNorm pre-activation bottlenecks), with
+                    module names that follow Google's .npz files one to one (thesis Table 1, Pascal VOC column).
+  * load_encoder_weights  "imagenet" downloads and caches the published file; a path loads a local .pth / .npz.
+  * UNetDecoder     segmentation_models_pytorch's default Unet decoder (thesis baseline B, Tables 2 and 4).
+  * UNetPlusPlusDecoder  its UnetPlusPlus decoder with optional scSE (thesis baseline C, Table 2).
+  * SegmentationModel / build_model  encoder + decoder + 3x3 head; `.config` rebuilds the model from a checkpoint.
+The thesis' proposed decoder (SE fusion, Fig. 5-6) lives in fusion.py.
+
+Every encoder returns six feature maps at strides 1, 2, 4, 8, 16, 32 (the first is the input itself), and exposes
+their widths as `out_channels`, the convention of segmentation_models_pytorch that the thesis' baselines were built on.
+
+    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1, weights="imagenet")
+    logits = model(torch.randn(2, 1, 256, 256))  # (2, 1, 256, 256)
+
+Imports only torch (and numpy, lazily, to read .npz files), so this file and fusion.py can be copied elsewhere.
+"""
+from __future__ import annotations
+
+import os
+import urllib.error
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Published weights. ResNet-34: torchvision's IMAGENET1K_V1 file (the hash prefix in its name is checked on download).
+# BiT: Google's .npz files; "imagenet" is the distilled ImageNet-1k R50x1 of the thesis' reference [38] (timm's
+# resnetv2_50x1_bit.goog_distilled_in1k), "imagenet21k" the BiT-M upstream model.
+WEIGHT_URLS = {
+    "resnet34": {"imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth"},
+    "bit_r50x1": {
+        "imagenet": "https://storage.googleapis.com/bit_models/distill/R50x1_224.npz",
+        "imagenet21k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
+        "imagenet21k-ft1k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1-ILSVRC2012.npz",
+    },
+}
+# The input normalisation each encoder was pretrained with, on images scaled to [0, 1]. A 1-channel model takes the
+# mean of the RGB statistics, matching its first convolution, whose RGB kernels are summed (see adapt_first_conv).
+INPUT_NORMALISATION = {
+    "resnet34": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision ImageNet
+    "bit_r50x1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # BiT: inputs in [-1, 1]
+}
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be downloaded or do not fit the encoder; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------------------ ResNet-34 encoder
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions and an identity (or 1x1 projection) shortcut (torchvision names)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + shortcut)
+
+
+class ResNetEncoder(nn.Module):
+    """ResNet-34 without avgpool/fc; the stride-2 feature is taken after conv1/bn1/relu, before the max-pool."""
+
+    def __init__(self, in_channels: int = 3, *, blocks: tuple[int, ...] = (3, 4, 6, 3)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        widths, width_in = (64, 128, 256, 512), 64
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            stride = 1 if i == 0 else 2
+            layer = [BasicBlock(width_in, width, stride)] + [BasicBlock(width, width) for _ in range(n - 1)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+            width_in = width
+        self.out_channels = (in_channels, 64, 64, 128, 256, 512)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        s2 = self.relu(self.bn1(self.conv1(x)))
+        s4 = self.layer1(self.maxpool(s2))
+        s8 = self.layer2(s4)
+        s16 = self.layer3(s8)
+        s32 = self.layer4(s16)
+        return [x, s2, s4, s8, s16, s32]
+
+
+# ------------------------------------------------------------------------------------- BiT ResNetV2-50x1 encoder
+class StdConv2d(nn.Conv2d):
+    """Convolution with weight standardisation: each filter gets zero mean, unit variance at every forward (BiT)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) / torch.sqrt(var + 1e-10)  # eps as in Google's bit_pytorch
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class PreActBottleneck(nn.Module):
+    """ResNetV2 pre-activation bottleneck: GN+ReLU before each conv, stride on the 3x3 (BiT, He et al. 2016)."""
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int, stride: int = 1):
+        super().__init__()
+        self.gn1 = nn.GroupNorm(32, in_channels)
+        self.conv1 = StdConv2d(in_channels, mid_channels, 1, bias=False)
+        self.gn2 = nn.GroupNorm(32, mid_channels)
+        self.conv2 = StdConv2d(mid_channels, mid_channels, 3, stride, 1, bias=False)
+        self.gn3 = nn.GroupNorm(32, mid_channels)
+        self.conv3 = StdConv2d(mid_channels, out_channels, 1, bias=False)
+        self.downsample = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = StdConv2d(in_channels, out_channels, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.gn1(x))
+        shortcut = x if self.downsample is None else self.downsample(out)  # projection sees the pre-activated input
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.gn2(out)))
+        out = self.conv3(F.relu(self.gn3(out)))
+        return out + shortcut
+
+
+class ResNetV2Encoder(nn.Module):
+    """BiT ResNetV2-50x{width}: std-conv 7x7 stem, zero-pad + max-pool, four stages of pre-activation bottlenecks.
+
+    Feature taps are those of timm's features_only model, which SMP's `tu-resnetv2_50x1_bit` baseline fed its decoder:
+    the raw stem convolution (stride 2) and the raw residual sum of each stage; the final GroupNorm+ReLU of the
+    classifier is not part of the encoder. Names follow the .npz: root.conv, body.block1.unit01.conv1, ...
+    """
+
+    def __init__(self, in_channels: int = 3, *, blocks: tuple[int, ...] = (3, 4, 6, 3), width: int = 1):
+        super().__init__()
+        self.root = nn.Module()
+        self.root.conv = StdConv2d(in_channels, 64 * width, 7, 2, 3, bias=False)
+        # BiT pads with zeros then pools without padding, "subtly not the same" as MaxPool2d(padding=1).
+        self.root.pool = nn.Sequential(nn.ConstantPad2d(1, 0.0), nn.MaxPool2d(3, 2))
+        self.body = nn.Module()
+        width_in = 64 * width
+        for b, n in enumerate(blocks):
+            width_out, mid, stride = 256 * width * 2**b, 64 * width * 2**b, 1 if b == 0 else 2
+            units = {f"unit{u + 1:02d}": PreActBottleneck(width_in if u == 0 else width_out, width_out, mid,
+                                                         stride if u == 0 else 1) for u in range(n)}
+            self.body.add_module(f"block{b + 1}", nn.ModuleDict(units))
+            width_in = width_out
+        self.out_channels = (in_channels, 64 * width, 256 * width, 512 * width, 1024 * width, 2048 * width)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = [x, self.root.conv(x)]
+        out = self.root.pool(features[-1])
+        for block in self.body.children():
+            for unit in block.values():
+                out = unit(out)
+            features.append(out)
+        return features
+
+
+ENCODERS = {"resnet34": ResNetEncoder, "bit_r50x1": ResNetV2Encoder}
+
+
+# ------------------------------------------------------------------------------------------- pretrained weights
+def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
+    """Google's BiT .npz (keys resnet/block1/unit01/a/standardized_conv2d/kernel, HWIO) -> our state dict names."""
+    import numpy as np  # only needed for BiT weights
+
+    arrays = np.load(path)
+    state = {}
+    for key in arrays.files:
+        if not key.startswith("resnet/"):
+            continue
+        parts = key[len("resnet/"):].split("/")
+        value = torch.from_numpy(arrays[key])
+        if value.ndim == 4:
+            value = value.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
+        leaf = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}[parts[-1]]
+        if parts[0] == "root_block":  # root_block/standardized_conv2d/kernel
+            state["root.conv.weight"] = value
+        elif parts[0].startswith("block"):  # block1/unit01/{a,b,c}[/proj]/{standardized_conv2d,group_norm}/leaf
+            block, unit, sub = parts[:3]
+            if parts[3] == "proj":
+                name = "downsample"
+            else:
+                index = "abc".index(sub) + 1
+                name = f"conv{index}" if parts[3] == "standardized_conv2d" else f"gn{index}"
+            state[f"body.{block}.{unit}.{name}.{leaf}"] = value
+        else:  # the classifier's final group_norm and head: not part of the encoder
+            state["ignored." + "/".join(parts)] = value
+    return state
+
+
+def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int) -> None:
+    """Make RGB first-layer kernels fit a 1-channel input by summing them (exact for a replicated grayscale image)."""
+    weight = state[key]
+    if weight.shape[1] == in_channels:
+        return
+    if weight.shape[1] == 3 and in_channels == 1:
+        state[key] = weight.sum(dim=1, keepdim=True)
+    else:
+        raise WeightsError(f"pretrained {key} has {weight.shape[1]} input channels; in_channels must be 1 or 3")
+
+
+def load_encoder_weights(encoder: nn.Module, name: str, weights: str) -> list[str]:
+    """Load "imagenet" (or another named file of WEIGHT_URLS[name]) or a local .pth/.npz into `encoder`.
+
+    Downloads go through torch.hub's cache ($TORCH_HOME/hub/checkpoints), so each file is fetched once. Returns the
+    checkpoint keys that were deliberately left out (the classifier), so callers and tests can see nothing else was.
+    """
+    known = WEIGHT_URLS[name]
+    if weights in known:
+        url = known[weights]
+        filename = os.path.basename(url)
+        try:  # check_hash verifies the sha256 prefix that torchvision puts in its file names
+            path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(filename), progress=True)
+        except (urllib.error.URLError, OSError, RuntimeError) as err:
+            raise WeightsError(f"could not download {weights!r} weights from {url} ({err}); download the file "
+                               f"elsewhere and pass its path (--weights PATH)") from None
+    elif os.path.isfile(weights):
+        path = weights
+    else:
+        raise WeightsError(f"weights {weights!r}: no such file, and not one of {sorted(known)} for {name}")
+
+    try:
+        if path.endswith(".npz"):
+            state = _state_dict_from_npz(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+    except Exception as err:  # a truncated or foreign file: say which one
+        raise WeightsError(f"could not read weights file {path}: {err}") from None
+    ignored = sorted(k for k in state if k.startswith(("fc.", "ignored.")))
+    state = {k: v for k, v in state.items() if k not in ignored}
+    first_conv = "conv1.weight" if name == "resnet34" else "root.conv.weight"
+    if first_conv in state:
+        adapt_first_conv(state, first_conv, encoder.out_channels[0])
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{path} does not fit the {name} encoder: missing {missing[:5]}, unexpected "
+                           f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} keys)")
+    return ignored
+
+
+def _hash_prefix(filename: str) -> str | None:
+    """torchvision names files <name>-<first 8 hex digits of sha256>.pth; Google's .npz carry no hash."""
+    stem = filename.rsplit(".", 1)[0]
+    tail = stem.rsplit("-", 1)[-1]
+    return tail if filename.endswith(".pth") and len(tail) == 8 else None
+
+
+# ------------------------------------------------------------------------------- decoders: SMP Unet and Unet++
+class ConvBNReLU(nn.Sequential):
+    """3x3 convolution (no bias, BN follows) + BatchNorm + ReLU: SMP's Conv2dReLU with use_batchnorm=True."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class SCSE(nn.Module):
+    """Concurrent spatial and channel squeeze-and-excitation (Roy et al. 2018): x*cSE(x) + x*sSE(x)."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)  # SMP would build an empty layer below 16 channels
+        self.cse = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1),
+                                 nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+        self.sse = nn.Sequential(nn.Conv2d(channels, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.cse(x) + x * self.sse(x)
+
+
+def _attention(kind: str | None, channels: int) -> nn.Module:
+    if kind is None:
+        return nn.Identity()
+    if kind == "scse":
+        return SCSE(channels)
+    raise ValueError(f"attention must be None or 'scse', got {kind!r}")
+
+
+class DecoderBlock(nn.Module):
+    """U-Net up block: nearest x2 upsampling, concatenate the skip, two ConvBNReLU (SMP's DecoderBlock)."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, *, attention: str | None = None):
+        super().__init__()
+        self.attention1 = _attention(attention, in_channels + skip_channels)
+        self.conv1 = ConvBNReLU(in_channels + skip_channels, out_channels)
+        self.conv2 = ConvBNReLU(out_channels, out_channels)
+        self.attention2 = _attention(attention, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if skip is not None:
+            x = self.attention1(torch.cat([x, skip], dim=1))  # (B, C_in + C_skip, H, W)
+        return self.attention2(self.conv2(self.conv1(x)))
+
+
+def _decoder_plan(encoder_channels, decoder_channels):
+    """SMP's channel bookkeeping: deepest feature first; skips are the next-shallower encoder maps, none at stride 1."""
+    encoder_channels = list(encoder_channels[1:])[::-1]  # drop the input itself; (s32, s16, s8, s4, s2)
+    in_channels = [encoder_channels[0]] + list(decoder_channels[:-1])
+    skip_channels = encoder_channels[1:] + [0]
+    return in_channels, skip_channels, list(decoder_channels)
+
+
+class UNetDecoder(nn.Module):
+    """segmentation_models_pytorch's default Unet decoder: five DecoderBlocks, widths (256, 128, 64, 32, 16)."""
+
+    def __init__(self, encoder_channels, *, decoder_channels=(256, 128, 64, 32, 16), attention: str | None = None):
+        super().__init__()
+        ins, skips, outs = _decoder_plan(encoder_channels, decoder_channels)
+        self.blocks = nn.ModuleList(DecoderBlock(i, s, o, attention=attention) for i, s, o in zip(ins, skips, outs))
+        self.out_channels = outs[-1]
+        self.options = dict(decoder_channels=outs, attention=attention)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        skips = features[1:-1][::-1] + [None]  # (s16, s8, s4, s2, none)
+        x = features[-1]
+        for block, skip in zip(self.blocks, skips):
+            x = block(x, skip)
+        return x
+
+
+class UNetPlusPlusDecoder(nn.Module):
+    """segmentation_models_pytorch's UnetPlusPlus decoder: nested nodes x_{depth}_{level} with dense skips."""
+
+    def __init__(self, encoder_channels, *, decoder_channels=(256, 128, 64, 32, 16), attention: str | None = "scse"):
+        super().__init__()
+        ins, skips, outs = _decoder_plan(encoder_channels, decoder_channels)
+        self.depth = len(ins) - 1
+        blocks = {}
+        for level in range(self.depth):
+            for depth in range(level + 1):
+                if depth == 0:  # the backbone path of the nest, as in a plain U-Net
+                    block = (ins[level], skips[level] * (level + 1), outs[level])
+                else:  # inner nodes keep the width of the encoder map at their resolution
+                    block = (skips[level - 1], skips[level] * (level + 1 - depth), skips[level])
+                blocks[f"x_{depth}_{level}"] = DecoderBlock(*block, attention=attention)
+        blocks[f"x_0_{self.depth}"] = DecoderBlock(ins[-1], 0, outs[-1], attention=attention)
+        self.blocks = nn.ModuleDict(blocks)
+        self.out_channels = outs[-1]
+        self.options = dict(decoder_channels=outs, attention=attention)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        features = features[1:][::-1]  # (s32, s16, s8, s4, s2)
+        nodes = {}
+        for level in range(self.depth):
+            for depth in range(self.depth - level):
+                if level == 0:
+                    nodes[f"x_{depth}_{depth}"] = self.blocks[f"x_{depth}_{depth}"](features[depth], features[depth + 1])
+                    continue
+                col = depth + level
+                dense = [nodes[f"x_{d}_{col}"] for d in range(depth + 1, col + 1)] + [features[col + 1]]
+                nodes[f"x_{depth}_{col}"] = self.blocks[f"x_{depth}_{col}"](nodes[f"x_{depth}_{col - 1}"],
+                                                                           torch.cat(dense, dim=1))
+        return self.blocks[f"x_0_{self.depth}"](nodes[f"x_0_{self.depth - 1}"])
+
+
+# ------------------------------------------------------------------------------------------------- the model
+def _smp_init(decoder: nn.Module, head: nn.Module) -> None:
+    """SMP's initialisation: decoder convs Kaiming-uniform (fan_in), BN to identity; the head Xavier-uniform."""
+    for m in decoder.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    nn.init.xavier_uniform_(head.weight)
+    nn.init.zeros_(head.bias)
+
+
+class SegmentationModel(nn.Module):
+    """Encoder -> decoder -> 3x3 convolution to one logit per class and pixel (no activation)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, num_classes: int, config: dict):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.head = nn.Conv2d(decoder.out_channels, num_classes, 3, padding=1)
+        _smp_init(decoder, self.head)
+        self.config = config  # plain build_model kwargs: build_model(**model.config) rebuilds this architecture
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_channels = self.encoder.out_channels[0]
+        if x.ndim != 4 or x.shape[1] != in_channels:
+            raise ValueError(f"expected input (B, {in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"input height and width must be multiples of 32 (the encoder's output stride), got "
+                             f"{x.shape[-2]}x{x.shape[-1]}: resize or pad the image")
+        return self.head(self.decoder(self.encoder(x)))  # (B, num_classes, H, W)
+
+
+def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes: int = 1, in_channels: int = 3,
+                weights: str | None = None, mean: tuple | None = None, std: tuple | None = None,
+                **decoder_options) -> SegmentationModel:
+    """Build encoder + decoder + head. weights: None (random), "imagenet" (download once), or a .pth/.npz path.
+
+    decoder_options go to the decoder: `decoder_channels` for all three, `attention` for unet/unetplusplus,
+    `se_reduction` for fusion. `mean`/`std` override the encoder's input normalisation (kept in `model.config`, so
+    data code and evaluate.py never guess it).
+    """
+    from fusion import DEFAULT_WIDTHS, FusionDecoder  # imported here so fusion.py may one day import this file
+
+    decoders = {"fusion": FusionDecoder, "unet": UNetDecoder, "unetplusplus": UNetPlusPlusDecoder}
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
+    if decoder not in decoders:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(decoders)}")
+    if num_classes < 1 or in_channels < 1:
+        raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
+    if mean is None or std is None:
+        rgb_mean, rgb_std = INPUT_NORMALISATION[encoder]
+        mean = rgb_mean if in_channels == 3 else (round(sum(rgb_mean) / 3, 4),) * in_channels
+        std = rgb_std if in_channels == 3 else (round(sum(rgb_std) / 3, 4),) * in_channels
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(f"mean and std need {in_channels} values each, got {mean} and {std}")
+
+    enc = ENCODERS[encoder](in_channels)
+    if weights is not None:
+        load_encoder_weights(enc, encoder, weights)
+    if decoder == "fusion":
+        decoder_options.setdefault("decoder_channels", DEFAULT_WIDTHS[encoder])
+    dec = decoders[decoder](enc.out_channels, **decoder_options)
+    # The resolved decoder options (defaults included) go into the config, so a checkpoint rebuilds the same network
+    # even if a default changes later.
+    config = dict(encoder=encoder, decoder=decoder, num_classes=num_classes, in_channels=in_channels,
+                  mean=[float(m) for m in mean], std=[float(s) for s in std], **dec.options)
+    return SegmentationModel(enc, dec, num_classes, config)
