@@ -1,0 +1,226 @@
+"""Tests for the metrics in evaluate.py: hand-computed masks, independent reference formulas, the 255 rule, the
+empty-mask convention, batch-split/order invariance, and a real two-process gloo reduce."""
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from evaluate import BinaryStats, ConfusionMatrix, build_metrics, predict_labels
+from losses import IGNORE_INDEX
+
+I = IGNORE_INDEX
+
+
+def labels(*rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def random_binary_set(num_images=11, size=12, seed=0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and targets with lesions of very different sizes, two empty targets and a few 255 pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.zeros(num_images, size, size, dtype=torch.long)
+    pred = torch.zeros_like(target)
+    for i in range(num_images):
+        r, c = torch.randint(0, size - 2, (2,), generator=gen).tolist()
+        extent = 1 + i % 6
+        target[i, r:r + extent, c:c + extent] = 1 if i not in (3, 8) else 0
+        shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
+        grow = torch.randint(0, 3, (1,), generator=gen).item()
+        pred[i, max(r + shift[0], 0):r + shift[0] + extent + grow, max(c + shift[1], 0):c + shift[1] + extent] = 1
+    target[torch.rand(target.shape, generator=gen) < 0.05] = IGNORE_INDEX
+    return pred, target
+
+
+def reference_binary(pred, target) -> dict:
+    """Plain-Python restatement of the documented formulas, pixel by pixel."""
+    per_image, totals = [], [0, 0, 0, 0]
+    for p_img, t_img in zip(pred.tolist(), target.tolist()):
+        tp = fp = fn = tn = 0
+        for p, t in zip(sum(p_img, []), sum(t_img, [])):
+            if t == IGNORE_INDEX:
+                continue
+            tp, fp = tp + (p == 1 and t == 1), fp + (p == 1 and t == 0)
+            fn, tn = fn + (p == 0 and t == 1), tn + (p == 0 and t == 0)
+        totals = [a + b for a, b in zip(totals, (tp, fp, fn, tn))]
+        if tp + fp + fn + tn:
+            per_image.append((1.0, 1.0) if tp + fp + fn == 0 else (2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)))
+    tp, fp, fn, tn = totals
+    return {"dice_pooled": 2 * tp / (2 * tp + fp + fn), "iou_pooled": tp / (tp + fp + fn),
+            "dice_mean_per_image": sum(d for d, _ in per_image) / len(per_image),
+            "iou_mean_per_image": sum(i for _, i in per_image) / len(per_image),
+            "sensitivity": tp / (tp + fn), "precision": tp / (tp + fp), "specificity": tn / (tn + fp)}
+
+
+def summary_of(metrics, pred, target, batch_size, order=None):
+    order = torch.arange(len(pred)) if order is None else order
+    for start in range(0, len(pred), batch_size):
+        index = order[start:start + batch_size]
+        metrics.update(pred[index], target[index])
+    return metrics.summary()
+
+
+def test_predict_labels_thresholds_and_argmax():
+    binary = torch.tensor([-1.0, 0.0, 1e-3, 5.0]).reshape(1, 1, 2, 2)
+    assert predict_labels(binary).tolist() == [[[0, 0], [1, 1]]]  # logit 0 = probability 0.5 -> background
+    multi = torch.tensor([[[1.0, 0.0]], [[2.0, -1.0]], [[0.5, 3.0]]]).unsqueeze(0)  # (1, 3, 1, 2)
+    assert predict_labels(multi).tolist() == [[[1, 2]]] and predict_labels(multi).dtype == torch.int64
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        predict_labels(torch.zeros(2, 3))
+
+
+def test_confusion_matrix_hand_computed():
+    cm = ConfusionMatrix(4)  # class 3 appears nowhere
+    cm.update(labels([[0, 1, 1], [2, 2, 0]]), labels([[0, 0, 1], [1, 2, I]]))
+    assert cm.matrix.dtype == torch.int64
+    assert cm.matrix.tolist() == [[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]  # rows target, cols pred
+    iou, dice = cm.iou(), cm.dice()
+    assert iou[:3].tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 2]) and math.isnan(iou[3])
+    assert dice[:3].tolist() == pytest.approx([2 / 3, 1 / 2, 2 / 3]) and math.isnan(dice[3])
+    assert cm.mean_iou() == pytest.approx(4 / 9)  # class 3 (in neither) left out
+    summary = cm.summary()
+    assert summary["pixel_accuracy"] == pytest.approx(3 / 5) and summary["images"] == 1
+    assert summary["mean_dice"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    cm.update(labels([[3]]), labels([[0]]))  # class 3 predicted but never true: IoU 0, and it counts
+    assert cm.iou()[3] == 0 and cm.mean_iou() == pytest.approx((1 / 3 + 1 / 3 + 1 / 2 + 0) / 4)
+
+
+def test_confusion_matrix_all_ignored_and_errors():
+    cm = ConfusionMatrix(3)
+    cm.update(labels([[1, 2]]), labels([[I, I]]))
+    assert cm.matrix.sum() == 0 and math.isnan(cm.mean_iou()) and math.isnan(cm.summary()["pixel_accuracy"])
+    with pytest.raises(ValueError, match="num_classes >= 2"):
+        ConfusionMatrix(1)
+    with pytest.raises(ValueError, match=r"outside 0..2"):
+        cm.update(labels([[0, 3]]), labels([[0, 1]]))
+    with pytest.raises(ValueError, match=r"outside 0..2"):
+        cm.update(labels([[0, 1]]), labels([[7, 1]]))
+    with pytest.raises(ValueError, match="integer labels"):
+        cm.update(torch.zeros(1, 1, 2), labels([[0, 1]]))
+    with pytest.raises(ValueError, match="one shape"):
+        cm.update(labels([[0, 1]]), labels([[0, 1, 1]]))
+
+
+def test_binary_stats_hand_computed():
+    stats = BinaryStats()
+    target, pred = torch.zeros(5, 4, 4, dtype=torch.long), torch.zeros(5, 4, 4, dtype=torch.long)
+    target[0, 0, :4] = 1  # 4 lesion pixels; predicted 3, 2 of them right: TP 2, FP 1, FN 2, TN 11
+    pred[0, 0, :2], pred[0, 1, 0] = 1, 1
+    pred[2, 3, 2:] = 1  # image 1: empty and empty; image 2: empty target, 2 false positives
+    target[3], pred[3] = 1, 1  # image 3: full and full
+    target[4], pred[4] = I, 1  # image 4: all ignored -- nothing to score, whatever was predicted
+    stats.update(pred[:2], target[:2])
+    stats.update(pred[2:], target[2:])
+    assert stats.counts().tolist() == [[2, 1, 2, 11], [0, 0, 0, 16], [0, 2, 0, 14], [16, 0, 0, 0], [0, 0, 0, 0]]
+    assert stats.counts().dtype == torch.int64
+    dice, iou = stats.per_image()
+    assert dice[:4].tolist() == pytest.approx([4 / 7, 1, 0, 1]) and iou[:4].tolist() == pytest.approx([2 / 5, 1, 0, 1])
+    assert math.isnan(dice[4]) and math.isnan(iou[4])
+    tp, fp, fn, tn = 18, 3, 2, 41
+    assert stats.summary() == pytest.approx({
+        "dice_pooled": 2 * tp / (2 * tp + fp + fn), "iou_pooled": tp / (tp + fp + fn),
+        "dice_mean_per_image": (4 / 7 + 1 + 0 + 1) / 4, "iou_mean_per_image": (2 / 5 + 1 + 0 + 1) / 4,
+        "sensitivity": tp / (tp + fn), "precision": tp / (tp + fp), "specificity": tn / (tn + fp),
+        "predicted_foreground_fraction": (tp + fp) / 64, "images": 5, "images_all_ignored": 1})
+
+
+def test_binary_stats_empty_conventions():
+    stats = BinaryStats()
+    stats.update(torch.zeros(2, 3, 3, dtype=torch.long), torch.zeros(2, 3, 3, dtype=torch.long))
+    summary = stats.summary()
+    assert summary["dice_pooled"] == summary["iou_pooled"] == summary["dice_mean_per_image"] == 1.0
+    assert math.isnan(summary["sensitivity"]) and math.isnan(summary["precision"])  # 0/0: undefined, not invented
+    assert summary["specificity"] == 1.0 and summary["predicted_foreground_fraction"] == 0.0
+    missed = BinaryStats()
+    missed.update(torch.zeros(1, 3, 3, dtype=torch.long), torch.ones(1, 3, 3, dtype=torch.long))
+    assert missed.summary()["dice_pooled"] == 0 and missed.summary()["sensitivity"] == 0
+    nothing = BinaryStats().summary()
+    assert nothing["images"] == 0 and math.isnan(nothing["dice_mean_per_image"])
+
+
+def test_binary_stats_match_reference_and_confusion_matrix():
+    pred, target = random_binary_set(seed=4)
+    stats, cm = BinaryStats(), ConfusionMatrix(2)
+    stats.update(pred, target)
+    cm.update(pred, target)
+    summary, expected = stats.summary(), reference_binary(pred, target)
+    assert {k: summary[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+    assert summary["dice_pooled"] != pytest.approx(summary["dice_mean_per_image"], abs=1e-3)  # they differ here
+    assert cm.iou()[1].item() == pytest.approx(summary["iou_pooled"], abs=1e-12)
+    assert cm.dice()[1].item() == pytest.approx(summary["dice_pooled"], abs=1e-12)
+
+
+def test_batch_size_and_order_change_no_metric():
+    pred, target = random_binary_set(seed=1)
+    gen = torch.Generator().manual_seed(3)
+    orders = [None, torch.randperm(len(pred), generator=gen), torch.randperm(len(pred), generator=gen)]
+    for make in (BinaryStats, lambda: ConfusionMatrix(2)):
+        reference = summary_of(make(), pred, target, batch_size=len(pred))
+        for batch_size in (1, 3, 4):
+            for order in orders:
+                assert summary_of(make(), pred, target, batch_size, order) == reference  # exactly equal
+    # the naive mean of per-batch Dice differs on this set, so the equality above has teeth
+    pooled = summary_of(BinaryStats(), pred, target, batch_size=len(pred))["dice_pooled"]
+    batch_dice = [summary_of(BinaryStats(), pred[i:i + 4], target[i:i + 4], 4)["dice_pooled"] for i in (0, 4, 8)]
+    assert abs(sum(batch_dice) / 3 - pooled) > 1e-3
+
+
+def test_reduce_without_distributed_is_a_no_op_and_runs_once():
+    pred, target = random_binary_set(num_images=3)
+    for metrics in (BinaryStats(), ConfusionMatrix(2)):
+        metrics.update(pred, target)
+        before = metrics.summary()
+        metrics.reduce()
+        assert metrics.summary() == before
+        with pytest.raises(RuntimeError, match="twice"):
+            metrics.reduce()
+        with pytest.raises(RuntimeError, match="after reduce"):
+            metrics.update(pred, target)
+
+
+def test_build_metrics_maps_logits_to_label_space():
+    assert isinstance(build_metrics(1), BinaryStats)
+    cm = build_metrics(21)
+    assert isinstance(cm, ConfusionMatrix) and cm.num_classes == 21
+    with pytest.raises(ValueError):
+        build_metrics(0)
+
+
+def _evaluate_on_rank(rank, world_size, store_path, out_dir, pieces):
+    torch.set_num_threads(1)  # forked child: keep clear of the parent's thread pool
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    pred, target = random_binary_set(seed=1)
+    stats, cm = BinaryStats(), ConfusionMatrix(2)
+    for index in pieces[rank]:  # unequal shares, one rank with none at all
+        stats.update(pred[index:index + 1], target[index:index + 1])
+        cm.update(pred[index:index + 1], target[index:index + 1])
+    stats.reduce()
+    cm.reduce()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump({"binary": stats.summary(), "cm": cm.summary(), "counts": stats.counts().tolist()}, f)
+    dist.destroy_process_group()
+
+
+def test_reduce_across_processes_equals_one_process(tmp_path):
+    pieces = [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10], []]
+    context = mp.start_processes(_evaluate_on_rank, args=(3, str(tmp_path / "store"), str(tmp_path), pieces),
+                                 nprocs=3, join=False, start_method="fork")
+    for _ in range(120):  # 60 s at most; a hang must fail the test, not the CI run
+        if context.join(timeout=0.5):
+            break
+    else:
+        for process in context.processes:
+            process.terminate()
+        pytest.fail("the gloo processes did not finish in 60 s")
+    pred, target = random_binary_set(seed=1)
+    single = BinaryStats()
+    single.update(pred, target)
+    single_cm = ConfusionMatrix(2)
+    single_cm.update(pred, target)
+    for rank in range(3):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["binary"] == single.summary() and result["cm"] == single_cm.summary()
+        assert result["counts"] == single.counts().tolist()  # every image once, in rank order
