@@ -14,9 +14,11 @@ SE channel attention using exactly those ingredients:
     high (C_in, H, W) --conv3x3 to 4m--> pixel shuffle x2 -> (+ skip) -> conv3x3 -+-> concat (2m) -> SE -> 2 x conv3x3 -> m
 
 Evidence: with SE reduction 4 and widths (1024, 512, 256, 128, 64) on BiT-R50x1 with 21 classes, this decoder gives
-202.35M parameters and 115.77 thesis-FLOPs at 384x384 against Table 4's 202.44M and 115.82 (see architecture.md §7
-of the project notes and tests/test_model.py). For ResNet-34 no width rule shared with BiT fits Table 2; the widths
-DEFAULT_WIDTHS gives below were fitted to its 89.62M parameters and 32.22 FLOPs, and are the least certain part.
+202.35M parameters and 115.77 thesis-FLOPs at 384x384 against Table 4's 202.44M and 115.82 (thesis FLOPs = multiply-
+accumulates / 2; benchmark.py prints both, tests/test_model.py checks them). For ResNet-34 no width rule shared with
+BiT fits Table 2 (the same halving widths from 256 give 32.5M parameters); the widths in DEFAULT_WIDTHS were the best
+of a search over about 1,000 combinations of five widths and SE reductions 4 and 16 against its 89.62M parameters and
+32.22 FLOPs (ours: 89.25M, 31.83), and are the least certain part of this reproduction.
 Every convolution has a bias and is followed by BatchNorm and ReLU, as in AUNet. The last level has no skip (the
 encoder has no features at stride 1 besides the image itself).
 

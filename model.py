@@ -206,7 +206,12 @@ def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
 
 
 def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int) -> None:
-    """Make RGB first-layer kernels fit a 1-channel input by summing them (exact for a replicated grayscale image)."""
+    """Make RGB first-layer kernels fit a 1-channel input by summing them.
+
+    For ResNet-34 the 1-channel model then computes exactly what the RGB model computes on the grayscale image
+    replicated to three channels. BiT's stem standardises its weights, which no rescaling survives, so there the
+    match holds up to one positive scale per filter.
+    """
     weight = state[key]
     if weight.shape[1] == in_channels:
         return
