@@ -1,0 +1,301 @@
+"""data.py: mini-MIAS (the real files in ../shared/data), synthetic mammograms, a fake Pascal VOC tree, mammogram
+preprocessing, paired augmentation, normalisation and the build_dataset contract. CBIS-DDSM and read_dicom are
+tested in test_data_cbis.py."""
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import mammograms
+from data import DataError, build_dataset
+
+MIAS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mini-mias"
+
+
+def _info_lines() -> list[list[str]]:
+    return [line.split() for line in (MIAS / "Info.txt").read_text().splitlines() if line.startswith("mdb")]
+
+
+def _local_contrast(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean inside the mask minus the mean of a ring around it (the mask's bounding box grown by its size)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    grow_r, grow_c = max(2, rows[-1] - rows[0]), max(2, cols[-1] - cols[0])
+    ring = np.zeros_like(mask, bool)
+    ring[max(0, rows[0] - grow_r):rows[-1] + grow_r + 1, max(0, cols[0] - grow_c):cols[-1] + grow_c + 1] = True
+    ring &= ~mask.astype(bool)
+    return float(image[mask.astype(bool)].mean() - image[ring].mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mini-MIAS (real files)
+
+def _mias(split, tmp_path, **options):
+    options = dict(cache_dir=tmp_path / "cache", verbose=False, augment=False, in_channels=1) | options
+    return build_dataset("mias", MIAS, split, 128, **options)
+
+
+def test_mias_split_is_by_patient_deterministic_and_complete(tmp_path):
+    splits = {split: _mias(split, tmp_path) for split in ("train", "val", "test")}
+    masses = {f[0] for f in _info_lines() if f[2] in ("CIRC", "SPIC", "MISC")}
+    ids = [i for dataset in splits.values() for i in dataset.ids]
+    assert len(masses) == 56 and sorted(ids) == sorted(masses - {"mdb059"})  # mdb059 has no coordinates
+    patients = {split: {(int(i[3:]) + 1) // 2 for i in d.ids} for split, d in splits.items()}
+    assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or
+                patients["val"] & patients["test"])
+    assert 0.5 < len(splits["train"]) / len(ids) < 0.7 and len(splits["val"]) >= 8 and len(splits["test"]) >= 8
+    assert _mias("val", tmp_path).ids == splits["val"].ids
+    skipped = "".join((tmp_path / "cache" / f"skipped_{s}.csv").read_text() for s in splits)
+    assert "mdb059" in skipped and "no coordinates" in skipped
+
+
+def test_mias_circles_count_from_the_bottom_and_land_on_bright_tissue(tmp_path):
+    dataset = _mias("train", tmp_path, orient=False)
+    first = dataset.ids.index("mdb001")  # CIRC at x=535, y=425 (from the bottom), radius 197
+    image, mask = (t.numpy() for t in dataset[first])
+    rows, cols = np.nonzero(mask)
+    assert abs(rows.mean() - (1024 - 425) / 8) < 2 and abs(cols.mean() - 535 / 8) < 2
+    contrasts = [_local_contrast(*(t.numpy()[0] if t.ndim == 3 else t.numpy() for t in dataset[i]))
+                 for i in range(len(dataset))]
+    assert np.mean(np.array(contrasts) > 0) >= 0.9  # a mass is brighter than its surroundings
+    # The same circles with the y axis read from the top mostly miss the masses.
+    raw = np.asarray(Image.open(MIAS / "images" / "mdb002.png"), np.float32)
+    rows, cols = np.ogrid[:1024, :1024]
+    bottom = (rows - (1024 - 280)) ** 2 + (cols - 522) ** 2 <= 69 ** 2
+    top = (rows - 280) ** 2 + (cols - 522) ** 2 <= 69 ** 2
+    assert _local_contrast(raw, bottom) > 30 > _local_contrast(raw, top)
+
+
+def test_mias_normals_orientation_and_cache(tmp_path, monkeypatch):
+    with_normals = _mias("train", tmp_path, include_normals=True)
+    missing = (tmp_path / "cache" / "skipped_train.csv").read_text()
+    assert "image file missing" in missing  # the normals absent from ../shared/data are reported, not dropped
+    masses_only = _mias("train", tmp_path)
+    normal_ids = set(with_normals.ids) - set(masses_only.ids)
+    norm = {f[0] for f in _info_lines() if f[2] == "NORM"}
+    assert normal_ids and normal_ids <= norm and set(masses_only.ids) <= set(with_normals.ids)
+    for index, item in enumerate(with_normals.ids):
+        image, mask = with_normals[index]
+        assert (mask.sum() == 0) == (item in normal_ids)
+        half = image.shape[-1] // 2  # oriented: the breast (the brighter half) is on the left
+        assert image[..., :half].sum() > image[..., half:].sum()
+    monkeypatch.setattr(data, "load_mias", lambda *args: pytest.fail("decoded although cached"))
+    cached = _mias("train", tmp_path)
+    assert torch.equal(cached[0][1], masses_only[0][1])
+
+
+def test_mias_reads_pgm_and_reports_missing_info(tmp_path):
+    root = tmp_path / "mias"
+    root.mkdir()
+    (root / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb002 G CIRC B 522 280 69\n")
+    pixels = np.asarray(Image.open(MIAS / "images" / "mdb001.png"))
+    Image.fromarray(pixels).save(root / "mdb001.pgm")  # the original distribution format
+    records = [r for split in ("train", "val", "test") for r in mammograms.read_mias(root, split)[0]]
+    assert [(ref, path.name) for ref, path, _ in records] == [("mdb001", "mdb001.pgm")]
+    np.testing.assert_array_equal(mammograms.read_gray(root / "mdb001.pgm"), pixels / np.float32(255))
+    with pytest.raises(DataError, match="Info.txt"):
+        build_dataset("mias", tmp_path, "train", 64)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Synthetic mammograms
+
+def test_synthetic_is_deterministic_sized_and_fast():
+    train = build_dataset("synthetic", None, "train", 64, augment=False)
+    val = build_dataset("synthetic", None, "val", 64)
+    assert (len(train), len(val), len(build_dataset("synthetic", None, "test", 64))) == (400, 64, 64)
+    assert len(build_dataset("synthetic", None, "train", 64, num_images=10, limit=3)) == 3
+    assert torch.equal(train[5][0], build_dataset("synthetic", None, "train", 64, augment=False)[5][0])
+    assert not torch.equal(train[0][0], build_dataset("synthetic", None, "test", 64)[0][0])
+    assert not torch.equal(train[0][0], build_dataset("synthetic", None, "train", 64, augment=False, seed=1)[0][0])
+    start = time.perf_counter()
+    for index in range(20):
+        data.synthetic_mammogram((256, 256), np.random.default_rng(index))
+    assert (time.perf_counter() - start) / 20 < 0.03  # a few ms each; generous for slow CI machines
+
+
+def test_synthetic_masses_are_learnable_but_not_trivial():
+    samples = [data.synthetic_mammogram((128, 128), np.random.default_rng([0, 0, i])) for i in range(120)]
+    masks = [mask for _, mask in samples]
+    areas = np.array([mask.sum() for mask in masks])
+    assert 0.1 < np.mean(areas == 0) < 0.35  # some images have no mass
+    assert np.percentile(areas[areas > 0], 90) > 6 * np.percentile(areas[areas > 0], 10)  # varied sizes
+    assert all(image.min() >= 0 and image.max() <= 1 and image.dtype == np.float32 for image, _ in samples)
+    # Learnable: masses are locally brighter than the tissue around them.
+    contrasts = [_local_contrast(image, mask) for image, mask in samples if mask.any()]
+    assert np.mean(np.array(contrasts) > 0.02) > 0.9
+    # Not trivial: no single intensity threshold segments them.
+    images, truth = np.stack([image for image, _ in samples]), np.stack(masks).astype(bool)
+    best = max(2 * (truth & (images > t)).sum() / (truth.sum() + (images > t).sum()) for t in np.linspace(0, 1, 41))
+    assert best < 0.5
+    # Shapes differ: lobulated/spiculated outlines are less compact than round ones.
+    compactness = [mask.sum() / (np.ptp(np.nonzero(mask)[0]) + 1) / (np.ptp(np.nonzero(mask)[1]) + 1)
+                   for mask in masks if mask.sum() > 40]
+    assert np.ptp(compactness) > 0.2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pascal VOC 2012 (fake tree)
+
+def _palette_png(path: Path, labels: np.ndarray) -> None:
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253  # 1 = aeroplane (128, 0, 0), 255 = void
+    image.putpalette(palette[:768])
+    image.save(path)
+
+
+def write_voc(root: Path, *, sbd: bool = False) -> Path:
+    voc = root / "VOCdevkit" / "VOC2012"
+    for folder in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation", "SegmentationClassAug"):
+        (voc / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ids = {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"], "aug": ["2008_000001"]}
+    for split, names in ids.items():
+        for number, name in enumerate(names):
+            height, width = (60, 90) if number == 0 else (80, 50)
+            pixels = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(voc / "JPEGImages" / f"{name}.jpg")
+            labels = np.zeros((height, width), np.uint8)
+            labels[10:30, 10:40] = 1 if split != "aug" else 15
+            labels[30, :] = 255
+            folder = "SegmentationClassAug" if split == "aug" else "SegmentationClass"
+            if split != "aug" or sbd:
+                _palette_png(voc / folder / f"{name}.png", labels)
+        if split != "aug":
+            (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
+    if sbd:
+        (voc / "ImageSets/Segmentation/trainaug.txt").write_text("2007_000032\n2007_000039\n2008_000001\n")
+    return voc
+
+
+def test_voc_reads_palette_indices_and_pads_with_ignore(tmp_path):
+    write_voc(tmp_path)
+    val = build_dataset("voc", tmp_path, "val", 64, verbose=False)
+    assert val.num_classes == 21 and val.ids == ["2007_000033"] and not val.augment
+    image, mask = val[0]
+    assert image.shape == (3, 64, 64) and mask.dtype == torch.int64
+    assert set(mask.unique().tolist()) == {0, 1, 255}  # class indices, not the palette's colours (128, ...)
+    # Evaluation fits the longer side (90 -> 64): rows below 60 * 64 / 90 = 43 are padding, ignored.
+    assert (mask[44:] == 255).all() and (mask[:40, :] != 255).any()
+    train = build_dataset("voc", tmp_path, "train", 48, verbose=False)
+    for _ in range(5):
+        image, mask = train[1]
+        assert image.shape == (3, 48, 48) and set(mask.unique().tolist()) <= {0, 1, 255}
+
+
+def test_voc_trainaug_and_errors(tmp_path):
+    write_voc(tmp_path / "plain")
+    with pytest.raises(DataError, match="SegmentationClassAug"):
+        build_dataset("voc", tmp_path / "plain", "trainaug", 32)
+    with pytest.raises(DataError, match="in_channels must be 3"):
+        build_dataset("voc", tmp_path / "plain", "train", 32, in_channels=1, mean=(0.5,), std=(0.5,))
+    voc = write_voc(tmp_path / "sbd", sbd=True)
+    trainaug = build_dataset("voc", voc.parent.parent, "trainaug", 32, verbose=False, augment=False)
+    assert trainaug.ids == ["2007_000032", "2007_000039", "2008_000001"]
+    assert 15 in trainaug[2][1].unique().tolist()  # SBD's label for the id VOC has no label for
+    (voc / "ImageSets/Segmentation/trainaug.txt").write_text("2007_000032\n2007_000033\n")
+    with pytest.raises(DataError, match="2007_000033"):
+        build_dataset("voc", voc, "trainaug", 32)  # a val image in the training list
+    Image.fromarray(np.full((60, 90), 40, np.uint8), mode="L").save(voc / "SegmentationClass" / "2007_000032.png")
+    with pytest.raises(DataError, match="2007_000032.png"):
+        trainaug[0]  # 40 is no class: a colour-rendered or corrupt label
+    Image.new("RGB", (90, 60)).save(voc / "SegmentationClass" / "2007_000032.png")
+    with pytest.raises(DataError, match="palette"):
+        trainaug[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Preprocessing, augmentation, normalisation
+
+def test_preprocess_keeps_small_lesions_orients_and_crops():
+    image = np.zeros((2000, 1200), np.float32)
+    image[200:1800, 600:] = 0.6  # a breast on the right half
+    image[50:120, 50:200] = 1.0  # a bright label in the empty corner
+    tiny = np.zeros(image.shape, bool)
+    tiny[1000:1003, 900:903] = True  # 3 x 3 pixels: far below one output pixel (31 x 19 pixels)
+    out, mask = data.preprocess_mammogram(image, [tiny], (64, 64))
+    assert out.dtype == np.float32 and mask.dtype == np.uint8 and mask.sum() >= 1  # the lesion survives...
+    rows, cols = np.nonzero(mask)
+    assert abs(rows.mean() - 32) <= 1 and abs(cols.mean() - (64 - 48)) <= 1  # ...mirrored with the breast
+    assert out[:, :32].sum() > out[:, 32:].sum()
+    cropped, crop_mask = data.preprocess_mammogram(image, [tiny], (64, 64), orient=False, crop_breast=True)
+    rows, cols = np.nonzero(crop_mask)  # the crop drops the label and the empty half: the lesion sits mid-breast
+    assert abs(rows.mean() - 64 * 800 / 1600) <= 2 and abs(cols.mean() - 64 * 300 / 600) <= 2
+    square, _ = data.preprocess_mammogram(image, [tiny], (64, 64), keep_aspect=True)
+    assert (square[:, 39:] == 0).all() and square[:, :38].max() > 0  # 1200 x 2000 keeps its 0.6 aspect ratio
+
+
+def test_largest_component_matches_a_flood_fill():
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        foreground = rng.random((40, 50)) > 0.45
+        labels = np.zeros(foreground.shape, int)  # breadth-first flood fill, 8-connected
+        for start in zip(*np.nonzero(foreground)):
+            if labels[start]:
+                continue
+            labels[start] = labels.max() + 1
+            queue = [start]
+            while queue:
+                r, c = queue.pop()
+                for rr in range(max(0, r - 1), min(40, r + 2)):
+                    for cc in range(max(0, c - 1), min(50, c + 2)):
+                        if foreground[rr, cc] and not labels[rr, cc]:
+                            labels[rr, cc] = labels[start]
+                            queue.append((rr, cc))
+        largest = mammograms._largest_component(foreground)
+        sizes = np.bincount(labels.ravel())[1:]
+        assert np.array_equal(largest, labels == labels[largest][0]) and largest.sum() == sizes.max()
+
+
+def test_augmentation_moves_image_and_mask_together():
+    image = np.full((64, 64), 0.1, np.float32)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 10:30] = 1
+    image[mask == 1] = 0.9
+    changed = 0
+    for seed in range(10):
+        out, out_mask = data.augment_mammogram(image, mask, np.random.default_rng(seed), mirror=True)
+        assert set(np.unique(out_mask)) <= {0, 1} and 0 <= out.min() and out.max() <= 1
+        bright = out > (out.max() + out.min()) / 2
+        assert (bright & (out_mask == 1)).sum() / (bright | (out_mask == 1)).sum() > 0.85
+        changed += not np.array_equal(out_mask, mask)
+        again, again_mask = data.augment_mammogram(image, mask, np.random.default_rng(seed), mirror=True)
+        assert np.array_equal(out, again) and np.array_equal(out_mask, again_mask)
+    assert changed >= 8
+
+
+def test_normalisation_channels_and_defaults(tmp_path):
+    gray = build_dataset("synthetic", None, "val", 32, in_channels=1, mean=(0.5,), std=(0.25,))
+    rgb = build_dataset("synthetic", None, "val", 32)  # ImageNet statistics, grayscale replicated
+    raw, mask = data.synthetic_mammogram((32, 32), np.random.default_rng([0, 1, 0]))
+    image, target = gray[0]
+    assert torch.allclose(image[0], (torch.from_numpy(raw) - 0.5) / 0.25, atol=1e-6)
+    assert torch.equal(target, torch.from_numpy(mask).long()) and gray.num_classes == 1
+    image3 = rgb[0][0]
+    assert torch.allclose(image3[2], (torch.from_numpy(raw) - 0.406) / 0.225, atol=1e-6)
+    assert not gray.augment and build_dataset("synthetic", None, "train", 32).augment
+    with pytest.raises(DataError, match="need 3 values"):
+        build_dataset("synthetic", None, "val", 32, mean=(0.5,), std=(0.5,))
+
+
+def test_build_dataset_errors_name_what_to_fix(tmp_path):
+    with pytest.raises(DataError, match="unknown dataset 'inbreast'"):
+        build_dataset("inbreast", tmp_path, "train", 64)
+    with pytest.raises(DataError, match="unknown split 'trainaug'"):
+        build_dataset("mias", MIAS, "trainaug", 64)
+    with pytest.raises(DataError, match="data root is required"):
+        build_dataset("voc", None, "train", 64)
+    with pytest.raises(DataError, match="no data root"):
+        build_dataset("synthetic", tmp_path, "train", 64)
+    with pytest.raises(DataError, match="image_size"):
+        build_dataset("synthetic", None, "train", (64, 64, 3))
+    assert build_dataset("synthetic", None, "val", (32, 48))[0][1].shape == (32, 48)
+
+
+def test_synthetic_loads_with_two_workers():
+    dataset = build_dataset("synthetic", None, "train", 32, num_images=8)
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2))
+    assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 32, 32)] * 2
