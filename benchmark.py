@@ -1,36 +1,49 @@
-"""Cost of each thesis model: parameters and FLOPs beside the thesis' own numbers (Tables 2 and 4, "#Params", "FLOPS").
+"""Cost of each thesis model (Tables 2 and 4: "#Params", "FLOPS", "Inference time") and what training will cost.
 
-FLOPs are counted by torch.utils.flop_counter at the training input size (one multiply-accumulate = 2 FLOPs, as that
-counter and most papers define them; convolutions and matrix products only). The thesis' FLOPS column is smaller:
-its numbers equal total multiply-accumulates / 2, i.e. our FLOPs / 4 (architecture notes §8: Unet-R34 3.91 vs 3.945,
-UNet++-R34+scSE 9.20 vs 9.26, fusion BiT 115.8 vs 115.82). Both are printed so neither is mistaken for the other.
-Models are built on the "meta" device: shapes only, no memory, no arithmetic, so the table takes seconds on a CPU.
+Three tables, each printed with the device name and the versions, so numbers from different machines are never mixed:
+  1. models: parameters and FLOPs beside the thesis' own numbers. FLOPs are counted by torch.utils.flop_counter at the
+     training input size (1 multiply-accumulate = 2 FLOPs; convolutions and matrix products only). The thesis' FLOPS
+     column is smaller: it equals multiply-accumulates / 2 = our FLOPs / 4 (Unet-R34 3.91 vs 3.945, UNet++-R34+scSE
+     9.20 vs 9.26, fusion BiT 115.77 vs 115.82), so both are printed. Built on the "meta" device: seconds, no memory.
+  2. speed (--speed): forward latency at batch 1 (the thesis' "inference time"), forward throughput at --batch-size,
+     and the training step (forward, backward, AdamW) in images/s, each the median of --repeats timed runs after
+     warm-up, per precision (--amp fp32 bf16), with peak memory on CUDA and the achieved fraction of the card's
+     measured bf16 matrix-multiply rate.
+  3. data (--data): images/s of the cbis, mias and synthetic pipelines, cold (decoding) and from the cache
+     (bench/bench_data.py), so a user sees whether loading or compute bounds training.
 
-    python benchmark.py                 # the table below
-    python benchmark.py --json out.json
+    python benchmark.py                                   # table 1 (seconds)
+    python benchmark.py --speed --device cpu --repeats 3  # + table 2 on this machine's CPU
+    python benchmark.py --speed --device cuda --amp fp32 bf16 --channels-last --json gpu.json
+The whole GPU measurement, with an AMP training smoke run, is bench/gpu.sh. bench/peer_smp.py compares the baseline
+U-Net with segmentation_models_pytorch's on the same machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
+import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from model import build_model
 
-# (label, build_model kwargs, input side, thesis #params in M, thesis FLOPS) for every row of Tables 2 and 4.
+# (label, build_model kwargs, input side, thesis #params in M, thesis FLOPS, thesis V100 inference time in s)
 THESIS_ROWS = [
     ("Table 2 (A) proposed decoder, ResNet-34", dict(encoder="resnet34", decoder="fusion", num_classes=1), 256,
-     89.62, 32.22),
-    ("Table 2 (B) SMP Unet, ResNet-34", dict(encoder="resnet34", decoder="unet", num_classes=1), 256, 24.44, 3.945),
+     89.62, 32.22, 0.0149),
+    ("Table 2 (B) SMP Unet, ResNet-34", dict(encoder="resnet34", decoder="unet", num_classes=1), 256, 24.44, 3.945,
+     0.00249),
     ("Table 2 (C) SMP Unet++ (scSE), ResNet-34", dict(encoder="resnet34", decoder="unetplusplus", num_classes=1),
-     256, 26.28, 9.26),
+     256, 26.28, 9.26, 0.005),
     ("Table 4 (A) proposed decoder, BiT-R50x1", dict(encoder="bit_r50x1", decoder="fusion", num_classes=21), 384,
-     202.44, 115.82),
-    # The thesis' 6.04 for this row fits no counting rule that fits the other rows (architecture notes §8).
-    ("Table 4 (B) SMP Unet, BiT-R50x1", dict(encoder="bit_r50x1", decoder="unet", num_classes=21), 384, 32.51, 6.04),
+     202.44, 115.82, 0.152),
+    # The thesis' 6.04 for this row fits no counting rule that fits the other rows.
+    ("Table 4 (B) SMP Unet, BiT-R50x1", dict(encoder="bit_r50x1", decoder="unet", num_classes=21), 384, 32.51, 6.04,
+     0.0845),
 ]
 
 
@@ -54,32 +67,148 @@ def model_costs(kwargs: dict, side: int, batch_size: int = 1) -> dict:
     return dict(params=count_parameters(model), flops=flops, thesis_convention_flops=flops / 4)
 
 
-def model_table() -> list[dict]:
-    rows = []
-    for label, kwargs, side, thesis_params_m, thesis_flops in THESIS_ROWS:
-        costs = model_costs(kwargs, side)
-        rows.append(dict(model=label, input=f"{side}x{side}", **costs, thesis_params_m=thesis_params_m,
-                         thesis_flops=thesis_flops))
-    return rows
+# ------------------------------------------------------------------------------------------------------ timing
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, *, device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronising the GPU around each run."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192, repeats: int = 20) -> float:
+    """The card's measured dense matrix-multiply rate (TFLOP/s), the ceiling each model's training step is held to."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    seconds = median_seconds(lambda: a @ b, device=device, warmup=3, repeats=repeats)
+    return 2 * n**3 / seconds / 1e12
+
+
+def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int, channels_last: bool,
+              compile_model: bool, warmup: int, repeats: int) -> dict:
+    """Latency at batch 1, forward throughput and training-step throughput at batch_size for one model."""
+    model = build_model(**kwargs).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    runner = torch.compile(model) if compile_model else model
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    in_channels = model.config["in_channels"]
+
+    def batch(n):
+        return torch.randn(n, in_channels, side, side, device=device).to(memory_format=memory_format)
+
+    model.eval()
+    one, many = batch(1), batch(batch_size)
+
+    def forward(x):
+        with torch.no_grad(), torch.autocast(**autocast):
+            runner(x)
+
+    latency = median_seconds(lambda: forward(one), device=device, warmup=warmup, repeats=repeats)
+    forward_seconds = median_seconds(lambda: forward(many), device=device, warmup=warmup, repeats=repeats)
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)  # thesis Table 1's optimiser
+    target = torch.randint(0, 2, (batch_size, model.config["num_classes"], side, side), device=device).float()
+
+    def train_step():
+        with torch.autocast(**autocast):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(runner(many).float(), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step_seconds = median_seconds(train_step, device=device, warmup=warmup, repeats=repeats)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    train_flops = 3 * count_flops(model, (batch_size, in_channels, side, side))  # backward ~ 2x forward
+    return dict(precision=precision, latency_s=latency, forward_images_per_s=batch_size / forward_seconds,
+                train_images_per_s=batch_size / step_seconds, train_tflops=train_flops / step_seconds / 1e12,
+                peak_train_memory_gib=None if peak is None else peak / 2**30)
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def environment(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--json", metavar="FILE", help="also write the table to FILE as JSON")
+    parser.add_argument("--speed", action="store_true", help="also time every model (table 2)")
+    parser.add_argument("--data", action="store_true", help="also time the data pipelines (table 3)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--amp", nargs="+", default=None, choices=["fp32", "bf16"],
+                        help="precisions to time (bf16 = torch.autocast with bfloat16; default: both on a GPU, fp32 "
+                             "on a CPU, where bf16 convolutions are many times slower)")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each model before timing")
+    parser.add_argument("--batch-size", type=int, default=8, help="batch for throughput and the training step")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default: 10 GPU, 1 CPU)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs, median reported (default: 50 GPU, 5 CPU)")
+    parser.add_argument("--models", nargs="+", default=None, metavar="LABEL_PREFIX",
+                        help="only rows whose label starts with one of these, e.g. 'Table 2 (A)'")
+    parser.add_argument("--json", metavar="FILE", help="also write every table to FILE as JSON")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
-    print(f"torch {torch.__version__}, {platform.python_implementation()} {platform.python_version()}, "
-          f"{platform.machine()}")
-    rows = model_table()
-    print(f"{'model':<42} {'input':>8} {'params':>12} {'thesis':>8} {'GFLOPs':>8} {'GFLOPs/4':>9} {'thesis':>7}")
-    for r in rows:
-        print(f"{r['model']:<42} {r['input']:>8} {r['params'] / 1e6:>11.2f}M {r['thesis_params_m']:>7.2f}M "
-              f"{r['flops'] / 1e9:>8.2f} {r['thesis_convention_flops'] / 1e9:>9.2f} {r['thesis_flops']:>7}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmark.py: --device cuda, but no CUDA device is visible; use --device cpu")
+    rows = [r for r in THESIS_ROWS if args.models is None or r[0].startswith(tuple(args.models))]
+    results = dict(environment=environment(device), models=[], speed=[], data=None)
+    print(results["environment"])
+
+    print(f"\n{'model':<42} {'input':>8} {'params':>10} {'thesis':>8} {'GFLOPs':>8} {'GFLOPs/4':>9} {'thesis':>7}")
+    for label, kwargs, side, thesis_params_m, thesis_flops, _ in rows:
+        c = model_costs(kwargs, side)
+        results["models"].append(dict(model=label, input=side, **c, thesis_params_m=thesis_params_m,
+                                      thesis_flops=thesis_flops))
+        print(f"{label:<42} {f'{side}x{side}':>8} {c['params'] / 1e6:>9.2f}M {thesis_params_m:>7.2f}M "
+              f"{c['flops'] / 1e9:>8.2f} {c['thesis_convention_flops'] / 1e9:>9.2f} {thesis_flops:>7}")
+
+    if args.speed:
+        on_gpu = device.type == "cuda"
+        warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
+        repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)
+        precisions = args.amp or (["fp32", "bf16"] if on_gpu else ["fp32"])
+        ceiling = matmul_tflops(device, torch.bfloat16) if on_gpu else None
+        results["bf16_matmul_tflops"] = ceiling
+        print(f"\nspeed: batch {args.batch_size}, median of {repeats} after {warmup} warm-up, channels_last="
+              f"{args.channels_last}, compile={args.compile}" + (f"; bf16 matmul {ceiling:.0f} TFLOP/s" if ceiling else ""))
+        print(f"{'model':<42} {'prec':>5} {'latency ms':>10} {'thesis ms':>9} {'fwd img/s':>10} {'train img/s':>11} "
+              f"{'train TFLOP/s':>13} {'peak GiB':>8}")
+        for label, kwargs, side, _, _, thesis_seconds in rows:
+            for precision in precisions:
+                r = speed_row(kwargs, side, device=device, precision=precision, batch_size=args.batch_size,
+                              channels_last=args.channels_last, compile_model=args.compile, warmup=warmup,
+                              repeats=repeats)
+                results["speed"].append(dict(model=label, input=side, thesis_latency_s=thesis_seconds, **r))
+                peak = f"{r['peak_train_memory_gib']:.1f}" if r["peak_train_memory_gib"] is not None else "-"
+                share = f" ({r['train_tflops'] / ceiling:.0%})" if ceiling and precision == "bf16" else ""
+                print(f"{label:<42} {precision:>5} {r['latency_s'] * 1e3:>10.1f} {thesis_seconds * 1e3:>9.1f} "
+                      f"{r['forward_images_per_s']:>10.1f} {r['train_images_per_s']:>11.1f} "
+                      f"{r['train_tflops']:>7.3f}{share:>6} {peak:>8}", flush=True)
+
+    if args.data:
+        from bench.bench_data import run as data_throughput  # decoding needs numpy/pydicom: loaded only here
+
+        results["data"] = data_throughput()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(torch=torch.__version__, models=rows), f, indent=2)
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

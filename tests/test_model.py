@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import benchmark
+from bench.peer_smp import smp_to_ours
 import model as model_lib
 from fusion import FusionDecoder, FusionLayer, SEBlock
 from model import WeightsError, build_model, load_encoder_weights
@@ -190,12 +191,6 @@ def test_missing_or_corrupt_weights_file_is_named(tmp_path):
 
 
 # ------------------------------------------------------------------------- decoders against the SMP originals
-def smp_key(key: str) -> str:
-    """segmentation_models_pytorch's state-dict names -> ours."""
-    key = key.replace("segmentation_head.0.", "head.").replace(".attention.cSE.", ".cse.")
-    return key.replace(".attention.sSE.", ".sse.")
-
-
 @pytest.mark.parametrize("decoder,smp_class,attention", [("unet", "Unet", None), ("unet", "Unet", "scse"),
                                                          ("unetplusplus", "UnetPlusPlus", "scse")])
 def test_unet_decoders_match_segmentation_models_pytorch(decoder, smp_class, attention):
@@ -204,7 +199,7 @@ def test_unet_decoders_match_segmentation_models_pytorch(decoder, smp_class, att
                                         decoder_attention_type=attention)
     randomise(reference, seed=3)
     ours = build_model("resnet34", decoder, num_classes=2, attention=attention)
-    ours.load_state_dict({smp_key(k): v for k, v in reference.state_dict().items()})
+    ours.load_state_dict({smp_to_ours(k): v for k, v in reference.state_dict().items()})
     reference.eval(), ours.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -212,8 +207,9 @@ def test_unet_decoders_match_segmentation_models_pytorch(decoder, smp_class, att
 
 
 # ---------------------------------------------------------------------------- the thesis' counts (Tables 2, 4)
-@pytest.mark.parametrize("label,kwargs,side,thesis_params_m,thesis_flops", benchmark.THESIS_ROWS)
-def test_parameter_and_flop_counts_match_the_thesis(label, kwargs, side, thesis_params_m, thesis_flops):
+@pytest.mark.parametrize("label,kwargs,side,thesis_params_m,thesis_flops,thesis_seconds", benchmark.THESIS_ROWS)
+def test_parameter_and_flop_counts_match_the_thesis(label, kwargs, side, thesis_params_m, thesis_flops,
+                                                    thesis_seconds):
     costs = benchmark.model_costs(kwargs, side)
     exact_smp_counts = {"Table 2 (B)": 24_436_369, "Table 2 (C)": 26_281_332, "Table 4 (B)": 32_512_229}
     if label[:11] in exact_smp_counts:

@@ -1,0 +1,93 @@
+"""Our baseline U-Net (thesis Table 2, row B) against segmentation_models_pytorch's Unet on the same machine.
+
+Both models hold the same weights (SMP's state dict loaded into ours), and are timed alternately, forward at batch 1
+and the training step (forward, backward, AdamW) at --batch-size, so that drifting clocks or a busy neighbour hit
+both alike. Ours must not be slower. segmentation_models_pytorch is needed by this script only (requirements-dev.txt).
+
+    python bench/peer_smp.py [--device cuda] [--amp bf16] [--rounds 5] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmark import environment, median_seconds  # noqa: E402
+from model import build_model  # noqa: E402
+
+
+def smp_to_ours(key: str) -> str:
+    """segmentation_models_pytorch's state-dict names -> model.py's."""
+    key = key.replace("segmentation_head.0.", "head.").replace(".attention.cSE.", ".cse.")
+    return key.replace(".attention.sSE.", ".sse.")
+
+
+def main(args: argparse.Namespace) -> None:
+    import segmentation_models_pytorch as smp
+
+    device = torch.device(args.device)
+    theirs = smp.Unet("resnet34", encoder_weights=None, classes=1).to(device)
+    ours = build_model("resnet34", "unet", num_classes=1).to(device)
+    ours.load_state_dict({smp_to_ours(k): v for k, v in theirs.state_dict().items()})
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
+    one = torch.randn(1, 3, args.size, args.size, device=device)
+    batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+    target = torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), device=device).float()
+
+    def forward(model):
+        model.eval()
+        with torch.no_grad(), torch.autocast(**autocast):
+            model(one)
+
+    def make_train_step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)
+
+        def step():
+            model.train()
+            with torch.autocast(**autocast):
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch).float(), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step
+
+    steps = {"ours": make_train_step(ours), "smp": make_train_step(theirs)}
+    models = {"ours": ours, "smp": theirs}
+    timings = {f"{name}_{what}": [] for name in models for what in ("forward_s", "train_step_s")}
+    for _ in range(args.rounds):  # alternate: ours, smp, ours, smp, ...
+        for name, model in models.items():
+            timings[f"{name}_forward_s"].append(
+                median_seconds(lambda: forward(model), device=device, warmup=1, repeats=args.repeats))
+            timings[f"{name}_train_step_s"].append(
+                median_seconds(steps[name], device=device, warmup=1, repeats=args.repeats))
+    result = {k: statistics.median(v) for k, v in timings.items()}
+    result.update(environment=environment(device), size=args.size, batch_size=args.batch_size, amp=args.amp,
+                  smp_version=smp.__version__)
+    print(result["environment"], f"| SMP {smp.__version__} | {args.size}x{args.size}, amp {args.amp}")
+    for what, unit in (("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")):
+        a, b = result[f"ours_{what}_s"] * 1e3, result[f"smp_{what}_s"] * 1e3
+        print(f"{what:<11} ours {a:9.2f}  smp {b:9.2f}  {unit}  (ours / smp = {a / b:.3f})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
+    parser.add_argument("--size", type=int, default=256, help="input side in pixels (thesis: 256)")
+    parser.add_argument("--batch-size", type=int, default=4, help="batch of the training step")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median over rounds is shown")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per round (median)")
+    parser.add_argument("--json", metavar="FILE", help="also write the result to FILE")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
