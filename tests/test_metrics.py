@@ -1,4 +1,4 @@
-"""Tests for the metrics in evaluate.py: hand-computed masks, independent reference formulas, the 255 rule, the
+"""Tests for the metrics in metrics.py: hand-computed masks, independent reference formulas, the 255 rule, the
 empty-mask convention, batch-split/order invariance, and a real two-process gloo reduce."""
 import json
 import math
@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from evaluate import BinaryStats, ConfusionMatrix, build_metrics, predict_labels
+from metrics import BinaryStats, ConfusionMatrix, build_metrics, predict_labels
 from losses import IGNORE_INDEX
 
 I = IGNORE_INDEX
