@@ -436,6 +436,12 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized
 
 
+def faces_right(image: np.ndarray) -> bool:
+    """True when the breast is on the right: the right half of the (H, W) image is the brighter one."""
+    half = image.shape[1] // 2
+    return bool(image[:, -half:].sum() > image[:, :half].sum())
+
+
 def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple[int, int], *, orient: bool = True,
                          crop_breast: bool = False, keep_aspect: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution image (H, W) in [0, 1] and one bool mask per lesion -> (size float32 image, size uint8 mask)."""
@@ -453,8 +459,7 @@ def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple
     mask = np.zeros(inner, dtype=bool)
     for lesion in masks:
         mask |= _resize_mask(lesion, inner)
-    half = inner[1] // 2
-    if orient and resized[:, -half:].sum() > resized[:, :half].sum():  # breast on the right: mirror it to the left
+    if orient and faces_right(resized):  # mirror it to the left
         resized, mask = resized[:, ::-1], mask[:, ::-1]
     out_image, out_mask = np.zeros(size, np.float32), np.zeros(size, np.uint8)
     out_image[:inner[0], :inner[1]], out_mask[:inner[0], :inner[1]] = resized, mask  # pad right/bottom

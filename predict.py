@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from benchmark import median_seconds
 from data import DataError, preprocess_mammogram, read_dicom, transform_voc
 from losses import IGNORE_INDEX
+from mammograms import faces_right
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm")
@@ -314,8 +315,7 @@ def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, i
     if model.config["num_classes"] == 1:
         gray = pixels if pixels.ndim == 2 else pixels @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
         prepared, _ = preprocess_mammogram(gray, [], size, orient=False)
-        half = size[1] // 2
-        mirrored = bool(prepared[:, -half:].sum() > prepared[:, :half].sum())  # data.preprocess_mammogram's rule
+        mirrored = faces_right(prepared)  # preprocess_mammogram's rule, applied so the mirror can be undone below
         batch = torch.from_numpy(np.ascontiguousarray(prepared[:, ::-1] if mirrored else prepared))[None, None]
         logits = model_logits(model, batch, tta=tta, amp=amp)  # (1, 1, h, w), breast on the left
         logits = logits_at_size(logits.flip(-1) if mirrored else logits, (height, width))
