@@ -166,7 +166,7 @@ def read_case_rows(path: Path) -> list[dict]:
     """Rows of one case-description CSV with every header and cell stripped, plus 'row' (1-based) and 'csv'."""
     if not path.is_file():
         raise DataError(f"{path}: CBIS-DDSM case-description CSV not found; download the four CSVs from the TCIA "
-                        "CBIS-DDSM page into the data root (or pass csv_dir=...)")
+                        "CBIS-DDSM page into the data root (--data-root)")
     with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every GPU measurement the README reports, in one run of a few minutes (thesis Tables 2 and 4: inference time;
+# training throughput; the baseline U-Net against segmentation_models_pytorch; a short AMP training smoke run).
+#
+#   bash bench/gpu.sh [RESULTS_DIR]        # default: bench-results/
+#
+# Needs a CUDA GPU and the runtime packages (requirements.txt, pydicom included); the peer comparison also needs
+# segmentation-models-pytorch (skipped, with a line saying so, when it is not installed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+results=${1:-bench-results}
+mkdir -p "$results"
+export PYTHONUNBUFFERED=1
+status=0
+run() {  # run a step, keep its output, and remember a failure without stopping the others
+  local name=$1; shift
+  echo "== $name: $*"
+  "$@" 2>&1 | tee "$results/$name.txt" || { echo "!! $name failed"; status=1; }
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$results/gpu.txt"
+# Thesis rows: fp32 and bf16, channels_last, batch 1 latency and batch-16 throughput / training step.
+run speed python benchmark.py --speed --device cuda --amp fp32 bf16 --channels-last --batch-size 16 \
+  --warmup 10 --repeats 30 --json "$results/speed.json"
+if python -c "import segmentation_models_pytorch" 2>/dev/null; then
+  run peer_fp32 python bench/peer_smp.py --device cuda --batch-size 16 --rounds 5 --repeats 20 --json "$results/peer_fp32.json"
+  run peer_bf16 python bench/peer_smp.py --device cuda --amp bf16 --batch-size 16 --rounds 5 --repeats 20 --json "$results/peer_bf16.json"
+else
+  echo "segmentation_models_pytorch is not installed: peer comparison skipped" | tee "$results/peer.txt"
+fi
+# AMP training smoke run: the thesis' CBIS model (ResNet-34 + fusion, 256x256) on synthetic data, bf16, 2 epochs.
+run train_smoke python train.py --dataset synthetic --encoder resnet34 --decoder fusion --weights none \
+  --decoder-channels 768,384,256,96,48 --in-channels 3 --image-size 256 --epochs 2 --batch-size 16 --amp bf16 \
+  --device cuda --out-dir "$results/train_smoke"
+exit $status

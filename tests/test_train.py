@@ -1,0 +1,205 @@
+"""train.py end to end on tiny synthetic runs: the demo pipeline, exact resume, DDP metrics, NaN stop, CLI errors.
+
+Every run uses the demo's synthetic data at 32x32 with a 16-channel fusion decoder (the ResNet-34 encoder is fixed),
+one CPU thread per process (so the one- and two-process runs compute each image the same way, and a loaded machine
+does not slow the tests down by oversubscription), and --limit to keep splits to a handful of images.
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from model import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
+        "--panels", "0", "--print-freq", "1", "--workers", "0"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run_main(argv: list[str]) -> dict:
+    return train.main(train.get_args_parser().parse_args(argv))
+
+
+def script(*argv: str, launcher: tuple[str, ...] = (), env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *launcher, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env or ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+def read_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------------------------------- presets
+def test_presets_are_table_1_and_the_demo_is_the_default():
+    resolve = lambda *argv: (args := train.get_args_parser().parse_args(list(argv)), train.resolve_args(args))[0]
+    cbis, voc, demo = resolve("--dataset", "cbis"), resolve("--dataset", "voc"), resolve()
+    assert (cbis.encoder, cbis.decoder, cbis.weights, cbis.loss, cbis.image_size, cbis.epochs) == \
+        ("resnet34", "fusion", "imagenet", "jaccard+focal_tversky", 256, 150)
+    assert cbis.milestones == [0, 40, 70, 100, 120]
+    assert [cbis.lr * f for f in cbis.lr_factors] == pytest.approx([5e-4, 1e-4, 5e-5, 1e-5, 1e-6])
+    assert (voc.encoder, voc.loss, voc.image_size, voc.epochs, voc.milestones) == \
+        ("bit_r50x1", "ce+focal_tversky", 384, 150, [0, 80])
+    assert [voc.lr * f for f in voc.lr_factors] == pytest.approx([5e-5, 1e-5])
+    assert demo.dataset == "synthetic" and demo.weights is None and demo.decoder == "fusion"
+    overridden = resolve("--dataset", "cbis", "--lr", "1e-3", "--epochs", "3", "--weights", "none")
+    assert (overridden.lr, overridden.epochs, overridden.weights) == (1e-3, 3, None)
+    assert [overridden.lr * f for f in overridden.lr_factors] == pytest.approx([1e-3, 2e-4, 1e-4, 2e-5, 2e-6])
+    own = resolve("--dataset", "cbis", "--schedule", "0:1e-3,2:1e-4")  # taken as written, not rescaled
+    assert (own.lr, own.milestones, own.lr_factors) == (1e-3, [0, 2], pytest.approx([1, 0.1]))
+    constant = resolve("--dataset", "voc", "--schedule", "constant", "--lr", "1e-4")
+    assert (constant.lr, constant.milestones, constant.lr_factors) == (1e-4, [0], [1.0])
+
+
+def test_piecewise_schedule_steps_at_the_milestones_and_survives_a_state_dict_round_trip():
+    milestones, factors, lr = train.parse_schedule("0:5e-4,40:1e-4,70:5e-5", None)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.PiecewiseConstant(milestones, factors))
+    lrs = []
+    for _ in range(80):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == lrs[39] == pytest.approx(5e-4) and lrs[40] == lrs[69] == pytest.approx(1e-4)
+    assert lrs[70] == lrs[79] == pytest.approx(5e-5)
+    fresh = torch.optim.lr_scheduler.LambdaLR(optimizer, train.PiecewiseConstant([0], [1.0]))
+    fresh.load_state_dict(scheduler.state_dict())  # the milestones come back from the checkpoint
+    assert fresh.lr_lambdas[0].milestones == [0, 40, 70] and fresh.lr_lambdas[0](75) == pytest.approx(0.1)
+    assert train.parse_schedule("0:1e-3,5:1e-4", 2e-3)[2] == 2e-3  # --lr rescales the schedule
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+def test_demo_pipeline_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    result = script(*TINY, "--epochs", "2", "--panels", "2", "--out-dir", str(out), "--json", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr
+    assert "predicting all background scores 0.0000" in result.stdout  # pooled Dice 0 once any lesion exists
+    config = json.loads((out / "config.json").read_text())
+    assert config["args"]["dataset"] == "synthetic" and config["parameters"] > 1e6 and "torch" in config["versions"]
+    log = read_log(out)
+    assert [r["epoch"] for r in log] == [0, 1] and all(r["val_images"] == 6 for r in log)
+    best_epoch = max(log, key=lambda r: r["val_dice_pooled"])["epoch"]
+    for name, epoch in (("last.pt", 1), ("best.pt", best_epoch)):
+        checkpoint = torch.load(out / name, weights_only=True)  # only tensors and primitives
+        assert checkpoint["epoch"] == epoch and checkpoint["step"] == 2 * (epoch + 1)
+        assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "best_metric", "model_config",
+                                   "args", "versions", "rng"}
+        model = build_model(**checkpoint["model_config"])  # rebuilt from the checkpoint alone
+        model.load_state_dict(checkpoint["model"])
+    assert checkpoint["metrics"]["dice_pooled"] == max(r["val_dice_pooled"] for r in log)
+    panels = sorted((out / "panels").glob("*.png"))
+    assert len(panels) == 2 and all(str(p) in result.stdout for p in panels)
+    final = json.loads((tmp_path / "m.json").read_text())
+    assert final["final"]["dice_pooled"] == log[-1]["val_dice_pooled"]
+    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary file behind
+
+
+def test_resume_after_one_epoch_gives_bit_identical_weights(tmp_path, one_thread):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_main([*TINY, "--epochs", "2", "--out-dir", str(straight)])
+    # The split run loads its data in a persistent worker process: the stream must not depend on that.
+    split_args = [*TINY[:-1], "1", "--out-dir", str(split)]
+    run_main([*split_args, "--epochs", "1"])
+    assert torch.load(split / "last.pt", weights_only=True)["epoch"] == 0
+    # Only --resume and the new --epochs: every other setting comes back from the checkpoint.
+    run_main(["--resume", str(split / "last.pt"), "--epochs", "2", "--workers", "1", "--panels", "0"])
+    a, b = (torch.load(folder / "last.pt", weights_only=True) for folder in (straight, split))
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    moments = lambda c: [t for state in c["optimizer"]["state"].values() for t in state.values()]
+    assert all(torch.equal(x, y) for x, y in zip(moments(a), moments(b), strict=True))
+    assert a["scheduler"] == b["scheduler"] and read_log(straight)[1]["val_dice_pooled"] == \
+        read_log(split)[1]["val_dice_pooled"]
+
+
+def test_two_gloo_processes_report_the_metrics_of_one_process(tmp_path):
+    out = tmp_path / "ddp"
+    # 5 validation images over 2 ranks (3 + 2): a padding sampler would score one image twice.
+    args = [*TINY, "--limit", "5", "--batch-size", "2", "--eval-batch-size", "1", "--epochs", "1",
+            "--out-dir", str(out)]
+    ddp = script(*args, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.count("epoch 0 val") == 1  # only rank 0 prints
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    two_processes = read_log(out)[0]
+    single = script(*args, "--resume", str(out / "last.pt"), "--eval-only", "--json", str(tmp_path / "one.json"))
+    assert single.returncode == 0, single.stderr
+    one_process = json.loads((tmp_path / "one.json").read_text())
+    assert one_process["images"] == two_processes["val_images"] == 5
+    for key, value in one_process.items():  # exact: integer counts, summed in a different order
+        assert value == two_processes[f"val_{key}"] or (math.isnan(value) and math.isnan(two_processes[f"val_{key}"]))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                                   one_thread):
+    real_build_loss, calls = train.build_loss, []
+
+    def build_loss_that_breaks(spec, num_classes):
+        criterion = real_build_loss(spec, num_classes)
+        forward_with_terms = criterion.forward_with_terms
+
+        def poisoned(logits, target):
+            calls.append(1)
+            total, terms = forward_with_terms(logits, target)
+            return (total * math.nan if len(calls) == 3 else total), terms  # the first step of epoch 1
+
+        criterion.forward_with_terms = poisoned
+        return criterion
+
+    monkeypatch.setattr(train, "build_loss", build_loss_that_breaks)
+    out = tmp_path / "nan"
+    code = train.cli([*TINY, "--epochs", "3", "--out-dir", str(out)])
+    error = capsys.readouterr().err.strip()
+    assert code == train.NON_FINITE_EXIT and len(error.splitlines()) == 1
+    assert "epoch 1, step 3 (1 of 2 in the epoch)" in error and str(out / "last.pt") in error
+    kept = torch.load(out / "last.pt", weights_only=True)
+    assert kept["epoch"] == 0 and all(v.isfinite().all() for v in kept["model"].values() if v.is_floating_point())
+    assert [r["epoch"] for r in read_log(out)] == [0]
+
+
+# -------------------------------------------------------------------------------------------------- CLI errors
+def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path):
+    empty, voc = tmp_path / "empty", tmp_path / "voc" / "VOCdevkit" / "VOC2012"
+    empty.mkdir()
+    (voc / "JPEGImages").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for split in ("train", "val"):
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("")  # a tree with no samples
+    torchrun_env = dict(ENV, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
+    cases = [  # (argv, extra environment, words the message must contain)
+        (["--eval-only"], None, "--resume"),
+        (["--data-parallel"], torchrun_env, "torchrun"),
+        (["--image-size", "100"], None, "multiple of 32"),
+        (["--amp", "fp16", "--device", "cpu"], None, "bf16"),
+        (["--dataset", "cbis", "--data-root", str(tmp_path / "missing"), "--weights", "none"], None, "not found"),
+        (["--dataset", "cbis", "--data-root", str(empty), "--weights", "none"], None, "CSV"),
+        (["--dataset", "voc", "--data-root", str(tmp_path / "voc"), "--weights", "none"], None, "no images"),
+        (["--schedule", "40:1e-4"], None, "start at 0"),
+        (["--loss", "dice+nonsense"], None, "nonsense"),
+        (["--weights", str(tmp_path / "missing.pth")], None, "missing.pth"),
+        (["--resume", str(tmp_path / "missing.pt")], None, "no such file"),
+        (["--no-such-flag"], None, "unrecognized"),
+    ]
+    processes = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(tmp_path / "o"),
+                                   *argv], cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for argv, env, _ in cases]
+    for process, (argv, _, words) in zip(processes, cases):
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2, (argv, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, (argv, stderr)
+        assert words in stderr, (argv, stderr)
