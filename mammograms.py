@@ -90,7 +90,7 @@ def _read_dicom(path: Path) -> np.ndarray:
     syntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
     try:
         pixels = ds.pixel_array
-    except Exception as error:  # pydicom raises RuntimeError, ValueError, NotImplementedError... by decoder
+    except Exception as error:  # pydicom raises a different error type for each decoder problem
         hint = "" if syntax in UNCOMPRESSED else (" A compressed DICOM needs a decoder plugin, e.g. "
                                                   "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`.")
         raise DataError(f"{path}: cannot decode the pixel data ({getattr(syntax, 'name', syntax)}): {error}.{hint}"
