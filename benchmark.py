@@ -203,9 +203,11 @@ def main(args: argparse.Namespace) -> None:
                       f"{r['train_tflops']:>7.3f}{share:>6} {peak:>8}", flush=True)
 
     if args.data:
-        from bench.bench_data import run as data_throughput  # decoding needs numpy/pydicom: loaded only here
+        from bench.bench_data import print_table, run  # decoding needs numpy/pydicom: loaded only here
 
-        results["data"] = data_throughput()
+        print()
+        results["data"] = run()
+        print_table(results["data"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

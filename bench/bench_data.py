@@ -144,15 +144,8 @@ def _measure(images: int, size: int, dicom_shape: tuple[int, int], synthetic_ima
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=8, help="fake CBIS-DDSM mammograms to write and read")
-    parser.add_argument("--size", type=int, default=256, help="output side in pixels (thesis: 256)")
-    parser.add_argument("--dicom-shape", type=int, nargs=2, default=(5000, 3000), metavar=("ROWS", "COLS"),
-                        help="pixels of each fake full mammogram (CBIS-DDSM: 3000-7000 x 1500-5400)")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args()
-    result = run(images=args.images, size=args.size, dicom_shape=tuple(args.dicom_shape))
+def print_table(result: dict) -> None:
+    """The table of run()'s result, headed by the machine and the versions."""
     env = result["environment"]
     print(f"{env['cpu']}, {env['cores']} cores (load average {env['load_average']:.1f}), 1 torch thread as in a "
           f"DataLoader worker; python {env['python']}, "
@@ -163,6 +156,18 @@ def main() -> None:
     for row in result["rows"]:
         warm = f"{row['warm']:.1f}" if row["warm"] is not None else "-"
         print(f"{row['pipeline']:<20}{row['images']:>8}{row['build_s']:>10.2f}{row['cold']:>12.1f}{warm:>12}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=8, help="fake CBIS-DDSM mammograms to write and read")
+    parser.add_argument("--size", type=int, default=256, help="output side in pixels (thesis: 256)")
+    parser.add_argument("--dicom-shape", type=int, nargs=2, default=(5000, 3000), metavar=("ROWS", "COLS"),
+                        help="pixels of each fake full mammogram (CBIS-DDSM: 3000-7000 x 1500-5400)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    result = run(images=args.images, size=args.size, dicom_shape=tuple(args.dicom_shape))
+    print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 
