@@ -9,7 +9,6 @@ evaluate.py's command uses these; they are here so that file reads as the evalua
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections import Counter
@@ -28,7 +27,6 @@ from mammograms import faces_right
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm")
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LESION_COLOUR, TRUTH_COLOUR, IGNORE_COLOUR = (255, 48, 48), (48, 220, 96), (224, 224, 192)
 MIN_TILE_WIDTH = 160  # narrower panel tiles are enlarged (nearest) so their labels fit
 
@@ -163,8 +161,10 @@ def to_model_input(images: torch.Tensor, config: dict) -> torch.Tensor:
     return (images - mean) / std
 
 
-def _autocast(device: torch.device, amp: str):
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp != "none" else contextlib.nullcontext()
+def autocast(device: torch.device, amp: str):
+    """torch.autocast for --amp none | bf16 | fp16 (train.py uses it too)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
 def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -186,7 +186,7 @@ def model_logits(model: torch.nn.Module, images: torch.Tensor, *, tta: bool = Fa
     inputs = to_model_input(images.to(device), model.config)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             return model(batch).float()  # scores in fp32, whatever the autocast dtype
 
     if not tta:
@@ -234,7 +234,7 @@ def inference_seconds(model: torch.nn.Module, image: torch.Tensor, *, amp: str =
     inputs = to_model_input(image.to(device), model.config)
 
     def forward() -> None:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             model(inputs)
 
     return median_seconds(forward, device=device, warmup=min(3, runs), repeats=runs)

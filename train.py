@@ -49,7 +49,7 @@ from data import DataError, build_dataset
 from losses import build_loss
 from metrics import build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
-from predict import write_panel
+from predict import autocast, write_panel
 
 # The recipes (BiT-hyperrule style): one entry per dataset, each value with where it comes from.
 PRESETS = {
@@ -229,11 +229,6 @@ class SeededItems(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_for(self.seed, epoch, index))
             return self.dataset[index]
-
-
-def autocast(device: torch.device, amp: str):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
-    return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
 
 
 def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device):
