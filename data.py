@@ -30,7 +30,8 @@ keep_aspect=True) and cached in cache_dir (default $XDG_CACHE_HOME or ~/.cache, 
 the root>/, since data roots are often read-only): one .npz per image, named by a hash of its source files' paths,
 sizes and mtimes and of the preprocessing options, so a change to either builds a new entry. Entries are written to
 a temporary file and renamed, so a killed run or concurrent DataLoader workers never leave a broken one. Delete the
-folder to reclaim space. Skipped rows are listed in <cache_dir>/skipped_<split>.csv and summed up on stdout.
+folder to reclaim space. Skipped rows are summed up on stdout and listed in <cache_dir>/skipped_<split>.csv
+(skipped_<abnormality>_<split>.csv for CBIS-DDSM).
 
 Augmentation draws from torch's RNG (DataLoader seeds each worker from it), so torch.manual_seed makes it reproducible.
 """
@@ -57,7 +58,7 @@ from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogra
                         preprocess_mammogram, read_dicom, read_mias, subject_of)
 
 __all__ = ["DataError", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
-           "augment_mammogram", "transform_voc", "MammogramDataset", "SyntheticMammograms",
+           "augment_mammogram", "fitted_size", "transform_voc", "MammogramDataset", "SyntheticMammograms",
            "VOCSegmentation"]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -186,9 +187,8 @@ def _cache_file(cache_dir: Path, item: str, sources: list[Path], options: dict) 
 
 
 def _report(name: str, split: str, images: int, lesions: int, merged: int, skipped: list[tuple[str, str, str, str]],
-            cache_dir: Path, verbose: bool) -> None:
-    """Write every skipped row to <cache_dir>/skipped_<split>.csv and print a one-line summary."""
-    path = cache_dir / f"skipped_{split}.csv"
+            path: Path, verbose: bool) -> None:
+    """Write every skipped row to `path` (a CSV) and print a one-line summary."""
     text = io.StringIO()
     csv.writer(text).writerows([("file", "row", "id", "reason"), *skipped])
     _atomic_write(path, text.getvalue().encode())
@@ -228,7 +228,9 @@ def _build_cbis(root: Path, split: str, size: tuple[int, int], *, abnormality: s
         sources.append((tree, rows))
         cache_files.append(cache_file)
         lesions += len(rows)
-    _report("cbis", split, len(ids), lesions, lesions - len(ids), skipped, cache_dir, verbose)
+    # Mass and calcification builds share the cache folder, so each keeps its own list.
+    _report("cbis", split, len(ids), lesions, lesions - len(ids), skipped,
+            cache_dir / f"skipped_{abnormality}_{split}.csv", verbose)
     return MammogramDataset(ids, sources, cache_files, _cbis_sample, split=split, **options, **common)
 
 
@@ -244,7 +246,7 @@ def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normal
                    for ref, path, circles in records]
     lesions = sum(len(circles) for *_, circles in records)
     merged = sum(max(0, len(circles) - 1) for *_, circles in records)
-    _report("mias", split, len(records), lesions, merged, skipped, cache_dir, verbose)
+    _report("mias", split, len(records), lesions, merged, skipped, cache_dir / f"skipped_{split}.csv", verbose)
     return MammogramDataset([ref for ref, *_ in records], [(path, circles) for _, path, circles in records],
                             cache_files, load_mias, split=split, **options, **common)
 
@@ -420,14 +422,22 @@ class VOCSegmentation(_SegmentationSet):
         return self._output(pixels, np.asarray(label))
 
 
+def fitted_size(original: tuple[int, int], size: tuple[int, int], zoom: float = 1.0) -> tuple[int, int]:
+    """(h, w) of an (H, W) image scaled so its longer side fits `size`, times `zoom`. At zoom 1 this is the content,
+    top-left, of transform_voc's evaluation letterbox, which prediction crops back out."""
+    scale = min(size[0] / original[0], size[1] / original[1]) * zoom
+    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+
+
 def transform_voc(image: Image.Image, label: Image.Image, size: tuple[int, int],
                   rng: np.random.Generator | None) -> tuple[Image.Image, Image.Image]:
     """Paired VOC transform to exactly `size`. Training (rng given): random scale 0.5-2x of the fitted size, flip and
     random crop, as torchvision's references; evaluation (rng None): the longer side fits, no distortion. Padding is
     black in the image and 255 (ignored) in the label."""
     height, width = size
-    scale = min(height / image.height, width / image.width) * (rng.uniform(0.5, 2.0) if rng is not None else 1.0)
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    zoom = rng.uniform(0.5, 2.0) if rng is not None else 1.0
+    new_height, new_width = fitted_size((image.height, image.width), size, zoom)
+    new_size = (new_width, new_height)  # PIL sizes are (W, H)
     image, label = image.resize(new_size, Image.BILINEAR), label.resize(new_size, Image.NEAREST)
     left = top = 0
     if rng is not None:

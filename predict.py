@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
 from benchmark import median_seconds
-from data import DataError, preprocess_mammogram, read_dicom, transform_voc
+from data import DataError, fitted_size, preprocess_mammogram, read_dicom, transform_voc
 from losses import IGNORE_INDEX
 from mammograms import faces_right
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
@@ -198,12 +198,6 @@ def model_logits(model: torch.nn.Module, images: torch.Tensor, *, tta: bool = Fa
     return probability.clamp_min(1e-12).log()
 
 
-def letterbox_content(original: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) an (H, W) image occupies, top-left, inside `size` after data.transform_voc's evaluation letterbox."""
-    scale = min(size[0] / original[0], size[1] / original[1])
-    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
-
-
 def logits_at_size(logits: torch.Tensor, size: tuple[int, int], *,
                    content: tuple[int, int] | None = None) -> torch.Tensor:
     """(1, K, H, W) -> (1, K, *size): crop the letterboxed content (top-left h, w) if given, then resize bilinearly."""
@@ -220,7 +214,7 @@ def predict_dataset_batch(model: torch.nn.Module, images: torch.Tensor,
     logits = model_logits(model, images, tta=tta, amp=amp)
     if original_sizes is None:
         return predict_labels(logits)
-    return [predict_labels(logits_at_size(logits[j:j + 1], size, content=letterbox_content(size, images.shape[-2:])))[0]
+    return [predict_labels(logits_at_size(logits[j:j + 1], size, content=fitted_size(size, images.shape[-2:])))[0]
             for j, size in enumerate(original_sizes)]
 
 
@@ -324,7 +318,7 @@ def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, i
         canvas, _ = transform_voc(rgb, Image.new("L", rgb.size), size, None)
         batch = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, h, w)
         logits = model_logits(model, batch, tta=tta, amp=amp)
-        logits = logits_at_size(logits, (height, width), content=letterbox_content((height, width), size))
+        logits = logits_at_size(logits, (height, width), content=fitted_size((height, width), size))
     probability = to_probabilities(logits)[0]  # (K, H, W)
     confidence = probability[0] if probability.shape[0] == 1 else probability.max(dim=0).values
     return predict_labels(logits)[0].cpu().numpy(), confidence.cpu().numpy()

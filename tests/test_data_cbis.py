@@ -269,16 +269,16 @@ def test_cbis_both_layouts_and_every_pitfall(tmp_path, layout, metadata, capsys)
             np.testing.assert_array_equal(mask.numpy(), expected, err_msg=item)
 
     # Skipped rows: reported once, with their reasons, in the summary and in the file.
-    rows = list(csv.DictReader(open(tmp_path / "cache" / "skipped_train.csv"))) + \
-        list(csv.DictReader(open(tmp_path / "cache" / "skipped_val.csv")))
+    rows = list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_train.csv"))) + \
+        list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_val.csv")))
     reasons = Counter(row["reason"].split(":")[0] for row in rows)
     assert reasons == {"mask size differs from image": 2, "ROI files missing": 1, "full mammogram missing": 1,
                        "image skipped": 1}
     assert {row["id"] for row in rows} == {"Mass-Training_P_00003_LEFT_CC_1", "Mass-Training_P_00004_RIGHT_MLO_1",
                                            "Mass-Training_P_00005_LEFT_CC_1", "Mass-Training_P_00006_LEFT_CC_1",
                                            "Mass-Training_P_00006_LEFT_CC_2"}
-    assert summary.count("\n") == 1 and f"{len(train)} images" in summary and "skipped_train.csv" in summary
-    train_skips = sum(1 for _ in csv.DictReader(open(tmp_path / "cache" / "skipped_train.csv")))
+    assert summary.count("\n") == 1 and f"{len(train)} images" in summary and "skipped_mass_train.csv" in summary
+    train_skips = sum(1 for _ in csv.DictReader(open(tmp_path / "cache" / "skipped_mass_train.csv")))
     assert f"skipped rows: {train_skips}" in summary
 
 
@@ -334,7 +334,7 @@ def test_cbis_cache_is_reused_rebuilt_on_change_and_written_atomically(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         fresh[0]
     monkeypatch.undo()
-    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["skipped_test.csv"]
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["skipped_mass_test.csv"]
     fresh[0]
     assert len(list((tmp_path / "killed").glob("*.npz"))) == 1
 
@@ -350,7 +350,7 @@ def test_cbis_broken_files_end_in_skip_or_data_error(tmp_path):
         write_dicom(file, (np.random.default_rng(1).random(SHAPE) * 900).astype(np.uint16))
     dataset = _cbis(root, "test", tmp_path)
     assert dataset.ids == ["Mass-Test_P_00021_RIGHT_CC"]
-    skipped = list(csv.DictReader(open(tmp_path / "cache" / "skipped_test.csv")))
+    skipped = list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_test.csv")))
     assert len(skipped) == 1 and "truncated" in skipped[0]["reason"]
     with pytest.raises(DataError, match="binary mask"):
         dataset[0]
@@ -419,10 +419,14 @@ def test_real_mass_training_split_is_by_patient_and_about_80_20():
 
 
 def test_real_csvs_without_images_skip_and_report_every_row(tmp_path):
-    """The full CSVs over a download that holds nothing: nothing crashes and all 1318 + 378 rows are reported."""
-    counted = 0
-    for split in ("train", "val", "test"):
-        dataset = build_dataset("cbis", tmp_path, split, 64, csv_dir=CSV_DIR, cache_dir=tmp_path / "c", verbose=False)
-        assert len(dataset) == 0
-        counted += sum(1 for _ in csv.DictReader(open(tmp_path / "c" / f"skipped_{split}.csv")))
-    assert counted == 1318 + 378
+    """The full CSVs over a download that holds nothing: nothing crashes and every row is reported, the mass rows
+    (1318 + 378) and the calcification rows (1546 + 326) in lists of their own in the shared cache folder."""
+    counted = Counter()
+    for abnormality in ("mass", "calcification"):
+        for split in ("train", "val", "test"):
+            dataset = build_dataset("cbis", tmp_path, split, 64, abnormality=abnormality, csv_dir=CSV_DIR,
+                                    cache_dir=tmp_path / "c", verbose=False)
+            assert len(dataset) == 0
+            listed = tmp_path / "c" / f"skipped_{abnormality}_{split}.csv"
+            counted[abnormality] += sum(1 for _ in csv.DictReader(open(listed)))
+    assert counted == {"mass": 1318 + 378, "calcification": 1546 + 326}
