@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogram, load_mammogram, load_mias,
-                        preprocess_mammogram, read_dicom, read_mias, subject_of)
+from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogram, fitted_size, load_mammogram,
+                        load_mias, preprocess_mammogram, read_dicom, read_mias, subject_of)
 
 __all__ = ["DataError", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
            "augment_mammogram", "fitted_size", "transform_voc", "MammogramDataset", "SyntheticMammograms",
@@ -420,13 +420,6 @@ class VOCSegmentation(_SegmentationSet):
         image, label = transform_voc(image, label, self.size, self._rng(index) if self.augment else None)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255  # (3, H, W)
         return self._output(pixels, np.asarray(label))
-
-
-def fitted_size(original: tuple[int, int], size: tuple[int, int], zoom: float = 1.0) -> tuple[int, int]:
-    """(h, w) of an (H, W) image scaled so its longer side fits `size`, times `zoom`. At zoom 1 this is the content,
-    top-left, of transform_voc's evaluation letterbox, which prediction crops back out."""
-    scale = min(size[0] / original[0], size[1] / original[1]) * zoom
-    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
 
 
 def transform_voc(image: Image.Image, label: Image.Image, size: tuple[int, int],

@@ -442,16 +442,20 @@ def faces_right(image: np.ndarray) -> bool:
     return bool(image[:, -half:].sum() > image[:, :half].sum())
 
 
+def fitted_size(original: tuple[int, int], size: tuple[int, int], zoom: float = 1.0) -> tuple[int, int]:
+    """(h, w) of an (H, W) image scaled to just fit inside `size`, times `zoom`. At zoom 1 this is the content,
+    top-left, of a letterbox: keep_aspect here, and data.transform_voc's evaluation, which prediction crops back out."""
+    scale = min(size[0] / original[0], size[1] / original[1]) * zoom
+    return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
+
+
 def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple[int, int], *, orient: bool = True,
                          crop_breast: bool = False, keep_aspect: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution image (H, W) in [0, 1] and one bool mask per lesion -> (size float32 image, size uint8 mask)."""
     if crop_breast:
         top, bottom, left, right = _breast_box(image, masks)
         image, masks = image[top:bottom, left:right], [mask[top:bottom, left:right] for mask in masks]
-    inner = size
-    if keep_aspect:
-        scale = min(size[0] / image.shape[0], size[1] / image.shape[1])
-        inner = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+    inner = fitted_size(image.shape, size) if keep_aspect else size
     pixels = torch.from_numpy(np.ascontiguousarray(image))[None, None]  # (1, 1, H, W)
     resized = F.interpolate(pixels, size=inner, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
     low, high = np.percentile(resized, (0.5, 99.5))
