@@ -7,14 +7,15 @@ Three tables, each printed with the device name and the versions, so numbers fro
      9.20 vs 9.26, fusion BiT 115.77 vs 115.82), so both are printed. Built on the "meta" device: seconds, no memory.
   2. speed (--speed): forward latency at batch 1 (the thesis' "inference time"), forward throughput at --batch-size,
      and the training step (forward, backward, AdamW) in images/s, each the median of --repeats timed runs after
-     warm-up, per precision (--amp fp32 bf16), with peak memory on CUDA and the achieved fraction of the card's
+     warm-up, per precision (--amp none bf16, as train.py spells them; none = fp32, which cuDNN runs as TF32 on
+     Ampere and newer GPUs, its default and train.py's), with peak memory on CUDA and the achieved fraction of the card's
      measured bf16 matrix-multiply rate.
   3. data (--data): images/s of the cbis, mias and synthetic pipelines, cold (decoding) and from the cache
      (bench/bench_data.py), so a user sees whether loading or compute bounds training.
 
     python benchmark.py                                   # table 1 (seconds)
     python benchmark.py --speed --device cpu --repeats 3  # + table 2 on this machine's CPU
-    python benchmark.py --speed --device cuda --amp fp32 bf16 --channels-last --json gpu.json
+    python benchmark.py --speed --device cuda --amp none bf16 --channels-last --json gpu.json
 The whole GPU measurement, with an AMP training smoke run, is bench/gpu.sh. bench/peer_smp.py compares the baseline
 U-Net with segmentation_models_pytorch's on the same machine.
 """
@@ -45,6 +46,8 @@ THESIS_ROWS = [
     ("Table 4 (B) SMP Unet, BiT-R50x1", dict(encoder="bit_r50x1", decoder="unet", num_classes=21), 384, 32.51, 6.04,
      0.0845),
 ]
+
+PRECISION_NAMES = {"none": "fp32", "bf16": "bf16"}  # --amp value -> the name printed in the tables
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -101,6 +104,8 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     runner = torch.compile(model) if compile_model else model
+    if precision not in PRECISION_NAMES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {precision!r}")
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     in_channels = model.config["in_channels"]
 
@@ -133,7 +138,7 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     step_seconds = median_seconds(train_step, device=device, warmup=warmup, repeats=repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     train_flops = 3 * count_flops(model, (batch_size, in_channels, side, side))  # backward ~ 2x forward
-    return dict(precision=precision, latency_s=latency, forward_images_per_s=batch_size / forward_seconds,
+    return dict(precision=PRECISION_NAMES[precision], latency_s=latency, forward_images_per_s=batch_size / forward_seconds,
                 train_images_per_s=batch_size / step_seconds, train_tflops=train_flops / step_seconds / 1e12,
                 peak_train_memory_gib=None if peak is None else peak / 2**30)
 
@@ -148,10 +153,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed", action="store_true", help="also time every model (table 2)")
     parser.add_argument("--data", action="store_true", help="also time the data pipelines (table 3)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    parser.add_argument("--amp", nargs="+", default=None, choices=["fp32", "bf16"],
-                        help="precisions to time (bf16 = torch.autocast with bfloat16; default: both on a GPU, fp32 "
-                             "on a CPU, where bf16 convolutions are many times slower)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N "
+                        "(default: auto)")
+    parser.add_argument("--amp", nargs="+", default=None, choices=["none", "bf16"],
+                        help="precisions to time: none (fp32) and/or bf16 (torch.autocast with bfloat16); default: both "
+                             "on a GPU, none on a CPU, where bf16 convolutions are many times slower")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each model before timing")
     parser.add_argument("--batch-size", type=int, default=8, help="batch for throughput and the training step")
@@ -163,10 +169,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SystemExit(f"benchmark.py: --device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("benchmark.py: --device cuda, but no CUDA device is visible; use --device cpu")
+        raise SystemExit(f"benchmark.py: --device {name}, but no CUDA device is visible; use --device cpu")
+    return device
+
+
+def write_json(path: str | None, results: dict) -> None:
+    if path:  # rewritten after every row, so a later failure keeps what was measured
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def main(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
     rows = [r for r in THESIS_ROWS if args.models is None or r[0].startswith(tuple(args.models))]
     results = dict(environment=environment(device), models=[], speed=[], data=None)
     print(results["environment"])
@@ -183,7 +205,7 @@ def main(args: argparse.Namespace) -> None:
         on_gpu = device.type == "cuda"
         warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
         repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)
-        precisions = args.amp or (["fp32", "bf16"] if on_gpu else ["fp32"])
+        precisions = args.amp or (["none", "bf16"] if on_gpu else ["none"])
         ceiling = matmul_tflops(device, torch.bfloat16) if on_gpu else None
         results["bf16_matmul_tflops"] = ceiling
         print(f"\nspeed: batch {args.batch_size}, median of {repeats} after {warmup} warm-up, channels_last="
@@ -192,13 +214,22 @@ def main(args: argparse.Namespace) -> None:
               f"{'train TFLOP/s':>13} {'peak GiB':>8}")
         for label, kwargs, side, _, _, thesis_seconds in rows:
             for precision in precisions:
-                r = speed_row(kwargs, side, device=device, precision=precision, batch_size=args.batch_size,
-                              channels_last=args.channels_last, compile_model=args.compile, warmup=warmup,
-                              repeats=repeats)
+                try:
+                    r = speed_row(kwargs, side, device=device, precision=precision, batch_size=args.batch_size,
+                                  channels_last=args.channels_last, compile_model=args.compile, warmup=warmup,
+                                  repeats=repeats)
+                except torch.OutOfMemoryError:  # a big row on a small card: say so and time the others
+                    torch.cuda.empty_cache()
+                    results["speed"].append(dict(model=label, input=side, precision=PRECISION_NAMES[precision],
+                                                 out_of_memory=True))
+                    print(f"{label:<42} {PRECISION_NAMES[precision]:>5} out of memory at batch {args.batch_size}; "
+                          "try a smaller --batch-size", flush=True)
+                    continue
                 results["speed"].append(dict(model=label, input=side, thesis_latency_s=thesis_seconds, **r))
+                write_json(args.json, results)
                 peak = f"{r['peak_train_memory_gib']:.1f}" if r["peak_train_memory_gib"] is not None else "-"
                 share = f" ({r['train_tflops'] / ceiling:.0%})" if ceiling and precision == "bf16" else ""
-                print(f"{label:<42} {precision:>5} {r['latency_s'] * 1e3:>10.1f} {thesis_seconds * 1e3:>9.1f} "
+                print(f"{label:<42} {r['precision']:>5} {r['latency_s'] * 1e3:>10.1f} {thesis_seconds * 1e3:>9.1f} "
                       f"{r['forward_images_per_s']:>10.1f} {r['train_images_per_s']:>11.1f} "
                       f"{r['train_tflops']:>7.3f}{share:>6} {peak:>8}", flush=True)
 
@@ -208,9 +239,7 @@ def main(args: argparse.Namespace) -> None:
         print()
         results["data"] = run()
         print_table(results["data"])
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Evaluation and prediction (thesis §5-6): the numbers of Tables 2-4, panels like Figs. 7-11, masks for new scans.
 
-    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR --split test    # Table 2-3 numbers
+    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR                 # Table 2-3 numbers (val)
+    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR --split test    # the held-out test CSV
     python evaluate.py --checkpoint A.pt B.pt C.pt --dataset cbis --data-root DIR --panels figs/  # Table 2, Fig. 7-9
     python evaluate.py --checkpoint voc.pt --dataset voc --data-root DIR                    # Table 4 (mIoU)
     python evaluate.py --checkpoint best.pt --input scans/ --output masks/ --tta           # your own images
@@ -345,13 +346,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", choices=("cbis", "mias", "voc", "synthetic"),
                         help="evaluate on this dataset's --split (metrics, comparison table, --panels)")
     parser.add_argument("--data-root", metavar="DIR", help="dataset folder (see data.py); none for synthetic")
-    parser.add_argument("--split", help="split to evaluate (default: test; val for voc, which has no test labels)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val, the split the thesis "
+                        "reports; test = CBIS-DDSM's official test CSV, held out from training and model selection)")
     parser.add_argument("--image-size", type=int, metavar="PIXELS",
                         help="square input side, a multiple of 32 (default: the size the checkpoint was trained at, "
                              "else the thesis' 256 for mammograms and 384 for VOC)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (default: 4)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... "
+                        "(default: auto)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none",
                         help="autocast dtype for the forward pass; scores are computed in fp32 (default: none)")
     parser.add_argument("--tta", action="store_true",
@@ -374,7 +377,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve_device(name: str | None) -> torch.device:
-    if name is None:
+    if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -472,7 +475,7 @@ def main(args: argparse.Namespace) -> int:
     if len(classes) > 1:
         raise UsageError(f"--checkpoint: the models have different numbers of classes ({sorted(classes)}); compare "
                          "models of one task")
-    split = args.split or ("val" if args.dataset == "voc" else "test")
+    split = args.split
     channels = 3 if args.dataset == "voc" else 1  # raw [0, 1] pixels; each model converts and normalises them
     dataset = build_dataset(args.dataset, args.data_root, split, size, in_channels=channels, mean=(0.0,) * channels,
                             std=(1.0,) * channels, augment=False, limit=args.limit)

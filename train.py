@@ -3,7 +3,7 @@
     python train.py                      # demo: synthetic mammograms on the CPU, no download, under 5 minutes
     python train.py --dataset cbis --data-root DATA/CBIS-DDSM                 # Table 2 (A), one GPU
     torchrun --standalone --nproc_per_node=4 train.py --dataset cbis --data-root DATA/CBIS-DDSM --batch-size 4
-    python train.py --dataset cbis --data-root DATA/CBIS-DDSM --data-parallel    # DataParallel over all GPUs (§4.3)
+    python train.py --dataset cbis --data-root DATA/CBIS-DDSM --data-parallel    # DataParallel over all GPUs
     python train.py --resume runs/cbis/last.pt                   # continue exactly; the other flags come back too
     python train.py --resume runs/cbis/best.pt --eval-only       # validation metrics of a checkpoint
 
@@ -65,7 +65,9 @@ PRESETS = {
         batch_size=16,  # not in the thesis (ours): 4 images on each of §4.3's 4 V100s
         in_channels=3,  # §4.3: ImageNet encoders from timm take RGB; grayscale is replicated
         decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
-        train_split="train",  # data.py: the official training CSV split by patient 80/20 (Table 1: 690/168)
+        train_split="train",  # the official training CSV split by patient 80/20: 987/244 images, not Table 1's
+        # 690/168, which no subset of the published CSVs reproduces (data.py's docstring)
+        augment=True,  # not in the thesis (ours): data.augment_mammogram's flip, rotation, scale, shift, gamma
         num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
     ),
     "voc": dict(
@@ -81,13 +83,14 @@ PRESETS = {
         in_channels=3,  # RGB photographs
         decoder_channels=None,  # fusion.py's widths that match Table 4's 202.44M parameters
         train_split="train",  # Table 1 "Train images" 1464 = VOC 2012 train (not SBD's trainaug)
+        augment=True,  # not in the thesis (ours): data.transform_voc's scale 0.5-2x, flip and crop
         num_classes=21,  # background + 20 classes (§6.2)
     ),
     "mias": dict(  # not in the thesis: CBIS-DDSM's recipe, since both are scanned-film mammograms with masses
         encoder="resnet34", decoder="fusion", weights="imagenet", loss="jaccard+focal_tversky", image_size=256,
         lr=5e-4, schedule="0:5e-4,40:1e-4,70:5e-5,100:1e-5,120:1e-6", epochs=150,
         batch_size=8,  # mini-MIAS has only dozens of masses: smaller batches give more steps per epoch
-        in_channels=3, decoder_channels=None, train_split="train", num_classes=1,
+        in_channels=3, decoder_channels=None, train_split="train", augment=True, num_classes=1,
     ),
     "synthetic": dict(  # the demo: sized to finish in < 5 minutes on 2 CPU cores; no thesis number
         encoder="resnet34", decoder="fusion",  # the thesis' architecture...
@@ -96,7 +99,7 @@ PRESETS = {
         loss="jaccard+focal_tversky", image_size=64, lr=1e-3, schedule="0:1e-3,4:3e-4,5:1e-4", epochs=6,
         batch_size=16,  # 6 x 400 images of 64 x 64, from scratch: about 3 minutes on 2 idle CPU cores
         in_channels=1,  # native grayscale: a mammogram has one channel
-        train_split="train", num_classes=1,
+        train_split="train", augment=True, num_classes=1,
     ),
 }
 SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC", "mias": "ours, no thesis number",
@@ -156,11 +159,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(default: 0.01)")
     add("--clip-grad", type=float, help="max gradient norm, 0 = off (default: 0)")
     add("--train-split", help=f"training split (voc: train or trainaug); {preset('train_split')}")
+    add("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of the training images "
+        "(data.py: augment_mammogram for mammograms, transform_voc for VOC); not in the thesis, so ours; "
+        f"{preset('augment')}")
     add("--amp", choices=["none", "bf16", "fp16"], help="autocast precision, a gradient scaler only "
         "for fp16 (default: none, as far as we know the thesis' V100s ran fp32; bf16 is fast and safe on A100/H100)")
     add("--compile", action="store_true", help="torch.compile the model")
-    add("--data-parallel", action="store_true", help="nn.DataParallel over all visible GPUs of one process, as the "
-        "thesis' 4 x V100 (§4.3)")
+    add("--data-parallel", action="store_true", help="nn.DataParallel over all visible GPUs of one process (the "
+        "thesis trained on 4 V100s, §4.3, without saying how); torchrun (DDP) is faster")
     add("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (default: off)")
     add("--workers", type=int, default=2, help="DataLoader worker processes per training process (default: 2)")
     add("--seed", type=int, help="seed of the initialisation, shuffle and augmentation (default: 0)")
@@ -236,6 +242,19 @@ def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device):
     return (images.to(device, non_blocking=True, memory_format=memory_format), masks.to(device, non_blocking=True))
 
 
+class AutocastReplica(nn.Module):
+    """Runs `module` under --amp's autocast. nn.DataParallel runs each replica in a thread of its own, and autocast's
+    dtype is per thread: without this, --amp bf16 replicas would run CUDA's default autocast dtype, fp16, unscaled."""
+
+    def __init__(self, module: nn.Module, amp: str):
+        super().__init__()
+        self.module, self.amp = module, amp
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, self.amp):
+            return self.module(images)
+
+
 def atomic_save(obj: dict, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then os.replace: readers see the old or the new file."""
     temporary = path.with_name(path.name + ".tmp")
@@ -247,7 +266,7 @@ def atomic_save(obj: dict, path: Path) -> None:
 
 
 def share_file(source: Path, target: Path) -> None:
-    """Atomically make `target` a copy of `source`: a hard link (no second 350 MB write) or, where the file system
+    """Atomically make `target` a copy of `source`: a hard link (no second write of a checkpoint of up to 3 GB) or, where the file system
     has none, a copy. Safe because atomic_save replaces a file by a new inode instead of rewriting it."""
     temporary = target.with_name(target.name + ".tmp")
     temporary.unlink(missing_ok=True)
@@ -411,14 +430,20 @@ def setup_device(args) -> tuple[int, int, torch.device]:
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world, local_rank = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)  # an index, for set_device and DDP
+    try:
+        device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)  # an index, for set_device and DDP
+    except RuntimeError:
+        raise UsageError(f"--device {args.device}: not a device; use auto, cpu, cuda or cuda:N") from None
     problems = [(device.type == "cuda" and not torch.cuda.is_available(), f"--device {args.device}: no CUDA GPU is "
                                                                           "visible; use --device cpu"),
                 (args.amp == "fp16" and device.type != "cuda", "--amp fp16 needs a CUDA GPU; on the CPU use bf16 or "
                                                                "none"),
                 (args.sync_bn and device.type != "cuda", "--sync-bn needs CUDA GPUs"),
                 (args.data_parallel and device.type != "cuda", "--data-parallel needs CUDA GPUs; on the CPU use "
-                                                               "torchrun --nproc_per_node=N")]
+                                                               "torchrun --nproc_per_node=N"),
+                ((torchrun or args.data_parallel) and name.startswith("cuda:"),
+                 f"--device {args.device} names one GPU, but torchrun gives each process the GPU of its LOCAL_RANK "
+                 "and --data-parallel uses all visible GPUs: use --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")]
     for failed, message in problems:
         if failed:
             raise UsageError(message)
@@ -450,7 +475,7 @@ def main(args) -> dict:
                   limit=args.limit, verbose=is_main)
     val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
     train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
-                                                          args.image_size, **common)
+                                                          args.image_size, augment=args.augment, **common)
     for split, dataset in (("val", val_set), (args.train_split, train_set)):
         if dataset is not None and len(dataset) == 0:
             raise DataError(f"{args.dataset} {split}: no images found under {args.data_root}; check --data-root")
@@ -465,7 +490,8 @@ def main(args) -> dict:
                             **loader_options)  # rank::world, no padding: every image is scored exactly once
 
     criterion = build_loss(args.loss, config["num_classes"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, amsgrad=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  amsgrad=True)  # Table 1 "Optimizer": AdamW with amsgrad
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PiecewiseConstant(args.milestones, args.lr_factors))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     start_epoch, best = 0, None
@@ -487,9 +513,12 @@ def main(args) -> dict:
     net = torch.compile(net) if args.compile else net
     eval_net = net  # each rank scores its own shard: no DDP wrapper, whose forward would wait for the others
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        # SMP's Unet++ keeps an scSE block on its last level, which has no skip for it to attend: its parameters
+        # get no gradient, and DDP must be told to expect that.
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=config["decoder"] == "unetplusplus")
     elif args.data_parallel:
-        net = eval_net = nn.DataParallel(net)
+        net = eval_net = nn.DataParallel(AutocastReplica(net, args.amp))
 
     def validate() -> dict:
         if world > 1:  # BN statistics drift apart on each rank's last batch: score (and save) rank 0's

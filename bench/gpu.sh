@@ -20,7 +20,7 @@ run() {  # run a step, keep its output, and remember a failure without stopping 
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$results/gpu.txt"
 # Thesis rows: fp32 and bf16, channels_last, batch 1 latency and batch-16 throughput / training step.
-run speed python benchmark.py --speed --device cuda --amp fp32 bf16 --channels-last --batch-size 16 \
+run speed python benchmark.py --speed --device cuda --amp none bf16 --channels-last --batch-size 16 \
   --warmup 10 --repeats 30 --json "$results/speed.json"
 if python -c "import segmentation_models_pytorch" 2>/dev/null; then
   run peer_fp32 python bench/peer_smp.py --device cuda --batch-size 16 --rounds 5 --repeats 20 --json "$results/peer_fp32.json"

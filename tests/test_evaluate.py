@@ -142,7 +142,7 @@ def test_load_checkpoint_rebuilds_strips_prefixes_and_rejects_bad_files(checkpoi
 
 def reference_binary(model, limit: int, batch_size: int) -> tuple[dict, torch.Tensor]:
     """The metric functions run directly: data.py normalises, the model predicts, BinaryStats counts."""
-    dataset = build_dataset("synthetic", None, "test", 64, in_channels=1, mean=model.config["mean"],
+    dataset = build_dataset("synthetic", None, "val", 64, in_channels=1, mean=model.config["mean"],
                             std=model.config["std"], augment=False, limit=limit)
     stats = BinaryStats()
     with torch.no_grad():
@@ -176,9 +176,9 @@ def test_synthetic_metrics_table_disagreements_and_panels(checkpoints, tmp_path,
 
     spread = (dice["unet"] - dice["fusion"]).abs()
     expected = [i for i in sorted(range(8), key=lambda i: -spread[i].item()) if spread[i] > 0][:5]
-    assert [d["id"] for d in result["disagreements"]] == [f"synthetic-test-{i:05d}" for i in expected]
+    assert [d["id"] for d in result["disagreements"]] == [f"synthetic-val-{i:05d}" for i in expected]  # val by default
     assert [d["spread"] for d in result["disagreements"]] == [spread[i].item() for i in expected]
-    assert f"synthetic-test-{expected[0]:05d}: unet" in printed
+    assert f"synthetic-val-{expected[0]:05d}: unet" in printed
 
     names = sorted(Path(p).name for p in result["panels"])
     kinds = [name.split("-")[0] for name in names]
@@ -187,7 +187,7 @@ def test_synthetic_metrics_table_disagreements_and_panels(checkpoints, tmp_path,
     assert len({name.split("-", 2)[2] for name in names}) == 8  # every image once
     rest = [i for i in range(8) if i not in expected[:3]]  # the disagreement panels took these
     worst = min(rest, key=lambda i: (dice["unet"][i] + dice["fusion"][i]).item())
-    assert f"hard-1-synthetic-test-{worst:05d}.png" in names
+    assert f"hard-1-synthetic-val-{worst:05d}.png" in names
     panel = Image.open(tmp_path / "panels" / names[0])
     assert panel.size[0] == 4 * 64 * 3 + 3 * 4  # image | truth | unet | fusion, 64 px tiles enlarged 3x
 

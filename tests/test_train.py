@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,21 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
     assert (own.lr, own.milestones, own.lr_factors) == (1e-3, [0, 2], pytest.approx([1, 0.1]))
     constant = resolve("--dataset", "voc", "--schedule", "constant", "--lr", "1e-4")
     assert (constant.lr, constant.milestones, constant.lr_factors) == (1e-4, [0], [1.0])
+    assert cbis.augment and voc.augment and resolve("--dataset", "cbis", "--no-augment").augment is False
+
+
+def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
+    built, build_dataset = {}, train.build_dataset
+
+    def spy(name, root, split, image_size, **options):
+        built[split] = dataset = build_dataset(name, root, split, image_size, **options)
+        return dataset
+
+    monkeypatch.setattr(train, "build_dataset", spy)
+    run_main([*TINY, "--epochs", "1", "--no-augment", "--out-dir", str(tmp_path / "plain")])
+    assert built["train"].augment is False and built["val"].augment is False
+    run_main([*TINY, "--epochs", "1", "--out-dir", str(tmp_path / "augmented")])
+    assert built["train"].augment is True and built["val"].augment is False
 
 
 def test_piecewise_schedule_steps_at_the_milestones_and_survives_a_state_dict_round_trip():
@@ -80,6 +96,22 @@ def test_piecewise_schedule_steps_at_the_milestones_and_survives_a_state_dict_ro
     fresh.load_state_dict(scheduler.state_dict())  # the milestones come back from the checkpoint
     assert fresh.lr_lambdas[0].milestones == [0, 40, 70] and fresh.lr_lambdas[0](75) == pytest.approx(0.1)
     assert train.parse_schedule("0:1e-3,5:1e-4", 2e-3)[2] == 2e-3  # --lr rescales the schedule
+
+
+def test_autocast_replica_sets_its_own_dtype_in_any_thread():
+    """nn.DataParallel runs each replica in a thread whose autocast has the device's default dtype (fp16 on CUDA);
+    AutocastReplica must impose --amp's dtype there. Here: a thread whose ambient autocast says fp16."""
+    layer, x, dtypes = torch.nn.Linear(4, 4), torch.randn(2, 4), {}
+
+    def replica_thread(amp: str):
+        with torch.autocast("cpu", dtype=torch.float16):
+            dtypes[amp] = train.AutocastReplica(layer, amp)(x).dtype
+
+    for amp in ("bf16", "none"):
+        thread = threading.Thread(target=replica_thread, args=(amp,))
+        thread.start()
+        thread.join()
+    assert dtypes == {"bf16": torch.bfloat16, "none": torch.float32}
 
 
 # ------------------------------------------------------------------------------------------------- end to end
@@ -127,11 +159,12 @@ def test_resume_after_one_epoch_gives_bit_identical_weights(tmp_path, one_thread
         read_log(split)[1]["val_dice_pooled"]
 
 
-def test_two_gloo_processes_report_the_metrics_of_one_process(tmp_path):
+@pytest.mark.parametrize("decoder", ["fusion", "unetplusplus"])  # Unet++ has parameters without gradient
+def test_two_gloo_processes_report_the_metrics_of_one_process(tmp_path, decoder):
     out = tmp_path / "ddp"
     # 5 validation images over 2 ranks (3 + 2): a padding sampler would score one image twice.
-    args = [*TINY, "--limit", "5", "--batch-size", "2", "--eval-batch-size", "1", "--epochs", "1",
-            "--out-dir", str(out)]
+    args = [*TINY, "--decoder", decoder, "--limit", "5", "--batch-size", "2", "--eval-batch-size", "1",
+            "--epochs", "1", "--out-dir", str(out)]
     ddp = script(*args, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert ddp.stdout.count("epoch 0 val") == 1  # only rank 0 prints
@@ -173,6 +206,23 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 # -------------------------------------------------------------------------------------------------- CLI errors
+@pytest.mark.parametrize("launch", [{"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "--data-parallel"])
+def test_one_named_gpu_is_refused_where_several_are_used(monkeypatch, launch):
+    """torchrun picks each process' GPU from LOCAL_RANK and DataParallel uses them all: --device cuda:N would put
+    every process on one GPU, or the model beside DataParallel's first."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the check comes before any CUDA call
+    flags = ["--device", "cuda:1"]
+    if isinstance(launch, dict):
+        for name, value in launch.items():
+            monkeypatch.setenv(name, value)
+    else:
+        flags.append(launch)
+    args = train.get_args_parser().parse_args(flags)
+    train.resolve_args(args)
+    with pytest.raises(train.UsageError, match="LOCAL_RANK"):
+        train.setup_device(args)
+
+
 def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path):
     empty, voc = tmp_path / "empty", tmp_path / "voc" / "VOCdevkit" / "VOC2012"
     empty.mkdir()
@@ -194,6 +244,7 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path):
         (["--weights", str(tmp_path / "missing.pth")], None, "missing.pth"),
         (["--resume", str(tmp_path / "missing.pt")], None, "no such file"),
         (["--no-such-flag"], None, "unrecognized"),
+        (["--device", "gpu0"], None, "--device gpu0"),
     ]
     processes = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(tmp_path / "o"),
                                    *argv], cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
