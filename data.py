@@ -55,7 +55,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
 from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogram, fitted_size, load_mammogram,
-                        load_mias, preprocess_mammogram, read_dicom, read_mias, subject_of)
+                        load_mias, preprocess_mammogram, read_dicom, read_mias, stretch_contrast, subject_of)
 
 __all__ = ["DataError", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
            "augment_mammogram", "fitted_size", "transform_voc", "MammogramDataset", "SyntheticMammograms",
@@ -327,7 +327,7 @@ def synthetic_mammogram(size: tuple[int, int], rng: np.random.Generator, *,
         for _ in range(2 if rng.random() < 0.15 else 1):
             _add_mass(image, mask, depth, rng)
     image += rng.uniform(0.01, 0.03) * rng.standard_normal(size, dtype=np.float32)
-    return np.clip(image, 0, 1, dtype=np.float32), mask.astype(np.uint8)
+    return stretch_contrast(image), mask.astype(np.uint8)  # as preprocess_mammogram does to real ones
 
 
 class SyntheticMammograms(_SegmentationSet):

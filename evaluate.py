@@ -369,8 +369,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="forward passes timed for the inference-time column, after warm-up (default: 10; "
                              "0 skips timing)")
     parser.add_argument("--input", nargs="+", metavar="FILE_OR_DIR",
-                        help="predict these DICOM/PNG/JPEG/PGM files or folders (searched recursively)")
-    parser.add_argument("--output", metavar="DIR", help="where --input's masks, probability maps and overlays go")
+                        help="predict these DICOM/PNG/JPEG/PGM files or folders (searched recursively; DICOM "
+                             "files without a suffix are found by their DICM marker)")
+    parser.add_argument("--output", metavar="DIR", help="where --input's masks, probability maps and overlays go: "
+                        "a folder holding no input file, so nothing beside an input is overwritten; a folder input's "
+                        "subfolders are kept, and same-named inputs get distinct names (scan_dcm, scan_png, scan_png_2)")
     parser.epilog = ("exit codes: 0 done; 1 some --input files could not be read (the others were written); "
                      "2 bad flags, checkpoint or dataset\n")
     return parser

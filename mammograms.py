@@ -74,8 +74,11 @@ def _open_dicom(path: Path, *, pixels: bool) -> pydicom.Dataset:
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: cannot read the file ({error})") from error
     photometric = str(ds.get("PhotometricInterpretation", ""))
+    kind = getattr(ds.get("SOPClassUID"), "name", None) or "non-image"  # e.g. "RT Plan Storage"
+    if not photometric:
+        raise DataError(f"{path}: not an image (no PhotometricInterpretation: a {kind} object?)")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DataError(f"{path}: colour image (PhotometricInterpretation {photometric or 'missing'}); "
+        raise DataError(f"{path}: colour image (PhotometricInterpretation {photometric}); "
                         "expected a MONOCHROME1/2 grayscale image")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
@@ -86,14 +89,16 @@ def _open_dicom(path: Path, *, pixels: bool) -> pydicom.Dataset:
 def _read_dicom(path: Path) -> np.ndarray:
     ds = _open_dicom(path, pixels=True)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise DataError(f"{path}: no pixel data (a {ds.get('SOPClassUID', 'non-image')!s} object?)")
+        kind = getattr(ds.get("SOPClassUID"), "name", None) or "non-image"
+        raise DataError(f"{path}: no pixel data (a {kind} object?)")
     syntax = ds.file_meta.get("TransferSyntaxUID", "unknown transfer syntax")
     try:
         pixels = ds.pixel_array
     except Exception as error:  # pydicom raises a different error type for each decoder problem
         hint = "" if syntax in UNCOMPRESSED else (" A compressed DICOM needs a decoder plugin, e.g. "
                                                   "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`.")
-        raise DataError(f"{path}: cannot decode the pixel data ({getattr(syntax, 'name', syntax)}): {error}.{hint}"
+        reason = " ".join(str(error).split())  # pydicom lists each plugin's reason on a line of its own
+        raise DataError(f"{path}: cannot decode the pixel data ({getattr(syntax, 'name', syntax)}): {reason}.{hint}"
                         ) from error
     if pixels.ndim != 2:
         raise DataError(f"{path}: pixel array of shape {pixels.shape}; expected a single 2-D image")
@@ -449,6 +454,13 @@ def fitted_size(original: tuple[int, int], size: tuple[int, int], zoom: float = 
     return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
 
 
+def stretch_contrast(image: np.ndarray) -> np.ndarray:
+    """Map the image's 0.5th..99.5th percentiles onto [0, 1] (clipped): every mammogram a model sees, in training or
+    prediction, real or synthetic, spans the same range whatever its scanner, bit depth or exposure."""
+    low, high = np.percentile(image, (0.5, 99.5))
+    return np.clip((image - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+
+
 def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple[int, int], *, orient: bool = True,
                          crop_breast: bool = False, keep_aspect: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution image (H, W) in [0, 1] and one bool mask per lesion -> (size float32 image, size uint8 mask)."""
@@ -458,8 +470,7 @@ def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple
     inner = fitted_size(image.shape, size) if keep_aspect else size
     pixels = torch.from_numpy(np.ascontiguousarray(image))[None, None]  # (1, 1, H, W)
     resized = F.interpolate(pixels, size=inner, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
-    low, high = np.percentile(resized, (0.5, 99.5))
-    resized = np.clip((resized - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
+    resized = stretch_contrast(resized)
     mask = np.zeros(inner, dtype=bool)
     for lesion in masks:
         mask |= _resize_mask(lesion, inner)

@@ -237,22 +237,54 @@ def inference_seconds(model: torch.nn.Module, image: torch.Tensor, *, amp: str =
 # ---------------------------------------------------------------------------------------------------------------------
 # Prediction on image files
 
+def is_dicom(path: Path) -> bool:
+    """A DICOM file by its suffix, or by the "DICM" marker at byte 128 (PACS exports often have no suffix).
+    Raises OSError when the file has no DICOM suffix and cannot be read."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as file:
+        return file.read(132)[128:] == b"DICM"
+
+
+def _suffixless_dicom(path: Path) -> bool:
+    try:
+        return not path.suffix and is_dicom(path)
+    except OSError:  # unreadable and without a suffix: nothing says it is an image
+        return False
+
+
 def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
     """(image file, output base) per image: a file as given -> output/<stem>; a folder is searched recursively for
-    IMAGE_SUFFIXES -> output/<its subfolders>/<stem>, skipping the output folder. Two inputs that would share an
-    output name keep their suffix in it (scan_dcm, scan_png)."""
+    IMAGE_SUFFIXES and suffix-less DICOM files -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
+    that would share an output name keep their suffix in it (scan_dcm, scan_png), then a counter (scan_png_2).
+    Raises DataError when the output folder holds an input file, so that nothing beside an input (its ground-truth
+    <stem>_mask.png, say) is overwritten, or when a folder holds no image outside the output folder."""
     found, output = [], output.resolve()
     for item in map(Path, inputs):
         if not item.is_dir():
+            if item.exists() and output in item.resolve().parents:
+                raise DataError(f"--output {output} holds the input {item}: write the masks to another folder, so "
+                                "that no file beside the inputs is overwritten")
             found.append((item, output / item.stem))  # a missing or unreadable file is reported when it is read
             continue
-        for file in sorted(item.rglob("*")):
-            if (file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith(".")
-                    and output not in file.resolve().parents):
-                found.append((file, output / file.relative_to(item).parent / file.stem))
-    taken = Counter(base for _, base in found)
-    return [(file, base.with_name(f"{base.name}_{file.suffix.lstrip('.')}") if taken[base] > 1 else base)
-            for file, base in found]
+        files = [file for file in sorted(item.rglob("*")) if file.is_file() and not file.name.startswith(".")
+                 and output not in file.resolve().parents]
+        images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _suffixless_dicom(file)]
+        if not images and output in [item.resolve(), *item.resolve().parents]:
+            raise DataError(f"--input {item} is the --output folder or inside it, whose files are never read as "
+                            "inputs: write the masks to another folder")
+        found += [(file, output / file.relative_to(item).parent / file.stem) for file in images]
+    taken, used, unique = Counter(base for _, base in found), set(), []
+    for file, base in found:
+        if taken[base] > 1 and file.suffix:
+            base = base.with_name(f"{base.name}_{file.suffix.lstrip('.')}")
+        name, count = base, 1
+        while name in used:
+            count += 1
+            name = base.with_name(f"{base.name}_{count}")
+        used.add(name)
+        unique.append((file, name))
+    return unique
 
 
 def dicom_pixel_spacing(path: Path) -> tuple[float, float, str] | None:
@@ -276,11 +308,10 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
     are divided by 255, 16-bit by 65535 (older Pillow opens 16-bit PNGs as 32-bit "I": values must fit 16 bits).
     Raises DataError naming the file for anything else."""
     try:
-        with open(path, "rb") as file:
-            preamble = file.read(132)
+        dicom = is_dicom(path)
     except OSError as error:
         raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from error
-    if path.suffix.lower() in (".dcm", ".dicom") or preamble[128:132] == b"DICM":
+    if dicom:
         return read_dicom(path), True, dicom_pixel_spacing(path)
     try:
         with Image.open(path) as file:
@@ -293,6 +324,8 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
             pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as 32-bit "I")
     except OSError as error:  # PIL's UnidentifiedImageError, truncated files
         raise DataError(f"{path}: cannot read the image ({error})") from error
+    except Image.DecompressionBombError as error:  # over 2 x Image.MAX_IMAGE_PIXELS, far beyond any mammogram
+        raise DataError(f"{path}: {error}") from error
     if pixels.min() < 0 or pixels.max() > 65535:
         raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit gray or RGB")
     return pixels.astype(np.float32) / 65535, False, None

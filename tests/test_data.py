@@ -124,6 +124,9 @@ def test_synthetic_masses_are_learnable_but_not_trivial():
     assert 0.1 < np.mean(areas == 0) < 0.35  # some images have no mass
     assert np.percentile(areas[areas > 0], 90) > 6 * np.percentile(areas[areas > 0], 10)  # varied sizes
     assert all(image.min() >= 0 and image.max() <= 1 and image.dtype == np.float32 for image, _ in samples)
+    # Contrast-stretched as real mammograms are, so prediction (which stretches every file) sees what training saw.
+    assert all(np.percentile(image, 0.5) < 1e-3 and np.percentile(image, 99.5) > 0.999
+               for image, _ in samples)
     # Learnable: masses are locally brighter than the tissue around them.
     contrasts = [_local_contrast(image, mask) for image, mask in samples if mask.any()]
     assert np.mean(np.array(contrasts) > 0.02) > 0.9

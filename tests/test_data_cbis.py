@@ -60,13 +60,14 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the odd files it bundles on purpose
 def test_read_dicom_on_every_pydicom_test_file():
     """Each bundled file either decodes to a valid image or raises DataError naming it; nothing else escapes."""
-    decoded, refused = [], []
+    decoded, refused, messages = [], [], {}
     for name in get_testdata_files():
         try:
             image = read_dicom(name)
         except DataError as error:
-            assert Path(name).name in str(error)
+            assert Path(name).name in str(error) and "\n" not in str(error)  # printed as one line, reason and all
             refused.append(name)
+            messages[Path(name).name] = str(error)
             continue
         assert image.dtype == np.float32 and image.ndim == 2 and image.size > 0
         assert 0.0 <= image.min() and image.max() <= 1.0 and np.isfinite(image).all()
@@ -74,6 +75,8 @@ def test_read_dicom_on_every_pydicom_test_file():
     assert len(decoded) >= 30 and len(refused) >= 30  # MR/CT/16x16 series decode; RGB, SR, multi-frame... refuse
     names = {Path(n).name for n in decoded}
     assert {"CT_small.dcm", "MR_small.dcm"} <= names and "SC_rgb.dcm" not in names
+    assert "not an image (no PhotometricInterpretation: a RT Plan Storage object?)" in messages["rtplan.dcm"]
+    assert "colour image (PhotometricInterpretation YBR_FULL)" in messages["SC_rgb_jpeg_dcmtk.dcm"]
 
 
 def test_read_dicom_scales_bit_depths_and_signs(tmp_path):

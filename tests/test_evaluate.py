@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 import evaluate
 from benchmark import count_flops
-from data import build_dataset, preprocess_mammogram
+from data import DataError, build_dataset, preprocess_mammogram
 import predict
 from evaluate import CheckpointError, UsageError, load_checkpoint
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
@@ -344,6 +344,37 @@ def test_predict_folder_of_png_jpeg_pgm_dicom_with_a_broken_file(checkpoints, tm
     model = checkpoints["models"]["unet"]
     png = np.asarray(Image.open(scans / "gray.png"), dtype=np.float32) / 255
     assert np.array_equal(np.asarray(Image.open(out / "gray_mask.png")) == 255, reference_mask(model, png))
+
+
+def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, monkeypatch):
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    for folder in ("a", "b"):
+        (scans / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(scans / folder / "scan.png")
+    write_dicom(scans / "a" / "scan.dcm", mammogram_like(20, 20, 0) * 4095, spacing=None)
+    write_dicom(scans / "b" / "IM000001", mammogram_like(20, 20, 0) * 4095, spacing=None)  # a PACS export's name
+    (scans / "b" / "NOTES").write_text("not an image")
+    # Files given one by one: same names from different folders never share an output.
+    files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
+    bases = [base.relative_to(out.resolve()) for _, base in predict.find_inputs(list(map(str, files)), out)]
+    assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
+    # A folder: subfolders are kept, the suffix-less DICOM is found by its marker, the text file is left alone.
+    found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
+             for file, base in predict.find_inputs([str(scans)], out)}
+    assert found == {"a/scan.dcm": "a/scan_dcm", "a/scan.png": "a/scan_png", "b/IM000001": "b/IM000001",
+                     "b/scan.png": "b/scan"}
+    assert predict.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
+    # Nothing is written beside an input: the output folder may not hold one.
+    (scans / "a" / "scan_mask.png").write_bytes(b"the ground truth")
+    with pytest.raises(DataError, match="holds the input"):
+        predict.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
+    with pytest.raises(DataError, match="is the --output folder"):
+        predict.find_inputs([str(scans / "b")], scans / "b")
+    assert (scans / "a" / "scan_mask.png").read_bytes() == b"the ground truth"
+    # An image too large to decode safely is a one-line DataError, not a crash of the whole run.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    with pytest.raises(DataError, match="scan.png: Image size"):
+        predict.read_image_file(scans / "a" / "scan.png")
 
 
 def test_tta_averages_the_probabilities_of_mirrored_inputs(checkpoints):
