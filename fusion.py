@@ -19,12 +19,14 @@ accumulates / 2; benchmark.py prints both, tests/test_model.py checks them). For
 BiT fits Table 2 (the same halving widths from 256 give 32.5M parameters); the widths in DEFAULT_WIDTHS were the best
 of a search over about 1,000 combinations of five widths and SE reductions 4 and 16 against its 89.62M parameters and
 32.22 FLOPs (ours: 89.25M, 31.83), and are the least certain part of this reproduction.
-Every convolution has a bias and is followed by BatchNorm and ReLU, as in AUNet. The last level has no skip (the
-encoder has no features at stride 1 besides the image itself).
+Every convolution has a bias and is followed by BatchNorm and ReLU, and the bilinear upsampling aligns corners, as in
+AUNet's code. The last level has no skip (the encoder has no features at stride 1 besides the image itself).
 
-    decoder = FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=DEFAULT_WIDTHS["resnet34"])
+    decoder = FusionDecoder((3, 64, 64, 128, 256, 512))  # ResNet-34's widths: DEFAULT_WIDTHS["resnet34"]
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -35,9 +37,11 @@ DEFAULT_WIDTHS = {
     "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M params, 115.82 FLOPs
     "resnet34": (768, 384, 256, 96, 48),  # Table 2: 89.62M params, 32.22 FLOPs (fitted: 89.25M, 31.83)
 }
+# Each encoder's feature widths at strides 2-32 (the stride-1 "feature" is the image: 1 or 3 channels).
+ENCODER_WIDTHS = {(64, 64, 128, 256, 512): "resnet34", (64, 256, 512, 1024, 2048): "bit_r50x1"}
 
 
-class ConvBNReLU(nn.Sequential):
+class FusionConv(nn.Sequential):
     """Convolution (with bias, as in AUNet) + BatchNorm + ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
@@ -65,19 +69,19 @@ class FusionLayer(nn.Module):
 
     def __init__(self, high_channels: int, skip_channels: int, out_channels: int, *, se_reduction: int = 4):
         super().__init__()
-        self.bilinear_branch = ConvBNReLU(high_channels, out_channels)
+        self.bilinear_branch = FusionConv(high_channels, out_channels)
         # Dense upsampling convolution: predict 4 sub-pixels per channel, then rearrange them into a 2x larger map.
-        self.dense_upsampling = nn.Sequential(ConvBNReLU(high_channels, 4 * out_channels), nn.PixelShuffle(2))
+        self.dense_upsampling = nn.Sequential(FusionConv(high_channels, 4 * out_channels), nn.PixelShuffle(2))
         self.skip_projection = None
         if skip_channels and skip_channels != out_channels:  # the skip is added, so its width must match
-            self.skip_projection = ConvBNReLU(skip_channels, out_channels, kernel_size=1)
-        self.smooth = ConvBNReLU(out_channels, out_channels)
+            self.skip_projection = FusionConv(skip_channels, out_channels, kernel_size=1)
+        self.smooth = FusionConv(out_channels, out_channels)
         self.se = SEBlock(2 * out_channels, se_reduction)
-        self.conv1 = ConvBNReLU(2 * out_channels, out_channels)
-        self.conv2 = ConvBNReLU(out_channels, out_channels)
+        self.conv1 = FusionConv(2 * out_channels, out_channels)
+        self.conv2 = FusionConv(out_channels, out_channels)
 
     def forward(self, high: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        upsampled = F.interpolate(high, scale_factor=2.0, mode="bilinear", align_corners=False)
+        upsampled = F.interpolate(high, scale_factor=2.0, mode="bilinear", align_corners=True)  # as AUNet
         semantic = self.bilinear_branch(upsampled)  # (B, m, 2H, 2W)
         detail = self.dense_upsampling(high)  # (B, 4m, H, W) -> (B, m, 2H, 2W)
         if skip is not None:
@@ -87,10 +91,18 @@ class FusionLayer(nn.Module):
 
 
 class FusionDecoder(nn.Module):
-    """Fig. 5: five fusion layers from stride 32 up to stride 1, each taking the encoder map of its resolution."""
+    """Fig. 5: five fusion layers from stride 32 up to stride 1, each taking the encoder map of its resolution.
+    decoder_channels (deepest first) default to the thesis' widths of the encoder that encoder_channels names."""
 
-    def __init__(self, encoder_channels, *, decoder_channels=DEFAULT_WIDTHS["bit_r50x1"], se_reduction: int = 4):
+    def __init__(self, encoder_channels: Sequence[int], *, decoder_channels: Sequence[int] | None = None,
+                 se_reduction: int = 4):
         super().__init__()
+        if decoder_channels is None:
+            encoder = ENCODER_WIDTHS.get(tuple(encoder_channels[1:]))
+            if encoder is None:
+                raise ValueError(f"no thesis widths for encoder channels {tuple(encoder_channels)}: pass "
+                                 "decoder_channels, five widths, deepest first")
+            decoder_channels = DEFAULT_WIDTHS[encoder]
         deepest, *skips = list(encoder_channels[1:])[::-1]  # (s32; s16, s8, s4, s2)
         skips = skips + [0]  # the last level has no skip
         if len(decoder_channels) != len(skips):

@@ -246,9 +246,14 @@ def test_fusion_layer_doubles_resolution_and_uses_every_parameter():
     assert FusionLayer(32, 16, 16).skip_projection is None  # equal widths: the skip is added as it is
 
 
-def test_fusion_decoder_needs_one_width_per_level():
+def test_fusion_decoder_needs_one_width_per_level_and_defaults_to_its_encoders_thesis_widths():
     with pytest.raises(ValueError, match="needs 5 widths"):
         FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=(64, 32))
+    with torch.device("meta"):  # widths only: no memory for the weights
+        assert FusionDecoder((1, 64, 64, 128, 256, 512)).options["decoder_channels"] == [768, 384, 256, 96, 48]
+        assert FusionDecoder((3, 64, 256, 512, 1024, 2048)).options["decoder_channels"] == [1024, 512, 256, 128, 64]
+    with pytest.raises(ValueError, match="pass decoder_channels"):
+        FusionDecoder((3, 32, 32, 64, 128, 256))
 
 
 # ------------------------------------------------------------------------------------------ the whole model
