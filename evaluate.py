@@ -50,9 +50,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmark import count_flops, count_parameters
+from checkpoints import CheckpointError, first_line, load_checkpoint  # noqa: F401 load_checkpoint re-exported
 from data import DataError, build_dataset
 from metrics import BinaryStats, ConfusionMatrix, build_metrics, predict_labels  # noqa: F401 re-exported: DESIGN.md's names
-from model import build_model
 from predict import (IMAGE_SUFFIXES, find_inputs, inference_seconds, predict_dataset_batch, predict_image,
                      read_image_file, write_panel, write_prediction)
 
@@ -71,69 +71,8 @@ DISAGREEMENTS_LISTED = 5
 HEAVY_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "rng")  # checkpoint entries the command never reads
 
 
-class CheckpointError(Exception):
-    """A checkpoint that cannot be opened or rebuilt; the message names the file and what to do."""
-
-
 class UsageError(Exception):
     """Flags that do not fit together; the message names the flag."""
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a train.py checkpoint and load its weights -> (model in eval mode on device, checkpoint).
-
-    Only "model" (state dict) and "model_config" (build_model kwargs) are used; the other entries come back as they
-    are. Keys saved through DataParallel/DDP ("module.") or torch.compile ("_orig_mod.") are stripped, with a note.
-    Raises CheckpointError for a missing, unreadable or incomplete file, or weights that do not fit the config.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found (--checkpoint)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a truncated, foreign or pickled-object file
-        raise CheckpointError(f"{path}: cannot open the checkpoint ({type(error).__name__}: {_first_line(error)}); "
-                              "pass a complete file written by train.py") from error
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_config" not in checkpoint:
-        found = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path}: no 'model' and 'model_config' entries (found {found}); the network is rebuilt "
-                              "from the model_config that train.py stores, a bare state_dict does not name it")
-    config = dict(checkpoint["model_config"])
-    config.pop("weights", None)  # the trained weights come from the state dict: never download encoder weights here
-    try:
-        model = build_model(**config)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: its model_config does not build a model ({error})") from error
-    stripped = set()
-
-    def plain_key(key: str) -> str:
-        plain = key
-        while plain.startswith(("module.", "_orig_mod.")):  # DDP around a compiled model gives both
-            plain = plain.split(".", 1)[1]
-        if plain != key:
-            stripped.add(key[:len(key) - len(plain)])
-        return plain
-
-    state = {plain_key(key): value for key, value in checkpoint["model"].items()}
-    if stripped:
-        print(f"note: {path}: stripped {', '.join(map(repr, sorted(stripped)))} from the weight names (saved from "
-              "a DataParallel/DDP-wrapped or compiled model)", file=sys.stderr)
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    misshapen = [key for key in expected if key in state and getattr(state[key], "shape", None) != expected[key].shape]
-    if missing or unexpected or misshapen:
-        examples = (missing + unexpected + misshapen)[:2]
-        raise CheckpointError(f"{path}: the weights do not fit its model_config ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(misshapen)} of another shape, e.g. {examples}); "
-                              "was the file edited or written by another program?")
-    model.load_state_dict(state)
-    return model.to(device).eval(), checkpoint
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -303,8 +242,8 @@ def predict_files(candidate: Candidate, inputs: list[str], output: Path, size: t
         try:
             pixels, is_dicom, spacing = read_image_file(source)
         except DataError as error:
-            print(f"FAILED {_first_line(error)}", file=sys.stderr)
-            records.append(dict(input=str(source), error=_first_line(error)))
+            print(f"FAILED {first_line(error)}", file=sys.stderr)
+            records.append(dict(input=str(source), error=first_line(error)))
             continue
         labels, confidence = predict_image(candidate.model, pixels, size, tta=tta, amp=amp)
         paths = write_prediction(base, pixels, labels, confidence, num_classes)
@@ -387,7 +326,7 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise UsageError(f"--device {name}: {_first_line(error)}") from error
+        raise UsageError(f"--device {name}: {first_line(error)}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
     return device
@@ -533,7 +472,7 @@ def _user_message(error: Exception) -> str:
     text = str(error).strip()
     if "Original Traceback" in text:
         return re.sub(r"^[\w.]*Error: ", "", text.splitlines()[-1])
-    return _first_line(error)
+    return first_line(error)
 
 
 if __name__ == "__main__":

@@ -33,8 +33,6 @@ import json
 import math
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +43,8 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from checkpoints import (RESUME_ENTRIES, CheckpointError, atomic_save, git_commit, model_from_checkpoint,
+                         read_checkpoint, share_file, versions)
 from data import DataError, build_dataset
 from losses import build_loss
 from metrics import build_metrics, predict_labels
@@ -255,42 +255,6 @@ class AutocastReplica(nn.Module):
             return self.module(images)
 
 
-def atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then os.replace: readers see the old or the new file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as file:
-        torch.save(obj, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def share_file(source: Path, target: Path) -> None:
-    """Atomically make `target` a copy of `source`: a hard link (no second write of a checkpoint of up to 3 GB) or, where the file system
-    has none, a copy. Safe because atomic_save replaces a file by a new inode instead of rewriting it."""
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):  # not a git checkout, or no git: the record says None
-        return None
-
-
-def versions() -> dict:
-    import torchvision
-    return {"python": platform.python_version(), "torch": str(torch.__version__),  # TorchVersion: not a plain str
-            "torchvision": str(torchvision.__version__), "numpy": np.__version__, "cuda": torch.version.cuda}
-
-
 # --------------------------------------------------------------------------------------------- training loop
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: int, args) -> dict:
     """One pass over the training set; prints a line every --print-freq steps; returns the mean loss and terms."""
@@ -384,9 +348,8 @@ def write_panels(model, dataset, count: int, folder: Path, device, amp: str) -> 
 def resolve_args(args) -> list[str]:
     """Fill unset flags (from the --resume checkpoint's run if it is of the same dataset, else from the preset) and
     check every combination we can before touching data. Returns the flags given that differ from the checkpoint's."""
-    if args.resume and not os.path.isfile(args.resume):
-        raise UsageError(f"--resume {args.resume}: no such file")
-    saved = torch.load(args.resume, map_location="cpu", weights_only=True, mmap=True)["args"] if args.resume else {}
+    saved = read_checkpoint(args.resume, needs=RESUME_ENTRIES, flag="--resume", mmap=True)["args"] if args.resume \
+        else {}
     args.dataset = args.dataset or saved.get("dataset", "synthetic")
     saved = saved if saved.get("dataset") == args.dataset else {}
     lr_flag = args.lr  # an explicit --lr rescales the schedule; without it an explicit --schedule is taken as is
@@ -461,10 +424,9 @@ def main(args) -> dict:
     is_main, out_dir = rank == 0, Path(args.out_dir)
     log = print if is_main else (lambda *a, **k: None)
     torch.manual_seed(args.seed)  # the initialisation; the data streams have their own seeds
-    checkpoint = torch.load(args.resume, map_location="cpu", weights_only=True) if args.resume else None
+    checkpoint = read_checkpoint(args.resume, needs=RESUME_ENTRIES, flag="--resume") if args.resume else None
     if checkpoint:  # the checkpoint says which network it holds: no architecture flag needed
-        model = build_model(**checkpoint["model_config"])
-        model.load_state_dict(checkpoint["model"])
+        model = model_from_checkpoint(checkpoint, args.resume)
     else:
         options = {"decoder_channels": args.decoder_channels} if args.decoder_channels else {}
         model = build_model(args.encoder, args.decoder, args.num_classes, args.in_channels, None, **options)
@@ -611,7 +573,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(args)
         return 0
-    except (UsageError, DataError, WeightsError) as error:
+    except (UsageError, DataError, WeightsError, CheckpointError) as error:
         code, message = 2, str(error)
     except NonFiniteLoss as error:
         code, message = NON_FINITE_EXIT, str(error)

@@ -231,6 +231,10 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path):
     for split in ("train", "val"):
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("")  # a tree with no samples
     torchrun_env = dict(ENV, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
+    weights_only, junk = tmp_path / "weights.pt", tmp_path / "junk.pt"
+    model = build_model(decoder_channels=(16, 16, 16, 16, 16))
+    torch.save({"model": model.state_dict(), "model_config": model.config}, weights_only)  # no training state
+    junk.write_text("not a checkpoint")
     cases = [  # (argv, extra environment, words the message must contain)
         (["--eval-only"], None, "--resume"),
         (["--data-parallel"], torchrun_env, "torchrun"),
@@ -242,7 +246,9 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path):
         (["--schedule", "40:1e-4"], None, "start at 0"),
         (["--loss", "dice+nonsense"], None, "nonsense"),
         (["--weights", str(tmp_path / "missing.pth")], None, "missing.pth"),
-        (["--resume", str(tmp_path / "missing.pt")], None, "no such file"),
+        (["--resume", str(tmp_path / "missing.pt")], None, "missing.pt: checkpoint not found (--resume)"),
+        (["--resume", str(weights_only)], None, "no 'optimizer', 'scheduler'"),
+        (["--resume", str(junk)], None, "junk.pt: cannot open the checkpoint"),
         (["--no-such-flag"], None, "unrecognized"),
         (["--device", "gpu0"], None, "--device gpu0"),
     ]
