@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -40,7 +41,7 @@ WEIGHT_URLS = {
     },
 }
 # The input normalisation each encoder was pretrained with, on images scaled to [0, 1]. A 1-channel model takes the
-# mean of the RGB statistics, matching its first convolution, whose RGB kernels are summed (see adapt_first_conv).
+# mean of the RGB statistics (default_normalisation); adapt_first_conv folds the difference into its first layer.
 INPUT_NORMALISATION = {
     "resnet34": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision ImageNet
     "bit_r50x1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # BiT: inputs in [-1, 1]
@@ -180,9 +181,10 @@ def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
     """Google's BiT .npz (keys resnet/block1/unit01/a/standardized_conv2d/kernel, HWIO) -> our state dict names."""
     import numpy as np  # only needed for BiT weights
 
-    arrays = np.load(path)
+    with np.load(path) as arrays:
+        arrays = {key: arrays[key] for key in arrays.files}
     state = {}
-    for key in arrays.files:
+    for key in arrays:
         if not key.startswith("resnet/"):
             continue
         parts = key[len("resnet/"):].split("/")
@@ -205,27 +207,47 @@ def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int) -> None:
-    """Make RGB first-layer kernels fit a 1-channel input by summing them.
+def default_normalisation(encoder: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) of the model's input: the encoder's pretraining statistics, averaged over RGB for 1 channel."""
+    rgb_mean, rgb_std = INPUT_NORMALISATION[encoder]
+    if in_channels == 3:
+        return rgb_mean, rgb_std
+    return (round(sum(rgb_mean) / 3, 4),) * in_channels, (round(sum(rgb_std) / 3, 4),) * in_channels
 
-    For ResNet-34 the 1-channel model then computes exactly what the RGB model computes on the grayscale image
-    replicated to three channels. BiT's stem standardises its weights, which no rescaling survives, so there the
-    match holds up to one positive scale per filter.
+
+def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int, *,
+                     rgb: tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3),
+                     gray: tuple[float, float] = (0.0, 1.0), bn_mean_key: str | None = None) -> None:
+    """Make RGB first-layer kernels fit a 1-channel input.
+
+    rgb = (mean, std) the RGB weights were trained with, gray = (mean, std) the 1-channel model normalises with.
+    Kernel c is scaled by gray std / std[c] and the three are summed; the constant left by the different means,
+    sum_c (gray mean - mean[c]) / std[c] * sum(W_c), comes off BatchNorm's running mean (bn_mean_key). The 1-channel
+    model then computes what the RGB model computes on the gray image replicated to three channels: exactly, away
+    from the zero-padded border, for ResNet-34. BiT normalises every channel alike (only the sum is needed) and
+    standardises its weights, so there the match holds up to one positive scale per filter.
     """
     weight = state[key]
     if weight.shape[1] == in_channels:
         return
-    if weight.shape[1] == 3 and in_channels == 1:
-        state[key] = weight.sum(dim=1, keepdim=True)
-    else:
+    if weight.shape[1] != 3 or in_channels != 1:
         raise WeightsError(f"pretrained {key} has {weight.shape[1]} input channels; in_channels must be 1 or 3")
+    (rgb_mean, rgb_std), (gray_mean, gray_std) = rgb, gray
+    scale = torch.tensor([gray_std / s for s in rgb_std], dtype=weight.dtype).view(1, 3, 1, 1)
+    state[key] = (weight * scale).sum(dim=1, keepdim=True)  # (out, 3, k, k) -> (out, 1, k, k)
+    shift = torch.tensor([(gray_mean - m) / s for m, s in zip(rgb_mean, rgb_std)], dtype=weight.dtype)
+    offset = (weight.sum(dim=(2, 3)) * shift).sum(dim=1)  # (out,): what the RGB model's output has in addition
+    if bn_mean_key is not None and bn_mean_key in state:
+        state[bn_mean_key] = state[bn_mean_key] - offset
 
 
-def load_encoder_weights(encoder: nn.Module, name: str, weights: str) -> list[str]:
+def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *, mean: Sequence[float] | None = None,
+                         std: Sequence[float] | None = None) -> list[str]:
     """Load "imagenet" (or another named file of WEIGHT_URLS[name]) or a local .pth/.npz into `encoder`.
 
-    Downloads go through torch.hub's cache ($TORCH_HOME/hub/checkpoints), so each file is fetched once. Returns the
-    checkpoint keys that were deliberately left out (the classifier), so callers and tests can see nothing else was.
+    Downloads go through torch.hub's cache ($TORCH_HOME/hub/checkpoints), so each file is fetched once. mean/std: the
+    model's input normalisation (default: default_normalisation), which a 1-channel encoder's first layer is adapted
+    to. Returns the checkpoint keys deliberately left out (the classifier), so callers can see nothing else was.
     """
     known = WEIGHT_URLS[name]
     if weights in known:
@@ -255,9 +277,17 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str) -> list[st
     ignored = sorted(k for k in state if k.startswith(("fc.", "ignored.")))
     state = {k: v for k, v in state.items() if k not in ignored}
     first_conv = "conv1.weight" if name == "resnet34" else "root.conv.weight"
+    in_channels = encoder.out_channels[0]
     if first_conv in state:
-        adapt_first_conv(state, first_conv, encoder.out_channels[0])
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
+        default_mean, default_std = default_normalisation(name, in_channels)
+        gray = ((mean or default_mean)[0], (std or default_std)[0])
+        adapt_first_conv(state, first_conv, in_channels, rgb=INPUT_NORMALISATION[name], gray=gray,
+                         bn_mean_key="bn1.running_mean" if name == "resnet34" else None)
+    try:
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # strict=False still refuses a tensor of another shape: weights of another network
+        detail = [line.strip() for line in str(err).splitlines() if line.strip()][-1]  # "size mismatch for ..."
+        raise WeightsError(f"{path} does not fit the {name} encoder ({detail})") from None
     if missing or unexpected:
         raise WeightsError(f"{path} does not fit the {name} encoder: missing {missing[:5]}, unexpected "
                            f"{unexpected[:5]} ({len(missing)} and {len(unexpected)} keys)")
@@ -434,15 +464,13 @@ def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes:
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
     if mean is None or std is None:
-        rgb_mean, rgb_std = INPUT_NORMALISATION[encoder]
-        mean = rgb_mean if in_channels == 3 else (round(sum(rgb_mean) / 3, 4),) * in_channels
-        std = rgb_std if in_channels == 3 else (round(sum(rgb_std) / 3, 4),) * in_channels
+        mean, std = default_normalisation(encoder, in_channels)
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean and std need {in_channels} values each, got {mean} and {std}")
 
     enc = ENCODERS[encoder](in_channels)
     if weights is not None:
-        load_encoder_weights(enc, encoder, weights)
+        load_encoder_weights(enc, encoder, weights, mean=mean, std=std)
     if decoder == "fusion":
         decoder_options.setdefault("decoder_channels", DEFAULT_WIDTHS[encoder])
     dec = decoders[decoder](enc.out_channels, **decoder_options)

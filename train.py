@@ -444,7 +444,8 @@ def main(args) -> dict:
     if val_set.num_classes != config["num_classes"]:
         raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint {config['num_classes']}")
     if args.weights and not checkpoint:
-        load_encoder_weights(model.encoder, config["encoder"], args.weights)
+        load_encoder_weights(model.encoder, config["encoder"], args.weights, mean=config["mean"],
+                             std=config["std"])
     model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
     loader_options = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
                           persistent_workers=args.workers > 0)

@@ -57,8 +57,10 @@ def test_resnet34_matches_torchvision_at_every_stride(tmp_path):
         assert (got - want).abs().max() < 1e-5, f"stride {stride}"
 
 
-def test_pretrained_rgb_weights_in_one_channel_model_sum_the_kernels(tmp_path):
-    """A grayscale image in the 1-channel model must give what the RGB model gives on that image replicated."""
+def test_pretrained_rgb_weights_in_one_channel_model_compute_the_rgb_model_on_the_replicated_image(tmp_path):
+    """Each model normalises its own input: the RGB one per channel with ImageNet's statistics, the 1-channel one
+    with their average. On a gray image the two must agree (in eval mode, away from the zero-padded border, which
+    the folded mean shift cannot reach)."""
     rgb = build_model("resnet34", "unet", in_channels=3)
     randomise(rgb.encoder, seed=1)
     path = tmp_path / "rgb.pth"
@@ -67,9 +69,25 @@ def test_pretrained_rgb_weights_in_one_channel_model_sum_the_kernels(tmp_path):
     assert gray.encoder.conv1.weight.shape == (64, 1, 7, 7)
     gray.encoder.eval(), rgb.encoder.eval()
     image = torch.rand(1, 1, 64, 64)
+    normalise = lambda x, config: (x - torch.tensor(config["mean"]).view(1, -1, 1, 1)) / torch.tensor(
+        config["std"]).view(1, -1, 1, 1)
+    assert rgb.config["std"] != [gray.config["std"][0]] * 3  # the case where a plain kernel sum is not enough
     with torch.no_grad():
-        for a, b in zip(gray.encoder(image)[1:], rgb.encoder(image.expand(-1, 3, -1, -1))[1:]):
-            assert (a - b).abs().max() <= 1e-5 * b.abs().max()  # float sums in another order: relative 1e-5
+        a = gray.encoder(normalise(image, gray.config))[1]  # stride 2, after conv1, bn1, relu
+        b = rgb.encoder(normalise(image.expand(-1, 3, -1, -1), rgb.config))[1]
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # the 7x7 kernel reaches the padding 2 away
+    assert (a[inner] - b[inner]).abs().max() <= 1e-5 * b.abs().max()  # float sums in another order
+    assert (a - b).abs().max() > 1e-3 * b.abs().max()  # the border does differ: the test can tell
+
+
+def test_weights_of_another_network_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    state = model_lib.ResNetEncoder(3).state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)  # a tensor of another shape
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match=r"resnet18.pth does not fit the resnet34 encoder \(size mismatch for "
+                                           "layer1.0.conv1.weight"):
+        build_model("resnet34", "unet", weights=str(path))
 
 
 # ----------------------------------------------------------------------------------------------- BiT R50x1
