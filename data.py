@@ -162,7 +162,9 @@ class MammogramDataset(_SegmentationSet):
         path = self.cache_files[index]
         try:
             with np.load(path) as cached:
-                return cached["image"].astype(np.float32) / 65535, cached["mask"]
+                image, mask = cached["image"], cached["mask"]
+            if image.shape == mask.shape == self.preprocess["size"]:
+                return image.astype(np.float32) / 65535, mask
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             pass  # not built yet, or damaged on disk (writes are atomic, so not by a killed run): build it below
         image, mask = preprocess_mammogram(*self.load(*self.sources[index]), **self.preprocess)

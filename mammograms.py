@@ -154,14 +154,19 @@ def dicom_shape(path: Path) -> tuple[int, int]:
     return rows, columns
 
 
+MASK_STRAY_FRACTION = 0.01  # of a mask's non-zero pixels, the most that may lie below its maximum
+
+
 def read_mask(path: Path) -> np.ndarray | None:
-    """A CBIS ROI mask as (H, W) bool, or None if the file is not a mask (not binary, or empty)."""
+    """A CBIS ROI mask as (H, W) bool (pixels above half the maximum), or None if the file is not a mask: empty, or
+    an image (over MASK_STRAY_FRACTION of its non-zero pixels below the maximum; a mask holds 0 and 255, give or
+    take a few stray values)."""
     values = read_dicom(path)
     top = values.max()
-    # A mask holds exactly two values, 0 and 255: every pixel that is not 0 must be the maximum.
-    if top == 0 or np.count_nonzero(values) != np.count_nonzero(values == top):
+    lit = np.count_nonzero(values)
+    if top == 0 or lit - np.count_nonzero(values == top) > MASK_STRAY_FRACTION * lit:
         return None
-    return values == top
+    return values > top / 2
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -227,7 +232,7 @@ class CbisTree:
         if not self.root.is_dir():
             raise DataError(f"{self.root}: CBIS-DDSM data root not found; pass the folder holding the DICOM tree")
         self.folders: dict[str, list[Path]] = {}  # subject -> series folders, from metadata.csv files
-        self.bases = [self.root, self.root / "CBIS-DDSM"]
+        self.bases = [self.root, self.root / "CBIS-DDSM", self.root / "DOI"]  # DOI/: older retriever versions
         for metadata in [self.root / "metadata.csv", *sorted(self.root.glob("*/metadata.csv"))]:
             if metadata.is_file():
                 self._read_metadata(metadata)
@@ -247,6 +252,10 @@ class CbisTree:
                     relative = cells[location].strip().replace("\\", "/").removeprefix("./")
                     self.folders.setdefault(cells[subject].strip(), []).append(path.parent / relative)
 
+    def relative(self, path: Path) -> str:
+        """`path` as the user sees it under the data root."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
     def files(self, subject: str) -> list[Path]:
         """All .dcm files of a subject, sorted; empty if the subject is not on disk."""
         folders = self.folders.get(subject) or [base / subject for base in self.bases]
@@ -259,7 +268,9 @@ def _full_image(files: list[Path], csv_path: str) -> Path | None:
         return files[0]
     series = csv_path.replace("\\", "/").split("/")[-2]  # classic folder name, or its last 5 digits in the current one
     matches = [f for f in files if series in f.parts or f.parent.name.endswith("-" + series[-5:])]
-    return matches[0] if len(matches) == 1 else None
+    if len({(f.parent.name, f.name) for f in matches}) == 1:  # one file, or copies of it from repeated downloads
+        return matches[0]
+    return None
 
 
 def check_mammogram(tree: CbisTree, rows: list[dict]) -> tuple[Path, list[list[Path]], list[tuple[dict, str]]]:
@@ -293,9 +304,10 @@ def check_mammogram(tree: CbisTree, rows: list[dict]) -> tuple[Path, list[list[P
         if not files:
             problems.append((row, f"ROI files missing: no DICOM for {' or '.join(sorted(subjects))}"))
         elif not masks:
-            found = "; ".join(f"{f.name} {'x'.join(map(str, s)) if isinstance(s, tuple) else s}"
+            found = "; ".join(f"{tree.relative(f)} {'x'.join(map(str, s)) if isinstance(s, tuple) else s}"
                               for f, s in shapes.items())
-            problems.append((row, f"mask size differs from image: none is {shape[0]}x{shape[1]} ({found})"))
+            problems.append((row, f"no full-size mask: no ROI file is {shape[0]}x{shape[1]} like the image "
+                                  f"(missing, or of another size) ({found})"))
     if problems:  # one unusable abnormality makes the merged mask incomplete: skip the whole image
         bad = {id(row) for row, _ in problems}
         problems += [(row, "image skipped: another abnormality of this image has no usable mask")
@@ -310,8 +322,8 @@ def load_mammogram(full: Path, candidates: list[list[Path]]) -> tuple[np.ndarray
     for files in candidates:
         mask = next((m for m in map(read_mask, files) if m is not None), None)
         if mask is None:
-            raise DataError(f"{full}: none of its full-size ROI files {[str(f) for f in files]} is a binary mask "
-                            "(values 0 and 255); delete or re-download them")
+            raise DataError(f"{full}: none of its full-size ROI files {[str(f) for f in files]} is a mask (values 0 "
+                            "and 255, not all 0); delete or re-download them")
         masks.append(mask)
     return image, masks
 

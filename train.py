@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -568,6 +569,15 @@ def main(args) -> dict:
     return summary
 
 
+def one_line(message: str) -> str:
+    """The line a user needs: an error raised in a DataLoader worker arrives wrapped in the worker's traceback, its
+    own message last, after the exception's qualified name."""
+    lines = message.strip().splitlines() or [""]
+    if "Original Traceback" in message:
+        return re.sub(r"^[\w.]*Error: ", "", lines[-1])
+    return lines[-1]
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Parse, run main(), and turn the errors a user can cause into one line on stderr and an exit code."""
     args = get_args_parser().parse_args(argv)
@@ -581,8 +591,8 @@ def cli(argv: list[str] | None = None) -> int:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if int(os.environ.get("RANK", 0)) == 0:  # the last line: an error raised in a DataLoader worker arrives wrapped
-        print(f"train.py: error: {message.strip().splitlines()[-1]}", file=sys.stderr)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"train.py: error: {one_line(message)}", file=sys.stderr)
     return code
 
 

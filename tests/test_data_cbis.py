@@ -2,6 +2,7 @@
 layouts with every pitfall of datasets.md §1.5, and the real case-description CSVs in ../shared/data."""
 import csv
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -275,7 +276,7 @@ def test_cbis_both_layouts_and_every_pitfall(tmp_path, layout, metadata, capsys)
     rows = list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_train.csv"))) + \
         list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_val.csv")))
     reasons = Counter(row["reason"].split(":")[0] for row in rows)
-    assert reasons == {"mask size differs from image": 2, "ROI files missing": 1, "full mammogram missing": 1,
+    assert reasons == {"no full-size mask": 2, "ROI files missing": 1, "full mammogram missing": 1,
                        "image skipped": 1}
     assert {row["id"] for row in rows} == {"Mass-Training_P_00003_LEFT_CC_1", "Mass-Training_P_00004_RIGHT_MLO_1",
                                            "Mass-Training_P_00005_LEFT_CC_1", "Mass-Training_P_00006_LEFT_CC_1",
@@ -283,6 +284,32 @@ def test_cbis_both_layouts_and_every_pitfall(tmp_path, layout, metadata, capsys)
     assert summary.count("\n") == 1 and f"{len(train)} images" in summary and "skipped_mass_train.csv" in summary
     train_skips = sum(1 for _ in csv.DictReader(open(tmp_path / "cache" / "skipped_mass_train.csv")))
     assert f"skipped rows: {train_skips}" in summary
+
+
+def test_cbis_repeated_download_old_doi_folder_and_stray_mask_values(tmp_path):
+    """The retriever run twice (a second manifest holding copies of every series), a mask with a few values between
+    0 and 255, and the older retriever's DOI/ folder: every test image is still found, with its exact mask."""
+    root = tmp_path / "download"
+    root.mkdir()
+    write_cbis_tree(root, "current", metadata=True)
+    (root / "manifest-2").mkdir()
+    shutil.copytree(root / "CBIS-DDSM", root / "manifest-2" / "CBIS-DDSM")
+    shutil.copy(root / "metadata.csv", root / "manifest-2" / "metadata.csv")
+    mask_file = next(p for p in (root / "CBIS-DDSM").rglob("*.dcm") if "Mass-Test_P_00021_RIGHT_CC_1" in p.as_posix()
+                     and mammograms.dicom_shape(p) == SHAPE)
+    stray = read_dicom(mask_file)
+    stray = np.round(stray / stray.max() * 255).astype(np.uint16)
+    stray[6, 6] = 128  # inside the lesion (5, 5, 4, 4): still lesion; a lone stray value, not an image
+    write_dicom(mask_file, stray)
+    test = _cbis(root, "test", tmp_path)
+    assert {i.removeprefix("Mass-Test_") for i in test.ids} == {"P_00020_LEFT_CC", "P_00021_RIGHT_CC"}
+    assert test[test.ids.index("Mass-Test_P_00021_RIGHT_CC")][1].numpy().tolist() == (_lesion((5, 5, 4, 4)) > 0
+                                                                                     ).tolist()
+    old = tmp_path / "old"
+    write_cbis_tree(old / "DOI", "classic")
+    for name in ("mass_case_description_train_set.csv", "mass_case_description_test_set.csv"):
+        (old / "DOI" / name).rename(old / name)
+    assert len(_cbis(old, "test", tmp_path / "old-cache")) == 2
 
 
 def test_cbis_tree_follows_the_retrievers_file_locations(tmp_path):
@@ -355,7 +382,7 @@ def test_cbis_broken_files_end_in_skip_or_data_error(tmp_path):
     assert dataset.ids == ["Mass-Test_P_00021_RIGHT_CC"]
     skipped = list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_test.csv")))
     assert len(skipped) == 1 and "truncated" in skipped[0]["reason"]
-    with pytest.raises(DataError, match="binary mask"):
+    with pytest.raises(DataError, match="is a mask"):
         dataset[0]
 
 

@@ -206,6 +206,13 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 # -------------------------------------------------------------------------------------------------- CLI errors
+def test_an_error_from_a_dataloader_worker_is_reported_by_its_own_message():
+    wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "data.py", line 170, in preprocessed\nmammograms.DataError: /d/x.dcm: not a mask; delete it')
+    assert train.one_line(wrapped) == "/d/x.dcm: not a mask; delete it"
+    assert train.one_line("--image-size 100 must be a multiple of 32") == "--image-size 100 must be a multiple of 32"
+
+
 @pytest.mark.parametrize("launch", [{"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "--data-parallel"])
 def test_one_named_gpu_is_refused_where_several_are_used(monkeypatch, launch):
     """torchrun picks each process' GPU from LOCAL_RANK and DataParallel uses them all: --device cuda:N would put
