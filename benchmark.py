@@ -8,8 +8,8 @@ Three tables, each printed with the device name and the versions, so numbers fro
   2. speed (--speed): forward latency at batch 1 (the thesis' "inference time"), forward throughput at --batch-size,
      and the training step (forward, backward, AdamW) in images/s, each the median of --repeats timed runs after
      warm-up, per precision (--amp none bf16, as train.py spells them; none = fp32, which cuDNN runs as TF32 on
-     Ampere and newer GPUs, its default and train.py's), with peak memory on CUDA and the achieved fraction of the card's
-     measured bf16 matrix-multiply rate.
+     Ampere and newer GPUs, its default and train.py's), with peak memory on CUDA and the achieved fraction of the
+     card's measured bf16 matrix-multiply rate.
   3. data (--data): images/s of the cbis, mias and synthetic pipelines, cold (decoding) and from the cache
      (bench/bench_data.py), so a user sees whether loading or compute bounds training.
 
@@ -145,7 +145,8 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
 
 # ------------------------------------------------------------------------------------------------------ main
 def environment(device: torch.device) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     return f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}"
 
 
@@ -219,9 +220,12 @@ def main(args: argparse.Namespace) -> None:
                                   channels_last=args.channels_last, compile_model=args.compile, warmup=warmup,
                                   repeats=repeats)
                 except torch.OutOfMemoryError:  # a big row on a small card: say so and time the others
+                    r = None
+                if r is None:  # outside the except block, whose traceback holds the row's tensors
                     torch.cuda.empty_cache()
                     results["speed"].append(dict(model=label, input=side, precision=PRECISION_NAMES[precision],
                                                  out_of_memory=True))
+                    write_json(args.json, results)
                     print(f"{label:<42} {PRECISION_NAMES[precision]:>5} out of memory at batch {args.batch_size}; "
                           "try a smaller --batch-size", flush=True)
                     continue

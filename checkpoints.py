@@ -1,4 +1,4 @@
-"""The checkpoint format: what train.py writes and how every script reads it back (STYLE.md guidelines 6-7).
+"""The checkpoint format: what train.py writes and how every script reads it back.
 
 A checkpoint is a dict of tensors and primitives only, so torch.load(weights_only=True) opens it:
   model         state dict of the unwrapped, uncompiled model
@@ -32,7 +32,7 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be opened or rebuilt; the message names the file and what to do."""
 
 
-def first_line(error: BaseException) -> str:
+def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
@@ -45,9 +45,15 @@ def read_checkpoint(path: str | os.PathLike, *, needs: tuple[str, ...] = MODEL_E
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found ({flag})")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            # torch.save's legacy (non-zip) format cannot be memory-mapped: read it whole
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a truncated, foreign or pickled-object file
-        raise CheckpointError(f"{path}: cannot open the checkpoint ({type(error).__name__}: {first_line(error)}); "
+        raise CheckpointError(f"{path}: cannot open the checkpoint ({type(error).__name__}: {_first_line(error)}); "
                               f"pass a complete file written by train.py ({flag})") from error
     missing = [entry for entry in needs if not isinstance(checkpoint, dict) or entry not in checkpoint]
     if missing:

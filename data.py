@@ -54,10 +54,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogram, fitted_size, load_mammogram,
-                        load_mias, preprocess_mammogram, read_dicom, read_mias, stretch_contrast, subject_of)
+from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogram, error_line, fitted_size,
+                        load_mammogram, load_mias, preprocess_mammogram, read_dicom, read_mias, stretch_contrast,
+                        subject_of)
 
-__all__ = ["DataError", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
+__all__ = ["DataError", "error_line", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
            "augment_mammogram", "fitted_size", "transform_voc", "MammogramDataset", "SyntheticMammograms",
            "VOCSegmentation"]
 

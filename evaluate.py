@@ -50,8 +50,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from benchmark import count_flops, count_parameters
-from checkpoints import CheckpointError, first_line, load_checkpoint  # noqa: F401 load_checkpoint re-exported
-from data import DataError, build_dataset
+from checkpoints import CheckpointError, load_checkpoint  # noqa: F401 load_checkpoint re-exported
+from data import DataError, build_dataset, error_line
 from metrics import BinaryStats, ConfusionMatrix, build_metrics, predict_labels  # noqa: F401 re-exported: DESIGN.md's names
 from predict import (IMAGE_SUFFIXES, find_inputs, inference_seconds, predict_dataset_batch, predict_image,
                      read_image_file, write_panel, write_prediction)
@@ -242,8 +242,8 @@ def predict_files(candidate: Candidate, inputs: list[str], output: Path, size: t
         try:
             pixels, is_dicom, spacing = read_image_file(source)
         except DataError as error:
-            print(f"FAILED {first_line(error)}", file=sys.stderr)
-            records.append(dict(input=str(source), error=first_line(error)))
+            print(f"FAILED {error_line(error)}", file=sys.stderr)
+            records.append(dict(input=str(source), error=error_line(error)))
             continue
         labels, confidence = predict_image(candidate.model, pixels, size, tta=tta, amp=amp)
         paths = write_prediction(base, pixels, labels, confidence, num_classes)
@@ -291,7 +291,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "reports; test = CBIS-DDSM's official test CSV, held out from training and model selection)")
     parser.add_argument("--image-size", type=int, metavar="PIXELS",
                         help="square input side, a multiple of 32 (default: the size the checkpoint was trained at, "
-                             "else the thesis' 256 for mammograms and 384 for VOC)")
+                             "else DEFAULT_IMAGE_SIZE: Table 1's 256 for CBIS-DDSM and mini-MIAS, 384 for VOC, the "
+                             "demo's 64 for synthetic)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--workers", type=int, default=4, help="DataLoader worker processes (default: 4)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ... "
@@ -311,10 +312,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "0 skips timing)")
     parser.add_argument("--input", nargs="+", metavar="FILE_OR_DIR",
                         help="predict these DICOM/PNG/JPEG/PGM files or folders (searched recursively; DICOM "
-                             "files without a suffix are found by their DICM marker)")
+                             "files named otherwise, IM0001 or by UID, are found by their DICM marker)")
     parser.add_argument("--output", metavar="DIR", help="where --input's masks, probability maps and overlays go: "
                         "a folder holding no input file, so nothing beside an input is overwritten; a folder input's "
-                        "subfolders are kept, and same-named inputs get distinct names (scan_dcm, scan_png, scan_png_2)")
+                        "subfolders are kept, and same-named inputs get distinct names (scan_dcm, scan_png, "
+                        "scan_png_2)")
     parser.epilog = ("exit codes: 0 done; 1 some --input files could not be read (the others were written); "
                      "2 bad flags, checkpoint or dataset\n")
     return parser
@@ -326,14 +328,14 @@ def resolve_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise UsageError(f"--device {name}: {first_line(error)}") from error
+        raise UsageError(f"--device {name}: {error_line(error)}") from error
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
     return device
 
 
 def resolve_image_size(requested: int | None, candidates: list[Candidate], dataset: str | None) -> tuple[int, int]:
-    """--image-size, else the size all checkpoints were trained at (their args), else the thesis' size (Table 1)."""
+    """--image-size, else the size all checkpoints were trained at (their args), else DEFAULT_IMAGE_SIZE."""
     if requested is not None:
         size = (requested, requested)
     else:
@@ -467,18 +469,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_message(error: Exception) -> str:
-    """One line: a DataError raised in a DataLoader worker arrives wrapped with the worker's traceback."""
-    text = str(error).strip()
-    if "Original Traceback" in text:
-        return re.sub(r"^[\w.]*Error: ", "", text.splitlines()[-1])
-    return first_line(error)
-
-
 if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     try:
         sys.exit(main(arguments))
     except (UsageError, CheckpointError, DataError) as error:
-        print(f"evaluate.py: error: {_user_message(error)}", file=sys.stderr)
+        print(f"evaluate.py: error: {error_line(error)}", file=sys.stderr)
         sys.exit(2)

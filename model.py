@@ -237,7 +237,9 @@ def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int,
     state[key] = (weight * scale).sum(dim=1, keepdim=True)  # (out, 3, k, k) -> (out, 1, k, k)
     shift = torch.tensor([(gray_mean - m) / s for m, s in zip(rgb_mean, rgb_std)], dtype=weight.dtype)
     offset = (weight.sum(dim=(2, 3)) * shift).sum(dim=1)  # (out,): what the RGB model's output has in addition
-    if bn_mean_key is not None and bn_mean_key in state:
+    if bn_mean_key is not None:
+        if bn_mean_key not in state:
+            raise WeightsError(f"pretrained weights have {key} but no {bn_mean_key} to take the mean shift")
         state[bn_mean_key] = state[bn_mean_key] - offset
 
 

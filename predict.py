@@ -246,16 +246,25 @@ def is_dicom(path: Path) -> bool:
         return file.read(132)[128:] == b"DICM"
 
 
-def _suffixless_dicom(path: Path) -> bool:
-    try:
-        return not path.suffix and is_dicom(path)
-    except OSError:  # unreadable and without a suffix: nothing says it is an image
+def _marked_dicom(path: Path) -> bool:
+    """A file named like no image (IM0001, 1.2.840.113619.2.55.3) that is a DICOM image, found by its marker; the
+    DICOMDIR index that PACS exports carry beside the images is a DICOM file too, but not an image."""
+    if path.name.upper() == "DICOMDIR":
         return False
+    try:
+        return is_dicom(path)
+    except OSError:  # unreadable, and nothing in its name says it is an image
+        return False
+
+
+def _output_name(path: Path) -> str:
+    """scan.dcm -> scan; a DICOM named by its UID (1.2.840.113619.2.55.3) keeps its whole name."""
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
 
 
 def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
     """(image file, output base) per image: a file as given -> output/<stem>; a folder is searched recursively for
-    IMAGE_SUFFIXES and suffix-less DICOM files -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
+    IMAGE_SUFFIXES and DICOM files named otherwise -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
     that would share an output name keep their suffix in it (scan_dcm, scan_png), then a counter (scan_png_2).
     Raises DataError when the output folder holds an input file, so that nothing beside an input (its ground-truth
     <stem>_mask.png, say) is overwritten, or when a folder holds no image outside the output folder."""
@@ -265,18 +274,18 @@ def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
             if item.exists() and output in item.resolve().parents:
                 raise DataError(f"--output {output} holds the input {item}: write the masks to another folder, so "
                                 "that no file beside the inputs is overwritten")
-            found.append((item, output / item.stem))  # a missing or unreadable file is reported when it is read
+            found.append((item, output / _output_name(item)))  # a missing or unreadable file: reported when read
             continue
         files = [file for file in sorted(item.rglob("*")) if file.is_file() and not file.name.startswith(".")
                  and output not in file.resolve().parents]
-        images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _suffixless_dicom(file)]
+        images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(file)]
         if not images and output in [item.resolve(), *item.resolve().parents]:
             raise DataError(f"--input {item} is the --output folder or inside it, whose files are never read as "
                             "inputs: write the masks to another folder")
-        found += [(file, output / file.relative_to(item).parent / file.stem) for file in images]
+        found += [(file, output / file.relative_to(item).parent / _output_name(file)) for file in images]
     taken, used, unique = Counter(base for _, base in found), set(), []
     for file, base in found:
-        if taken[base] > 1 and file.suffix:
+        if taken[base] > 1 and file.suffix.lower() in IMAGE_SUFFIXES:
             base = base.with_name(f"{base.name}_{file.suffix.lstrip('.')}")
         name, count = base, 1
         while name in used:

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from checkpoints import (RESUME_ENTRIES, CheckpointError, atomic_save, git_commit, model_from_checkpoint,
                          read_checkpoint, share_file, versions)
-from data import DataError, build_dataset
+from data import DataError, build_dataset, error_line
 from losses import build_loss
 from metrics import build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
@@ -407,7 +406,8 @@ def setup_device(args) -> tuple[int, int, torch.device]:
                                                                "torchrun --nproc_per_node=N"),
                 ((torchrun or args.data_parallel) and name.startswith("cuda:"),
                  f"--device {args.device} names one GPU, but torchrun gives each process the GPU of its LOCAL_RANK "
-                 "and --data-parallel uses all visible GPUs: use --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")]
+                 "and --data-parallel uses all visible GPUs: use --device cuda (choose GPUs with "
+                 "CUDA_VISIBLE_DEVICES)")]
     for failed, message in problems:
         if failed:
             raise UsageError(message)
@@ -569,15 +569,6 @@ def main(args) -> dict:
     return summary
 
 
-def one_line(message: str) -> str:
-    """The line a user needs: an error raised in a DataLoader worker arrives wrapped in the worker's traceback, its
-    own message last, after the exception's qualified name."""
-    lines = message.strip().splitlines() or [""]
-    if "Original Traceback" in message:
-        return re.sub(r"^[\w.]*Error: ", "", lines[-1])
-    return lines[-1]
-
-
 def cli(argv: list[str] | None = None) -> int:
     """Parse, run main(), and turn the errors a user can cause into one line on stderr and an exit code."""
     args = get_args_parser().parse_args(argv)
@@ -585,14 +576,14 @@ def cli(argv: list[str] | None = None) -> int:
         main(args)
         return 0
     except (UsageError, DataError, WeightsError, CheckpointError) as error:
-        code, message = 2, str(error)
+        code, message = 2, error_line(error)
     except NonFiniteLoss as error:
-        code, message = NON_FINITE_EXIT, str(error)
+        code, message = NON_FINITE_EXIT, error_line(error)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"train.py: error: {one_line(message)}", file=sys.stderr)
+        print(f"train.py: error: {message}", file=sys.stderr)
     return code
 
 

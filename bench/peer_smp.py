@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmark import environment, median_seconds  # noqa: E402
+from benchmark import environment, median_seconds, resolve_device  # noqa: E402
 from model import build_model  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def smp_to_ours(key: str) -> str:
 def main(args: argparse.Namespace) -> None:
     import segmentation_models_pytorch as smp
 
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     theirs = smp.Unet("resnet34", encoder_weights=None, classes=1).to(device)
     ours = build_model("resnet34", "unet", num_classes=1).to(device)
     ours.load_state_dict({smp_to_ours(k): v for k, v in theirs.state_dict().items()})
@@ -79,7 +79,8 @@ def main(args: argparse.Namespace) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N "
+                        "(default: auto)")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
     parser.add_argument("--size", type=int, default=256, help="input side in pixels (thesis: 256)")
     parser.add_argument("--batch-size", type=int, default=4, help="batch of the training step")

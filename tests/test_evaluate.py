@@ -353,16 +353,18 @@ def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, 
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(scans / folder / "scan.png")
     write_dicom(scans / "a" / "scan.dcm", mammogram_like(20, 20, 0) * 4095, spacing=None)
     write_dicom(scans / "b" / "IM000001", mammogram_like(20, 20, 0) * 4095, spacing=None)  # a PACS export's name
+    write_dicom(scans / "b" / "1.2.840.1.3", mammogram_like(20, 20, 0) * 4095, spacing=None)  # named by its UID
+    write_dicom(scans / "b" / "DICOMDIR", mammogram_like(20, 20, 0) * 4095, spacing=None)  # stands for the index
     (scans / "b" / "NOTES").write_text("not an image")
     # Files given one by one: same names from different folders never share an output.
     files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
     bases = [base.relative_to(out.resolve()) for _, base in predict.find_inputs(list(map(str, files)), out)]
     assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
-    # A folder: subfolders are kept, the suffix-less DICOM is found by its marker, the text file is left alone.
+    # A folder: subfolders kept, DICOMs named otherwise found by their marker, the index and the text left alone.
     found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
              for file, base in predict.find_inputs([str(scans)], out)}
     assert found == {"a/scan.dcm": "a/scan_dcm", "a/scan.png": "a/scan_png", "b/IM000001": "b/IM000001",
-                     "b/scan.png": "b/scan"}
+                     "b/1.2.840.1.3": "b/1.2.840.1.3", "b/scan.png": "b/scan"}
     assert predict.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
     # Nothing is written beside an input: the output folder may not hold one.
     (scans / "a" / "scan_mask.png").write_bytes(b"the ground truth")

@@ -209,8 +209,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_an_error_from_a_dataloader_worker_is_reported_by_its_own_message():
     wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                '  File "data.py", line 170, in preprocessed\nmammograms.DataError: /d/x.dcm: not a mask; delete it')
-    assert train.one_line(wrapped) == "/d/x.dcm: not a mask; delete it"
-    assert train.one_line("--image-size 100 must be a multiple of 32") == "--image-size 100 must be a multiple of 32"
+    assert train.error_line(RuntimeError(wrapped)) == "/d/x.dcm: not a mask; delete it"
+    assert train.error_line(ValueError("--image-size 100: not a multiple of 32\nmore")) == \
+        "--image-size 100: not a multiple of 32"
 
 
 @pytest.mark.parametrize("launch", [{"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "--data-parallel"])
