@@ -1,6 +1,9 @@
 """benchmark.py: the timing helpers on a tiny model, and the table it writes (speed is measured by the script itself,
 never asserted here)."""
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -29,3 +32,17 @@ def test_main_writes_the_model_table_as_json(tmp_path, capsys):
     assert [row["model"] for row in table["models"]] == ["Table 2 (B) SMP Unet, ResNet-34"]
     assert table["models"][0]["params"] == 24_436_369 and table["speed"] == []
     assert "24.44M" in capsys.readouterr().out
+
+
+def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
+    """bench/gpu.sh is run only where a GPU is at hand, and seldom: its dry run takes every step on the CPU at toy
+    sizes, so a renamed flag or a broken step shows up here first."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), str(tmp_path)], cwd=root, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "failed" not in done.stdout
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert [(row["model"], row["precision"]) for row in speed["speed"]] == [("Table 2 (B) SMP Unet, ResNet-34", "fp32")]
+    assert json.loads((tmp_path / "peer_fp32.json").read_text())  # SMP is a test requirement
+    assert torch.load(tmp_path / "train_smoke" / "last.pt", weights_only=True)["epoch"] == 0
