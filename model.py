@@ -29,11 +29,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Published weights. ResNet-34: torchvision's IMAGENET1K_V1 file (the hash prefix in its name is checked on download).
+# Published weights. ResNet-34: "imagenet" is torchvision's IMAGENET1K_V1 file (the hash prefix in its name is checked
+# on download), the weights of SMP's baselines; "imagenet-timm" is the file timm's resnet34 loaded in 2022 (now
+# resnet34.bt_in1k, same layer names), which §4.3's "pretrained encoders from TIMM" may mean for the proposed model.
 # BiT: Google's .npz files; "imagenet" is the distilled ImageNet-1k R50x1 of the thesis' reference [38] (timm's
 # resnetv2_50x1_bit.goog_distilled_in1k), "imagenet21k" the BiT-M upstream model.
 WEIGHT_URLS = {
-    "resnet34": {"imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth"},
+    "resnet34": {
+        "imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+        "imagenet-timm": "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+                         "resnet34-43635321.pth",
+    },
     "bit_r50x1": {
         "imagenet": "https://storage.googleapis.com/bit_models/distill/R50x1_224.npz",
         "imagenet21k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
@@ -259,7 +265,7 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *, mean: S
             path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(filename), progress=True)
+                torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(url), progress=True)
         except (urllib.error.URLError, OSError, RuntimeError) as err:
             raise WeightsError(f"could not download {weights!r} weights from {url} ({err}); download the file "
                                f"elsewhere and pass its path (--weights PATH)") from None
@@ -296,11 +302,12 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *, mean: S
     return ignored
 
 
-def _hash_prefix(filename: str) -> str | None:
-    """torchvision names files <name>-<first 8 hex digits of sha256>.pth; Google's .npz carry no hash."""
-    stem = filename.rsplit(".", 1)[0]
+def _hash_prefix(url: str) -> str | None:
+    """torchvision names its files <name>-<first 8 hex digits of sha256>.pth; Google's .npz carry no hash, and timm's
+    releases a suffix that torch.hub was never asked to check."""
+    stem = os.path.basename(url).rsplit(".", 1)[0]
     tail = stem.rsplit("-", 1)[-1]
-    return tail if filename.endswith(".pth") and len(tail) == 8 else None
+    return tail if url.startswith("https://download.pytorch.org/") and len(tail) == 8 else None
 
 
 # ------------------------------------------------------------------------------- decoders: SMP Unet and Unet++

@@ -142,8 +142,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         f"unetplusplus = the SMP baselines (rows B, C); {preset('decoder')}")
     add("--decoder-channels", help="decoder widths, deepest first, e.g. 128,64,32,16,16; "
         f"{preset('decoder_channels')} (None: the widths that match Tables 2 and 4)")
-    add("--weights", help="encoder weights: imagenet (downloaded once), none (random: Table 3 row B) or a .pth/.npz "
-        f"path; {preset('weights')}")
+    add("--weights", help="encoder weights: imagenet (downloaded once; model.WEIGHT_URLS lists the others, e.g. "
+        f"imagenet-timm), none (random: Table 3 row B) or a .pth/.npz path; {preset('weights')}")
     add("--in-channels", type=int, choices=[1, 3], help=f"image channels; {preset('in_channels')}")
     add("--loss", help=f"'+'-joined losses of losses.py, Table 1 'Loss Function'; {preset('loss')}")
     add("--epochs", type=int, help=f"Table 1 'Num epochs'; {preset('epochs')}")

@@ -197,6 +197,9 @@ def test_imagenet_download_checks_hash_and_uses_cache(tmp_path, monkeypatch):
     build_model("resnet34", "unet", weights="imagenet")
     build_model("resnet34", "unet", weights="imagenet")  # second time: from the cache
     assert calls == [("https://download.pytorch.org/models/resnet34-b627a593.pth", "b627a593")]
+    build_model("resnet34", "fusion", weights="imagenet-timm", decoder_channels=(16, 16, 16, 16, 16))
+    assert calls[1] == ("https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+                        "resnet34-43635321.pth", None)  # timm's name carries no sha256 prefix to check
 
 
 def test_missing_or_corrupt_weights_file_is_named(tmp_path):
