@@ -7,10 +7,11 @@
     python train.py --resume runs/cbis/last.pt                   # continue exactly; the other flags come back too
     python train.py --resume runs/cbis/best.pt --eval-only       # validation metrics of a checkpoint
 
-Each dataset has a recipe in PRESETS (Table 1's two columns, plus ours for mini-MIAS and the demo); every entry can be
-overridden by its flag. Shaped like torchvision's references/segmentation: get_args_parser(), a linear main(args),
-plain train_one_epoch() and evaluate(). Several processes come from torchrun's environment variables only (RANK,
-WORLD_SIZE, LOCAL_RANK; add --nnodes/--rdzv-endpoint for several machines); NCCL on GPUs, gloo on CPUs.
+Each dataset has a recipe in recipes.py's PRESETS (Table 1's two columns, plus ours for mini-MIAS and the demo);
+every entry can be overridden by its flag. Shaped like torchvision's references/segmentation: get_args_parser(), a
+linear main(args), plain train_one_epoch() and evaluate(). Several processes come from torchrun's environment
+variables only (RANK, WORLD_SIZE, LOCAL_RANK; add --nnodes/--rdzv-endpoint for several machines); NCCL on GPUs, gloo
+on CPUs.
 
 What a run leaves in --out-dir (written by rank 0 only): config.json before step 0, log.jsonl (one line per epoch),
 last.pt after every epoch (and once before step 0, so a run killed at any moment leaves a loadable last.pt), best.pt
@@ -50,61 +51,8 @@ from losses import build_loss
 from metrics import build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
 from predict import autocast, write_panel
+from recipes import PRESETS, SOURCE, PiecewiseConstant, parse_schedule
 
-# The recipes (BiT-hyperrule style): one entry per dataset, each value with where it comes from.
-PRESETS = {
-    "cbis": dict(
-        encoder="resnet34",  # Table 1 "Encoder"
-        decoder="fusion",  # §4.2, Fig. 5-6: the proposed decoder, Table 2 (A)
-        weights="imagenet",  # §4.3 pretrained encoders; Table 3 (A)
-        loss="jaccard+focal_tversky",  # Table 1 "Loss Function"
-        image_size=256,  # Table 1 "Image Size"
-        lr=5e-4,  # Table 1 "Learning Rate"
-        schedule="0:5e-4,40:1e-4,70:5e-5,100:1e-5,120:1e-6",  # Table 1 "Scheduler"
-        epochs=150,  # Table 1 "Num epochs"
-        batch_size=16,  # not in the thesis (ours): 4 images on each of §4.3's 4 V100s
-        in_channels=3,  # §4.3: ImageNet encoders from timm take RGB; grayscale is replicated
-        decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
-        train_split="train",  # the official training CSV split by patient 80/20: 987/244 images, not Table 1's
-        # 690/168, which no subset of the published CSVs reproduces (data.py's docstring)
-        augment=True,  # not in the thesis (ours): data.augment_mammogram's flip, rotation, scale, shift, gamma
-        num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
-    ),
-    "voc": dict(
-        encoder="bit_r50x1",  # Table 1 "Encoder": ResNet50_V2 Big Transfer
-        decoder="fusion",  # Table 4 (A)
-        weights="imagenet",  # §6.2: "only ImageNet pretrained encoder"
-        loss="ce+focal_tversky",  # Table 1 "Loss Function"
-        image_size=384,  # Table 1 "Image Size"
-        lr=5e-5,  # Table 1 "Learning Rate"
-        schedule="0:5e-5,80:1e-5",  # Table 1 "Scheduler"
-        epochs=150,  # Table 1 "Num epochs"
-        batch_size=8,  # not in the thesis (ours): 2 per V100 of §4.3 for the 202M-parameter model
-        in_channels=3,  # RGB photographs
-        decoder_channels=None,  # fusion.py's widths that match Table 4's 202.44M parameters
-        train_split="train",  # Table 1 "Train images" 1464 = VOC 2012 train (not SBD's trainaug)
-        augment=True,  # not in the thesis (ours): data.transform_voc's scale 0.5-2x, flip and crop
-        num_classes=21,  # background + 20 classes (§6.2)
-    ),
-    "mias": dict(  # not in the thesis: CBIS-DDSM's recipe, since both are scanned-film mammograms with masses
-        encoder="resnet34", decoder="fusion", weights="imagenet", loss="jaccard+focal_tversky", image_size=256,
-        lr=5e-4, schedule="0:5e-4,40:1e-4,70:5e-5,100:1e-5,120:1e-6", epochs=150,
-        batch_size=8,  # mini-MIAS has only dozens of masses: smaller batches give more steps per epoch
-        in_channels=3, decoder_channels=None, train_split="train", augment=True, num_classes=1,
-    ),
-    "synthetic": dict(  # the demo: sized to finish in < 5 minutes on 2 CPU cores; no thesis number
-        encoder="resnet34", decoder="fusion",  # the thesis' architecture...
-        decoder_channels=(128, 64, 32, 16, 16),  # ...with a narrow decoder (25.6M instead of 89.6M parameters)
-        weights=None,  # no download: random initialisation
-        loss="jaccard+focal_tversky", image_size=64, lr=1e-3, schedule="0:1e-3,4:3e-4,5:1e-4", epochs=6,
-        batch_size=16,  # 6 x 400 images of 64 x 64, from scratch: about 3 minutes on 2 idle CPU cores
-        in_channels=1,  # native grayscale: a mammogram has one channel
-        train_split="train", augment=True, num_classes=1,
-    ),
-}
-SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC", "mias": "ours, no thesis number",
-          "synthetic": "the demo: offline, ResNet-34 + a narrow fusion decoder at 64 x 64, under 5 minutes on 2 CPU "
-                       "cores"}
 # Other flags a resumed run takes from its checkpoint unless given again (as it takes every key of its preset).
 RUN_DEFAULTS = {"data_root": None, "out_dir": None, "seed": 0, "amp": "none", "weight_decay": 0.01, "clip_grad": 0.0,
                 "limit": None, "eval_batch_size": None}
@@ -182,31 +130,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # ------------------------------------------------------------------------------------------------ small helpers
-class PiecewiseConstant:
-    """LR factor of an epoch: the value of the last milestone <= epoch (Table 1's step schedule), for LambdaLR.
-
-    A callable object rather than a lambda, so LambdaLR's state_dict stores (and resume restores) its lists.
-    """
-
-    def __init__(self, milestones: list[int], factors: list[float]):
-        self.milestones, self.factors = milestones, factors
-
-    def __call__(self, epoch: int) -> float:
-        return self.factors[sum(m <= epoch for m in self.milestones) - 1]
-
-
-def parse_schedule(text: str, lr: float | None) -> tuple[list[int], list[float], float]:
-    """'0:5e-4,40:1e-4' -> (milestones, factors relative to the first LR, base LR = `lr` if given, else the first)."""
-    try:
-        pairs = [item.split(":") for item in text.split(",")]
-        milestones, lrs = [int(e) for e, _ in pairs], [float(v) for _, v in pairs]
-    except ValueError:
-        raise UsageError(f"--schedule {text!r}: write EPOCH:LR pairs such as 0:5e-4,40:1e-4, or constant") from None
-    if milestones[0] != 0 or milestones != sorted(set(milestones)) or min(lrs) <= 0:
-        raise UsageError(f"--schedule {text!r}: epochs must start at 0 and increase, learning rates be > 0")
-    return milestones, [v / lrs[0] for v in lrs], lrs[0] if lr is None else lr
-
-
 def seed_for(*numbers: int) -> int:
     """A 63-bit seed mixing several integers (numpy's SeedSequence), e.g. (seed, epoch, index)."""
     return int(np.random.SeedSequence(list(numbers)).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -366,7 +289,10 @@ def resolve_args(args) -> list[str]:
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     args.out_dir = args.out_dir or os.path.join("runs", args.dataset)
     args.schedule = f"0:{args.lr}" if args.schedule == "constant" else args.schedule
-    args.milestones, args.lr_factors, args.lr = parse_schedule(args.schedule, lr_flag)
+    try:
+        args.milestones, args.lr_factors, args.lr = parse_schedule(args.schedule, lr_flag)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     args.schedule = ",".join(f"{m}:{args.lr * f:g}" for m, f in zip(args.milestones, args.lr_factors))  # as run
     problems = [
         (args.eval_only and not args.resume, "--eval-only needs --resume CHECKPOINT (the weights to evaluate)"),
