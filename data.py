@@ -10,7 +10,7 @@ Options every dataset takes: `in_channels` (1 = native grayscale; 3 = grayscale 
 ImageNet encoders; VOC needs 3), `mean`/`std` (length in_channels; ImageNet statistics by default), `augment`
 (default: on for training splits only), `seed`, `limit` (the first N items of the split) and `verbose`.
 
-  cbis       data root = the NBIA download (either layout, see mammograms.py) with the four case-description CSVs (or
+  cbis       data root = the NBIA download (either layout, see cbis.py) with the four case-description CSVs (or
              csv_dir=...). Masses by default, abnormality="calcification" for the other half. "train"/"val" split
              the official training CSV by patient (val_fraction=0.2, split_seed=0), "test" is the official test CSV.
              The thesis' 690 + 168 = 858 images match no subset of the CSVs we could count (the mass training CSV
@@ -54,9 +54,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from mammograms import (SPLITS, CbisTree, DataError, cbis_images, check_mammogram, error_line, fitted_size,
-                        load_mammogram, load_mias, preprocess_mammogram, read_dicom, read_mias, stretch_contrast,
-                        subject_of)
+from cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
+from mammograms import (SPLITS, DataError, error_line, fitted_size, load_mias, preprocess_mammogram, read_dicom,
+                        read_mias, stretch_contrast)
 
 __all__ = ["DataError", "error_line", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
            "augment_mammogram", "fitted_size", "transform_voc", "MammogramDataset", "SyntheticMammograms",

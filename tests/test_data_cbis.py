@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
+import cbis
 import data
 import mammograms
 from data import DataError, build_dataset, read_dicom
@@ -319,7 +320,7 @@ def test_cbis_tree_follows_the_retrievers_file_locations(tmp_path):
     (tmp_path / "manifest-1" / "metadata.csv").write_text(
         "Series UID,Subject ID,File Location\n1.2.3,Mass-Test_P_00001_LEFT_CC,"
         ".\\elsewhere\\1.000000-full mammogram images-24515\n")
-    tree = mammograms.CbisTree(tmp_path)
+    tree = cbis.CbisTree(tmp_path)
     assert tree.files("Mass-Test_P_00001_LEFT_CC") == [folder / "1-1.dcm"]
     assert tree.files("Mass-Test_P_00002_LEFT_CC") == []
 
@@ -428,7 +429,7 @@ def test_cbis_loads_with_two_workers(tmp_path):
     ("mass_case_description_train_set.csv", 1318, 1231, 691), ("mass_case_description_test_set.csv", 378, 361, 201),
     ("calc_case_description_train_set.csv", 1546, 1227, 602), ("calc_case_description_test_set.csv", 326, 284, 151)])
 def test_real_csvs_match_published_counts(name, rows, images, patients):
-    parsed = mammograms.read_case_rows(CSV_DIR / name)
+    parsed = cbis.read_case_rows(CSV_DIR / name)
     assert len(parsed) == rows
     assert len({row["image file path"] for row in parsed}) == images
     assert len({row["patient_id"] for row in parsed}) == patients
@@ -436,14 +437,14 @@ def test_real_csvs_match_published_counts(name, rows, images, patients):
 
 
 def test_real_mass_training_split_is_by_patient_and_about_80_20():
-    train = mammograms.cbis_images(CSV_DIR, "train")
-    val = mammograms.cbis_images(CSV_DIR, "val")
+    train = cbis.cbis_images(CSV_DIR, "train")
+    val = cbis.cbis_images(CSV_DIR, "val")
     assert len(train) + len(val) == 1231 and not set(train) & set(val)
     patients = lambda images: {rows[0]["patient_id"] for rows in images.values()}
     assert not patients(train) & patients(val)
     assert abs(len(val) / (len(train) + len(val)) - 168 / 858) < 0.03  # the thesis' 690/168 ratio
-    assert mammograms.cbis_images(CSV_DIR, "val") == val  # fixed seed
-    assert mammograms.cbis_images(CSV_DIR, "val", split_seed=1).keys() != val.keys()
+    assert cbis.cbis_images(CSV_DIR, "val") == val  # fixed seed
+    assert cbis.cbis_images(CSV_DIR, "val", split_seed=1).keys() != val.keys()
     assert sum(len(rows) for rows in train.values()) + sum(len(rows) for rows in val.values()) == 1318
     assert sum(len(rows) > 1 for rows in {**train, **val}.values()) == 1231 - 1173  # images with several masses
 
