@@ -120,8 +120,9 @@ def write_panel(path: str | os.PathLike, image: np.ndarray, target: np.ndarray |
 
     tiles = [("image", "", base)]
     if target is not None:
-        tiles.append(("ground truth", "", render(target, TRUTH_COLOUR, None)))
-    tiles += [(name, _score_text(labels, target, num_classes), render(labels, LESION_COLOUR, truth_edge))
+        tiles.append(("ground truth" + (" (green)" if binary else ""), "", render(target, TRUTH_COLOUR, None)))
+    legend = " (red)" if binary else ""  # the colour of the prediction; the truth's outline stays green
+    tiles += [(name + legend, _score_text(labels, target, num_classes), render(labels, LESION_COLOUR, truth_edge))
               for name, labels in predictions]
 
     scale = max(1, math.ceil(MIN_TILE_WIDTH / width))
