@@ -138,8 +138,8 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     step_seconds = median_seconds(train_step, device=device, warmup=warmup, repeats=repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     train_flops = 3 * count_flops(model, (batch_size, in_channels, side, side))  # backward ~ 2x forward
-    return dict(precision=PRECISION_NAMES[precision], latency_s=latency, forward_images_per_s=batch_size / forward_seconds,
-                train_images_per_s=batch_size / step_seconds, train_tflops=train_flops / step_seconds / 1e12,
+    return dict(precision=PRECISION_NAMES[precision], latency_s=latency,
+                forward_images_per_s=batch_size / forward_seconds, train_images_per_s=batch_size / step_seconds, train_tflops=train_flops / step_seconds / 1e12,
                 peak_train_memory_gib=None if peak is None else peak / 2**30)
 
 
@@ -170,15 +170,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+def resolve_device(name: str | None) -> torch.device:
+    """--device auto (or None), cpu, cuda or cuda:N -> torch.device, for every script; ValueError with the line to
+    show otherwise."""
+    if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise SystemExit(f"benchmark.py: --device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"benchmark.py: --device {name}, but no CUDA device is visible; use --device cpu")
+        raise ValueError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
     return device
 
 
@@ -189,7 +191,10 @@ def write_json(path: str | None, results: dict) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"benchmark.py: {error}") from None
     rows = [r for r in THESIS_ROWS if args.models is None or r[0].startswith(tuple(args.models))]
     results = dict(environment=environment(device), models=[], speed=[], data=None)
     print(results["environment"])

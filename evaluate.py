@@ -49,7 +49,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from benchmark import count_flops, count_parameters
+from benchmark import count_flops, count_parameters, resolve_device
 from checkpoints import CheckpointError, load_checkpoint  # noqa: F401 load_checkpoint re-exported
 from data import DataError, build_dataset, error_line
 from metrics import BinaryStats, ConfusionMatrix, build_metrics, predict_labels  # noqa: F401 re-exported: DESIGN.md's names
@@ -322,18 +322,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UsageError(f"--device {name}: {error_line(error)}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return device
-
-
 def resolve_image_size(requested: int | None, candidates: list[Candidate], dataset: str | None) -> tuple[int, int]:
     """--image-size, else the size all checkpoints were trained at (their args), else DEFAULT_IMAGE_SIZE."""
     if requested is not None:
@@ -395,7 +383,10 @@ def main(args: argparse.Namespace) -> int:
                                ("--timing-runs", args.timing_runs, 0), ("--limit", args.limit, 1)):
         if value is not None and value < least:
             raise UsageError(f"{flag} {value}: must be at least {least}")
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     stems = [Path(path).stem for path in args.checkpoint]
     names = stems if len(set(stems)) == len(stems) else list(args.checkpoint)
     candidates = []

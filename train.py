@@ -44,6 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from benchmark import resolve_device
 from checkpoints import (RESUME_ENTRIES, CheckpointError, atomic_save, git_commit, model_from_checkpoint,
                          read_checkpoint, share_file, versions)
 from data import DataError, build_dataset, error_line
@@ -318,19 +319,18 @@ def setup_device(args) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment variables; initialises the process group."""
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world, local_rank = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        device = torch.device(f"cuda:{local_rank}" if name == "cuda" else name)  # an index, for set_device and DDP
-    except RuntimeError:
-        raise UsageError(f"--device {args.device}: not a device; use auto, cpu, cuda or cuda:N") from None
-    problems = [(device.type == "cuda" and not torch.cuda.is_available(), f"--device {args.device}: no CUDA GPU is "
-                                                                          "visible; use --device cpu"),
-                (args.amp == "fp16" and device.type != "cuda", "--amp fp16 needs a CUDA GPU; on the CPU use bf16 or "
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # an index, for set_device and DDP
+    problems = [(args.amp == "fp16" and device.type != "cuda", "--amp fp16 needs a CUDA GPU; on the CPU use bf16 or "
                                                                "none"),
                 (args.sync_bn and device.type != "cuda", "--sync-bn needs CUDA GPUs"),
                 (args.data_parallel and device.type != "cuda", "--data-parallel needs CUDA GPUs; on the CPU use "
                                                                "torchrun --nproc_per_node=N"),
-                ((torchrun or args.data_parallel) and name.startswith("cuda:"),
+                ((torchrun or args.data_parallel) and args.device.startswith("cuda:"),
                  f"--device {args.device} names one GPU, but torchrun gives each process the GPU of its LOCAL_RANK "
                  "and --data-parallel uses all visible GPUs: use --device cuda (choose GPUs with "
                  "CUDA_VISIBLE_DEVICES)")]

@@ -30,7 +30,10 @@ def smp_to_ours(key: str) -> str:
 def main(args: argparse.Namespace) -> None:
     import segmentation_models_pytorch as smp
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"peer_smp.py: {error}") from None
     theirs = smp.Unet("resnet34", encoder_weights=None, classes=1).to(device)
     ours = build_model("resnet34", "unet", num_classes=1).to(device)
     ours.load_state_dict({smp_to_ours(k): v for k, v in theirs.state_dict().items()})
