@@ -9,7 +9,9 @@ Three tables, each printed with the device name and the versions, so numbers fro
      and the training step (forward, backward, AdamW) in images/s, each the median of --repeats timed runs after
      warm-up, per precision (--amp none bf16, as train.py spells them; none = fp32, which cuDNN runs as TF32 on
      Ampere and newer GPUs, its default and train.py's), with peak memory on CUDA and the achieved fraction of the
-     card's measured bf16 matrix-multiply rate.
+     card's measured bf16 matrix-multiply rate. On a GPU, the batch-1 forward is also timed replayed as a CUDA
+     graph ("graph ms"): the card's own time, without the cost of launching each kernel from Python, which is what
+     bounds eager batch-1 latency on a fast card.
   3. data (--data): images/s of the cbis, mias and synthetic pipelines, cold (decoding) and from the cache
      (bench/bench_data.py), so a user sees whether loading or compute bounds training.
 
@@ -97,6 +99,21 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192, re
     return 2 * n**3 / seconds / 1e12
 
 
+def graph_latency(forward, x: torch.Tensor, *, device: torch.device, warmup: int, repeats: int) -> float:
+    """Latency of forward(x) captured once as a CUDA graph and replayed: the GPU's own time for the batch, without
+    the per-kernel cost of launching from Python, which bounds eager batch-1 latency on a fast card."""
+    side_stream = torch.cuda.Stream(device)
+    side_stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side_stream):  # capture wants its warm-up off the default stream
+        for _ in range(3):
+            forward(x)
+    torch.cuda.current_stream(device).wait_stream(side_stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward(x)
+    return median_seconds(graph.replay, device=device, warmup=warmup, repeats=repeats)
+
+
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int, channels_last: bool,
               compile_model: bool, warmup: int, repeats: int) -> dict:
     """Latency at batch 1, forward throughput and training-step throughput at batch_size for one model."""
@@ -115,11 +132,17 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     model.eval()
     one, many = batch(1), batch(batch_size)
 
-    def forward(x):
-        with torch.no_grad(), torch.autocast(**autocast):
+    def forward(x):  # autocast's weight cache off: a CUDA graph must not capture a cast made outside it
+        with torch.no_grad(), torch.autocast(**autocast, cache_enabled=False):
             runner(x)
 
     latency = median_seconds(lambda: forward(one), device=device, warmup=warmup, repeats=repeats)
+    graph_seconds = None
+    if device.type == "cuda" and not compile_model:
+        try:
+            graph_seconds = graph_latency(forward, one, device=device, warmup=warmup, repeats=repeats)
+        except RuntimeError as error:  # a forward that cannot be captured: say so and time the rest
+            print(f"{kwargs}: CUDA graph capture failed: {str(error).splitlines()[0]}", flush=True)
     forward_seconds = median_seconds(lambda: forward(many), device=device, warmup=warmup, repeats=repeats)
 
     model.train()
@@ -133,13 +156,16 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    if device.type == "cuda":
+    if device.type == "cuda":  # peak memory of training itself, not of the first step's search for cuDNN algorithms
+        train_step()
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     step_seconds = median_seconds(train_step, device=device, warmup=warmup, repeats=repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     train_flops = 3 * count_flops(model, (batch_size, in_channels, side, side))  # backward ~ 2x forward
-    return dict(precision=PRECISION_NAMES[precision], latency_s=latency,
-                forward_images_per_s=batch_size / forward_seconds, train_images_per_s=batch_size / step_seconds, train_tflops=train_flops / step_seconds / 1e12,
+    return dict(precision=PRECISION_NAMES[precision], latency_s=latency, graph_latency_s=graph_seconds,
+                forward_images_per_s=batch_size / forward_seconds, train_images_per_s=batch_size / step_seconds,
+                train_tflops=train_flops / step_seconds / 1e12,
                 peak_train_memory_gib=None if peak is None else peak / 2**30)
 
 
@@ -212,12 +238,15 @@ def main(args: argparse.Namespace) -> None:
         warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
         repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)
         precisions = args.amp or (["none", "bf16"] if on_gpu else ["none"])
+        # Every input of a row has one shape, so cuDNN may time its algorithms once and keep the fastest (train.py too).
+        torch.backends.cudnn.benchmark = True
         ceiling = matmul_tflops(device, torch.bfloat16) if on_gpu else None
         results["bf16_matmul_tflops"] = ceiling
         print(f"\nspeed: batch {args.batch_size}, median of {repeats} after {warmup} warm-up, channels_last="
-              f"{args.channels_last}, compile={args.compile}" + (f"; bf16 matmul {ceiling:.0f} TFLOP/s" if ceiling else ""))
-        print(f"{'model':<42} {'prec':>5} {'latency ms':>10} {'thesis ms':>9} {'fwd img/s':>10} {'train img/s':>11} "
-              f"{'train TFLOP/s':>13} {'peak GiB':>8}")
+              f"{args.channels_last}, compile={args.compile}"
+              + (f"; bf16 matmul {ceiling:.0f} TFLOP/s" if ceiling else ""))
+        print(f"{'model':<42} {'prec':>5} {'latency ms':>10} {'graph ms':>8} {'thesis ms':>9} {'fwd img/s':>10} "
+              f"{'train img/s':>11} {'train TFLOP/s':>13} {'peak GiB':>8}")
         for label, kwargs, side, _, _, thesis_seconds in rows:
             for precision in precisions:
                 try:
@@ -238,7 +267,9 @@ def main(args: argparse.Namespace) -> None:
                 write_json(args.json, results)
                 peak = f"{r['peak_train_memory_gib']:.1f}" if r["peak_train_memory_gib"] is not None else "-"
                 share = f" ({r['train_tflops'] / ceiling:.0%})" if ceiling and precision == "bf16" else ""
-                print(f"{label:<42} {r['precision']:>5} {r['latency_s'] * 1e3:>10.1f} {thesis_seconds * 1e3:>9.1f} "
+                graph = f"{r['graph_latency_s'] * 1e3:.1f}" if r["graph_latency_s"] is not None else "-"
+                print(f"{label:<42} {r['precision']:>5} {r['latency_s'] * 1e3:>10.1f} {graph:>8} "
+                      f"{thesis_seconds * 1e3:>9.1f} "
                       f"{r['forward_images_per_s']:>10.1f} {r['train_images_per_s']:>11.1f} "
                       f"{r['train_tflops']:>7.3f}{share:>6} {peak:>8}", flush=True)
 

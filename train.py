@@ -339,6 +339,7 @@ def setup_device(args) -> tuple[int, int, torch.device]:
             raise UsageError(message)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # every batch has one shape: time cuDNN's algorithms once, keep the best
     if torchrun:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (rank, world, device) if torchrun else (0, 1, device)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU measurement the README reports, in one run of a few minutes (thesis Tables 2 and 4: inference time;
-# training throughput; the baseline U-Net against segmentation_models_pytorch; a short AMP training smoke run).
+# training throughput; the baseline U-Net against segmentation_models_pytorch; a short AMP training smoke run; the
+# proposed model under torch.compile).
 #
 #   bash bench/gpu.sh [RESULTS_DIR]        # default: bench-results/
 #   DRY_RUN=1 bash bench/gpu.sh DIR        # every step on the CPU at toy sizes, in seconds: checks the script itself
@@ -45,4 +46,9 @@ fi
 # AMP training smoke run: the thesis' CBIS model (ResNet-34 + fusion, 256x256) on synthetic data, bf16, 2 epochs.
 run train_smoke python train.py --dataset synthetic --encoder resnet34 --decoder fusion --weights none \
   --in-channels 3 --device "$device" --out-dir "$results/train_smoke" "${smoke[@]}"
+# torch.compile: compiling takes minutes, so the proposed ResNet-34 model only, bf16, and last, under a time limit.
+if [[ "$device" == cuda ]]; then
+  run speed_compiled timeout 240 python benchmark.py --speed --device cuda --channels-last --compile \
+    --batch-size "$batch" "${speed[@]}" --amp bf16 --models "Table 2 (A)" --json "$results/speed_compiled.json"
+fi
 exit $status

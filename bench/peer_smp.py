@@ -2,7 +2,9 @@
 
 Both models hold the same weights (SMP's state dict loaded into ours), and are timed alternately, forward at batch 1
 and the training step (forward, backward, AdamW) at --batch-size, so that drifting clocks or a busy neighbour hit
-both alike. Ours must not be slower. segmentation_models_pytorch is needed by this script only (requirements-dev.txt).
+both alike; the order flips every round. On a GPU the batch-1 forward is also timed replayed as a CUDA graph, the
+card's own time without Python's launch cost. Ours must not be slower. segmentation_models_pytorch is needed by
+this script only (requirements-dev.txt).
 
     python bench/peer_smp.py [--device cuda] [--amp bf16] [--rounds 5] [--json FILE]
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmark import environment, median_seconds, resolve_device  # noqa: E402
+from benchmark import environment, graph_latency, median_seconds, resolve_device  # noqa: E402
 from model import build_model  # noqa: E402
 
 
@@ -34,6 +36,7 @@ def main(args: argparse.Namespace) -> None:
         device = resolve_device(args.device)
     except ValueError as error:
         raise SystemExit(f"peer_smp.py: {error}") from None
+    torch.backends.cudnn.benchmark = True  # fixed shapes, as in benchmark.py
     theirs = smp.Unet("resnet34", encoder_weights=None, classes=1).to(device)
     ours = build_model("resnet34", "unet", num_classes=1).to(device)
     ours.load_state_dict({smp_to_ours(k): v for k, v in theirs.state_dict().items()})
@@ -42,10 +45,10 @@ def main(args: argparse.Namespace) -> None:
     batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
     target = torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), device=device).float()
 
-    def forward(model):
+    def forward(model, x=one):  # autocast's cache off, as CUDA graph capture needs
         model.eval()
-        with torch.no_grad(), torch.autocast(**autocast):
-            model(one)
+        with torch.no_grad(), torch.autocast(**autocast, cache_enabled=False):
+            model(x)
 
     def make_train_step(model):
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)
@@ -61,20 +64,28 @@ def main(args: argparse.Namespace) -> None:
 
     steps = {"ours": make_train_step(ours), "smp": make_train_step(theirs)}
     models = {"ours": ours, "smp": theirs}
-    timings = {f"{name}_{what}": [] for name in models for what in ("forward_s", "train_step_s")}
-    for _ in range(args.rounds):  # alternate: ours, smp, ours, smp, ...
-        for name, model in models.items():
+    measures = ("forward_s", "train_step_s") + (("graph_forward_s",) if device.type == "cuda" else ())
+    timings = {f"{name}_{what}": [] for name in models for what in measures}
+    for round_index in range(args.rounds):  # alternate: ours, smp, smp, ours, ours, smp, ...
+        for name in (["ours", "smp"] if round_index % 2 == 0 else ["smp", "ours"]):
+            model = models[name]
             timings[f"{name}_forward_s"].append(
                 median_seconds(lambda: forward(model), device=device, warmup=1, repeats=args.repeats))
             timings[f"{name}_train_step_s"].append(
                 median_seconds(steps[name], device=device, warmup=1, repeats=args.repeats))
+            if device.type == "cuda":
+                timings[f"{name}_graph_forward_s"].append(graph_latency(
+                    lambda x: forward(model, x), one, device=device, warmup=1, repeats=args.repeats))
     result = {k: statistics.median(v) for k, v in timings.items()}
     result.update(environment=environment(device), size=args.size, batch_size=args.batch_size, amp=args.amp,
                   smp_version=smp.__version__)
     print(result["environment"], f"| SMP {smp.__version__} | {args.size}x{args.size}, amp {args.amp}")
-    for what, unit in (("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")):
+    rows = [("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")]
+    if device.type == "cuda":
+        rows.insert(1, ("graph_forward", "ms at batch 1, replayed as a CUDA graph"))
+    for what, unit in rows:
         a, b = result[f"ours_{what}_s"] * 1e3, result[f"smp_{what}_s"] * 1e3
-        print(f"{what:<11} ours {a:9.2f}  smp {b:9.2f}  {unit}  (ours / smp = {a / b:.3f})")
+        print(f"{what:<13} ours {a:9.2f}  smp {b:9.2f}  {unit}  (ours / smp = {a / b:.3f})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
