@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement the README reports, in one run of a few minutes (thesis Tables 2 and 4: inference time;
+# Every GPU measurement the README reports, in one run of about 7 minutes on an H200 (thesis Tables 2 and 4: inference time;
 # training throughput; the baseline U-Net against segmentation_models_pytorch; a short AMP training smoke run; the
 # proposed model under torch.compile).
 #
@@ -21,18 +21,18 @@ run() {  # run a step, keep its output, and remember a failure without stopping 
 }
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then  # the same steps, on the CPU, one model and toy sizes
-  device=cpu; batch=1; speed=(--amp none --warmup 0 --repeats 1 --models "Table 2 (B)")
+  device=cpu; batch=1; amp=(none); timing=(--warmup 0 --repeats 1 --models "Table 2 (B)")
   peer=(--size 64 --rounds 1 --repeats 1); smoke=(--decoder-channels 16,16,16,16,16 --image-size 32 --limit 4 --epochs 1
                                                  --batch-size 2 --workers 0 --panels 1 --amp none)
 else
-  device=cuda; batch=16; speed=(--amp none bf16 --warmup 10 --repeats 30)
+  device=cuda; batch=16; amp=(none bf16); timing=(--warmup 10 --repeats 30)
   peer=(--rounds 5 --repeats 20); smoke=(--decoder-channels 768,384,256,96,48 --image-size 256 --epochs 2
                                          --batch-size 16 --amp bf16)
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$results/gpu.txt"
 fi
 # Thesis rows: fp32 and bf16, channels_last, batch 1 latency and batch-16 throughput / training step.
-run speed python benchmark.py --speed --device "$device" --channels-last --batch-size "$batch" "${speed[@]}" \
-  --json "$results/speed.json"
+run speed python benchmark.py --speed --device "$device" --channels-last --batch-size "$batch" --amp "${amp[@]}" \
+  "${timing[@]}" --json "$results/speed.json"
 if python -c "import segmentation_models_pytorch" 2>/dev/null; then
   run peer_fp32 python bench/peer_smp.py --device "$device" --batch-size "$batch" "${peer[@]}" \
     --json "$results/peer_fp32.json"
@@ -49,6 +49,6 @@ run train_smoke python train.py --dataset synthetic --encoder resnet34 --decoder
 # torch.compile: compiling takes minutes, so the proposed ResNet-34 model only, bf16, and last, under a time limit.
 if [[ "$device" == cuda ]]; then
   run speed_compiled timeout 240 python benchmark.py --speed --device cuda --channels-last --compile \
-    --batch-size "$batch" "${speed[@]}" --amp bf16 --models "Table 2 (A)" --json "$results/speed_compiled.json"
+    --batch-size "$batch" --amp bf16 "${timing[@]}" --models "Table 2 (A)" --json "$results/speed_compiled.json"
 fi
 exit $status
