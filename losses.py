@@ -33,11 +33,19 @@ is segmented, which an exponent applied after the mean cannot do. For one class 
 two orders are the same number. (1 - TI) is clamped to >= eps before the power because x ** 0.75 has an infinite
 slope at 0; a perfect class therefore scores eps ** 0.75 (~6e-6 at eps=1e-7) instead of 0, with zero gradient.
 
+Several processes (torchrun + DDP, `distributed=True`): each process sees only its shard of the batch, so by
+default its counts and loss differ from those of the whole batch that one GPU or nn.DataParallel scores. With
+distributed=True every loss first sums a few numbers per class over the default process group: TP, predicted and
+target mass; CE's sum and valid-pixel count; in image mode the summed losses and the number of image-class pairs.
+The all-reduce keeps gradients (`_SumOverProcesses`), so value and DDP-averaged gradient are one process's on the
+whole batch, for any world size. Only counts travel, never pixels. Default off: nothing is exchanged.
+
 Every loss casts fp16/bf16 logits to float32 first (float64 stays float64, for gradcheck), so it is computed in
 float32 under autocast. Usage: `criterion = build_loss("jaccard+focal_tversky", 1); loss = criterion(logits, y)`;
 `criterion.forward_with_terms(logits, y)` also returns each term's value for logging.
 """
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -81,34 +89,67 @@ def _probabilities_and_one_hot(logits: torch.Tensor, target: torch.Tensor) -> tu
     return probs, (one_hot * valid).to(probs.dtype)
 
 
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce(SUM) of counts over the default process group; its backward all-reduces the incoming gradient.
+
+    Why the gradient is right: every process ends with the same loss L = f(sum_r counts_r), and DDP applies the
+    gradient of (1/N) sum_r L_r. Rank r's counts reach all N copies of L, so d(sum_r L_r)/d counts_r is the sum over
+    processes of dL/d(total), which is what the backward all-reduce computes: N * dL/d(total). DDP's 1/N cancels
+    that N, leaving dL/d(total) * d counts_r / d weights summed over ranks: the one-process gradient on the whole
+    batch. torch.distributed.nn.functional.all_reduce has the same backward, but torch 2.14 deprecates it with a
+    FutureWarning, and the replacement it names has a backward only in recent torch (none before, silently).
+    """
+
+    @staticmethod
+    def forward(ctx, counts: torch.Tensor) -> torch.Tensor:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("a loss built with distributed=True needs torch.distributed.init_process_group() "
+                               "first; in one process use distributed=False")
+        counts = counts.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(counts)
+        return counts
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
 class _RegionLoss(nn.Module):
     """Shared body of the overlap losses: counts TP/FP/FN per class (or per image and class), scores, averages.
 
     Subclasses define `class_losses(tp, fp, fn)`, the loss of each class (or image and class) from its counts.
     """
 
-    def __init__(self, num_classes: int, *, aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7):
+    def __init__(self, num_classes: int, *, aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7,
+                 distributed: bool = False):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (1 = binary with one logit), got {num_classes}")
         if aggregation not in ("batch", "image"):
             raise ValueError(f"aggregation must be 'batch' or 'image', got {aggregation!r}")
         self.num_classes, self.aggregation, self.smooth, self.eps = num_classes, aggregation, smooth, eps
+        self.distributed = distributed  # sum the counts over all processes (module docstring)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = _prepare(logits, target, self.num_classes)
         probs, one_hot = _probabilities_and_one_hot(logits, target)  # (B, C, HW) each
         dims = (0, 2) if self.aggregation == "batch" else (2,)  # -> (C,) or (B, C)
-        tp = (probs * one_hot).sum(dims)
-        fp = probs.sum(dims) - tp
-        fn = one_hot.sum(dims) - tp
-        present = one_hot.sum(dims) > 0
-        losses = self.class_losses(tp, fp, fn)
+        tp, predicted, actual = (probs * one_hot).sum(dims), probs.sum(dims), one_hot.sum(dims)
+        if self.distributed and self.aggregation == "batch":  # the counts of the whole global batch
+            tp, predicted, actual = _SumOverProcesses.apply(torch.stack([tp, predicted, actual]))  # (3, C) -> 3 x (C,)
+        losses = self.class_losses(tp, predicted - tp, actual - tp)  # fp = predicted - tp, fn = actual - tp
         # absent classes: loss 0, counted in the mean (SMP); where() keeps their gradient exactly 0
-        return torch.where(present, losses, torch.zeros_like(losses)).mean()
+        losses = torch.where(actual > 0, losses, torch.zeros_like(losses))
+        if self.distributed and self.aggregation == "image":  # mean over the (image, class) pairs of all processes
+            total, pairs = _SumOverProcesses.apply(torch.stack([losses.sum(), losses.new_tensor(losses.numel())]))
+            return total / pairs
+        return losses.mean()
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, aggregation={self.aggregation!r}, smooth={self.smooth}, eps={self.eps}"
+        text = f"num_classes={self.num_classes}, aggregation={self.aggregation!r}, smooth={self.smooth}, eps={self.eps}"
+        return text + (", distributed=True" if self.distributed else "")
 
 
 class JaccardLoss(_RegionLoss):
@@ -129,8 +170,8 @@ class TverskyLoss(_RegionLoss):
     """Tversky loss 1 - TI, TI = (TP + smooth) / (TP + alpha*FN + beta*FP + smooth); alpha weights FALSE NEGATIVES."""
 
     def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3, aggregation: str = "batch",
-                 smooth: float = 0.0, eps: float = 1e-7):
-        super().__init__(num_classes, aggregation=aggregation, smooth=smooth, eps=eps)
+                 smooth: float = 0.0, eps: float = 1e-7, distributed: bool = False):
+        super().__init__(num_classes, aggregation=aggregation, smooth=smooth, eps=eps, distributed=distributed)
         self.alpha, self.beta = alpha, beta
 
     def tversky_index(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
@@ -152,8 +193,9 @@ class FocalTverskyLoss(TverskyLoss):
     """
 
     def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3,
-                 aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7):
-        super().__init__(num_classes, alpha=alpha, beta=beta, aggregation=aggregation, smooth=smooth, eps=eps)
+                 aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7, distributed: bool = False):
+        super().__init__(num_classes, alpha=alpha, beta=beta, aggregation=aggregation, smooth=smooth, eps=eps,
+                         distributed=distributed)
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0 (the exponent is 1/gamma), got {gamma}")
         self.gamma = gamma
@@ -168,26 +210,29 @@ class FocalTverskyLoss(TverskyLoss):
 class CrossEntropyLoss(nn.Module):
     """Pixel cross-entropy averaged over valid pixels: BCE-with-logits for 1 channel, softmax CE for C channels."""
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, *, distributed: bool = False):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (1 = binary with one logit), got {num_classes}")
-        self.num_classes = num_classes
+        self.num_classes, self.distributed = num_classes, distributed
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = _prepare(logits, target, self.num_classes)
         valid = target != IGNORE_INDEX  # (B, H, W)
-        # sum / max(count, 1) instead of reduction="mean", which is 0/0 = NaN when every pixel is ignored
-        num_valid = valid.sum().clamp_min(1)
         if self.num_classes == 1:
             labels = (target == 1).to(logits.dtype)
             per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], labels, reduction="none")  # (B, H, W)
-            per_pixel = torch.where(valid, per_pixel, torch.zeros_like(per_pixel))
-            return per_pixel.sum() / num_valid
-        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum") / num_valid
+            total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
+        else:
+            total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+        num_valid = valid.sum().to(total.dtype)
+        if self.distributed:  # global sum / global valid-pixel count
+            total, num_valid = _SumOverProcesses.apply(torch.stack([total, num_valid]))
+        # sum / max(count, 1) instead of reduction="mean", which is 0/0 = NaN when every pixel is ignored
+        return total / num_valid.clamp_min(1)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}"
+        return f"num_classes={self.num_classes}" + (", distributed=True" if self.distributed else "")
 
 
 LOSSES = {
@@ -225,8 +270,11 @@ class CombinedLoss(nn.Module):
         return " + ".join(f"{self.weights[name]:g}*{name}" for name in self.parts)
 
 
-def build_loss(spec: str, num_classes: int) -> CombinedLoss:
-    """Parses "jaccard+focal_tversky", "ce+focal_tversky", "0.5*dice+bce", ... into a CombinedLoss (paper defaults)."""
+def build_loss(spec: str, num_classes: int, *, distributed: bool = False) -> CombinedLoss:
+    """Parses "jaccard+focal_tversky", "ce+focal_tversky", "0.5*dice+bce", ... into a CombinedLoss (paper defaults).
+
+    distributed=True makes every term sum its counts over all processes (module docstring); pass world_size > 1.
+    """
     known = ", ".join(LOSSES)
     terms = []
     for raw_term in spec.split("+"):
@@ -248,5 +296,5 @@ def build_loss(spec: str, num_classes: int) -> CombinedLoss:
             raise ValueError(f"loss spec {spec!r}: weight of {name!r} must be > 0, got {weight:g}")
         if any(name == other for _, other, _ in terms):
             raise ValueError(f"loss spec {spec!r}: {name!r} appears twice; give it one weight instead")
-        terms.append((weight, name, LOSSES[name](num_classes)))
+        terms.append((weight, name, LOSSES[name](num_classes, distributed=distributed)))
     return CombinedLoss(terms)

@@ -1,10 +1,14 @@
 """Tests for losses.py: hand-computed values, an independent reference formula, SMP as an oracle, the 255 rule,
-degenerate batches, extreme logits, gradcheck in float64, bf16 autocast, and build_loss parsing."""
+degenerate batches, extreme logits, gradcheck in float64, bf16 autocast, build_loss parsing, and two gloo processes
+with distributed=True against one process on the whole batch."""
 import math
+import os
 
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import losses
@@ -263,3 +267,111 @@ def test_bad_inputs_raise_clear_errors():
         loss(torch.zeros(1, 1, 2, 2), torch.tensor([[[0, 2], [1, 255]]]))
     with pytest.raises(ValueError, match="aggregation"):
         losses.DiceLoss(3, aggregation="pixel")
+
+
+SHARDS = [slice(0, 3), slice(3, 5)]  # two processes, unequal shares of a batch of 5 (as a last batch can be)
+
+
+def sharded_batch(num_classes: int, variant: str):
+    """5 images (2 channels, 8x8) and labels; shard 0 has ~10% ignored pixels, shard 1 ~40%.
+
+    "mixed": binary shard 1 has no lesion; multiclass shard 0 uses labels 0..11, shard 1 labels 8..19, 20 nowhere.
+    "shard_ignored": as mixed, but shard 1 is all 255. "no_lesion": binary, no lesion in the whole batch.
+    """
+    gen = torch.Generator().manual_seed(num_classes)
+    images = torch.randn(5, 2, 8, 8, generator=gen)
+    if num_classes == 1:
+        target = (torch.rand(5, 8, 8, generator=gen) < 0.3).long()
+        target[SHARDS[1]] = 0
+    else:
+        target = torch.randint(0, 12, (5, 8, 8), generator=gen)
+        target[SHARDS[1]] += 8
+    ignore_rate = torch.tensor([0.1, 0.1, 0.1, 0.4, 0.4]).view(5, 1, 1)
+    target[torch.rand(5, 8, 8, generator=gen) < ignore_rate] = IGNORE_INDEX
+    if variant == "shard_ignored":
+        target[SHARDS[1]] = IGNORE_INDEX
+    elif variant == "no_lesion":
+        target[target == 1] = 0
+    return images, target
+
+
+DDP_CASES = {  # name: (num_classes, batch variant, loss factory taking `distributed`)
+    "cbis": (1, "mixed", lambda d: build_loss("jaccard+focal_tversky", 1, distributed=d)),
+    "voc": (21, "mixed", lambda d: build_loss("ce+focal_tversky", 21, distributed=d)),
+    "dice": (1, "mixed", lambda d: build_loss("dice", 1, distributed=d)),
+    "tversky": (21, "mixed", lambda d: build_loss("tversky", 21, distributed=d)),
+    "bce": (1, "mixed", lambda d: build_loss("bce", 1, distributed=d)),
+    "dice_image": (1, "mixed", lambda d: losses.DiceLoss(1, aggregation="image", distributed=d)),
+    "tversky_image": (21, "mixed", lambda d: losses.TverskyLoss(21, aggregation="image", distributed=d)),
+    "focal_tversky_image": (1, "mixed", lambda d: losses.FocalTverskyLoss(1, aggregation="image", distributed=d)),
+    "cbis_shard_ignored": (1, "shard_ignored", lambda d: build_loss("jaccard+focal_tversky+bce", 1, distributed=d)),
+    "voc_shard_ignored": (21, "shard_ignored", lambda d: build_loss("ce+focal_tversky", 21, distributed=d)),
+    "cbis_no_lesion": (1, "no_lesion", lambda d: build_loss("jaccard+focal_tversky+bce", 1, distributed=d)),
+}
+
+
+def loss_and_weight_gradient(criterion, images, target, num_classes):
+    """(loss, gradient of a tiny conv producing the logits); the conv has the same weights in every process."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, num_classes, 3, padding=1)
+    value = criterion(conv(images), target)
+    value.backward()
+    return value.detach(), torch.cat([conv.weight.grad.flatten(), conv.bias.grad])
+
+
+def _losses_on_rank(rank, world_size, store_path, out_dir):
+    torch.set_num_threads(1)  # forked child: keep clear of the parent's thread pool
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
+    results = {}
+    for name, (num_classes, variant, make) in DDP_CASES.items():
+        images, target = sharded_batch(num_classes, variant)
+        value, grad = loss_and_weight_gradient(make(True), images[SHARDS[rank]], target[SHARDS[rank]], num_classes)
+        dist.all_reduce(grad)  # what DDP does to every parameter's gradient: the mean over processes
+        results[name] = torch.cat([value.view(1), grad / world_size])
+    images, target = sharded_batch(1, "mixed")
+    torch.manual_seed(0)
+    conv, criterion = torch.nn.Conv2d(2, 1, 3, padding=1), build_loss("jaccard+focal_tversky", 1, distributed=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(images[SHARDS[rank]])
+        value = criterion(logits, target[SHARDS[rank]])
+    value.backward()
+    results["autocast"] = value.detach()
+    results["autocast_float32_logits"] = criterion(logits.detach().float(), target[SHARDS[rank]]).detach()
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_distributed_losses_equal_one_process_on_the_whole_batch(tmp_path):
+    context = mp.start_processes(_losses_on_rank, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
+                                 join=False, start_method="fork")
+    for _ in range(120):  # 60 s at most; a hang must fail the test, not the CI run
+        if context.join(timeout=0.5):
+            break
+    else:
+        for process in context.processes:
+            process.terminate()
+        pytest.fail("the gloo processes did not finish in 60 s")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    for name, (num_classes, variant, make) in DDP_CASES.items():
+        images, target = sharded_batch(num_classes, variant)
+        value, grad = loss_and_weight_gradient(make(False), images, target, num_classes)
+        for result in ranks:  # every process: the loss and DDP-averaged gradient of one process on the whole batch
+            assert torch.isfinite(result[name]).all(), name
+            torch.testing.assert_close(result[name], torch.cat([value.view(1), grad]), rtol=1e-5, atol=1e-7,
+                                       msg=lambda text: f"{name}: {text}")
+        # the same shards without distributed=True optimise something else, so the comparison above can fail
+        local = [loss_and_weight_gradient(make(False), images[s], target[s], num_classes) for s in SHARDS]
+        assert max(abs(local_value - value).item() for local_value, _ in local) > 1e-3, name
+        assert not torch.allclose((local[0][1] + local[1][1]) / 2, grad, rtol=1e-2, atol=1e-4), name
+        if variant == "no_lesion":
+            assert grad.abs().sum() > 0  # only BCE pushes, towards background
+    for result in ranks:  # bf16 autocast: the counts stay float32, so the value is the float32 one
+        assert result["autocast"].dtype == torch.float32
+        assert result["autocast"].item() == pytest.approx(result["autocast_float32_logits"].item(), abs=1e-6)
+        assert result["autocast"].item() == pytest.approx(ranks[0]["autocast"].item(), abs=0)
+
+
+def test_distributed_without_process_group_says_what_to_do():
+    logits, target = make_batch(1)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        build_loss("jaccard+focal_tversky", 1, distributed=True)(logits, target)
