@@ -1,6 +1,6 @@
 """Cost of each thesis model (Tables 2 and 4: "#Params", "FLOPS", "Inference time") and what training will cost.
 
-Three tables, each printed with the device name and the versions, so numbers from different machines are never mixed:
+Two tables, each printed with the device name and the versions, so numbers from different machines are never mixed:
   1. models: parameters and FLOPs beside the thesis' own numbers. FLOPs are counted by torch.utils.flop_counter at the
      training input size (1 multiply-accumulate = 2 FLOPs; convolutions and matrix products only). The thesis' FLOPS
      column is smaller: it equals multiply-accumulates / 2 = our FLOPs / 4 (Unet-R34 3.91 vs 3.945, UNet++-R34+scSE
@@ -12,27 +12,23 @@ Three tables, each printed with the device name and the versions, so numbers fro
      card's measured bf16 matrix-multiply rate. On a GPU, the batch-1 forward is also timed replayed as a CUDA
      graph ("graph ms"): the card's own time, without the cost of launching each kernel from Python, which is what
      bounds eager batch-1 latency on a fast card.
-  3. data (--data): images/s of the cbis, mias and synthetic pipelines, cold (decoding) and from the cache
-     (bench/bench_data.py), so a user sees whether loading or compute bounds training.
 
     python benchmark.py                                   # table 1 (seconds)
     python benchmark.py --speed --device cpu --repeats 3  # + table 2 on this machine's CPU
     python benchmark.py --speed --device cuda --amp none bf16 --channels-last --json gpu.json
 The whole GPU measurement, with an AMP training smoke run, is bench/gpu.sh. bench/peer_smp.py compares the baseline
-U-Net with segmentation_models_pytorch's on the same machine.
+U-Net with segmentation_models_pytorch's on the same machine; bench/bench_data.py times the data pipelines.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
+import sys
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from model import build_model
+from utils import (ArgumentParser, UsageError, check_writable_file, count_flops, count_parameters, environment,
+                   graph_latency, median_seconds, resolve_device, run_command, write_json)
 
 # (label, build_model kwargs, input side, thesis #params in M, thesis FLOPS, thesis V100 inference time in s)
 THESIS_ROWS = [
@@ -52,18 +48,6 @@ THESIS_ROWS = [
 PRECISION_NAMES = {"none": "fp32", "bf16": "bf16"}  # --amp value -> the name printed in the tables
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_flops(model: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs (2 per multiply-accumulate) of one forward pass on an input of `input_shape`, on the model's device."""
-    device = next(model.parameters()).device
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(input_shape, device=device))
-    return counter.get_total_flops()
-
-
 def model_costs(kwargs: dict, side: int, batch_size: int = 1) -> dict:
     """Parameters and FLOPs of build_model(**kwargs) at side x side, without allocating its weights."""
     with torch.device("meta"):
@@ -72,46 +56,11 @@ def model_costs(kwargs: dict, side: int, batch_size: int = 1) -> dict:
     return dict(params=count_parameters(model), flops=flops, thesis_convention_flops=flops / 4)
 
 
-# ------------------------------------------------------------------------------------------------------ timing
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn, *, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` runs after `warmup` runs, synchronising the GPU around each run."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192, repeats: int = 20) -> float:
     """The card's measured dense matrix-multiply rate (TFLOP/s), the ceiling each model's training step is held to."""
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     seconds = median_seconds(lambda: a @ b, device=device, warmup=3, repeats=repeats)
     return 2 * n**3 / seconds / 1e12
-
-
-def graph_latency(forward, x: torch.Tensor, *, device: torch.device, warmup: int, repeats: int) -> float:
-    """Latency of forward(x) captured once as a CUDA graph and replayed: the GPU's own time for the batch, without
-    the per-kernel cost of launching from Python, which bounds eager batch-1 latency on a fast card."""
-    side_stream = torch.cuda.Stream(device)
-    side_stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side_stream):  # capture wants its warm-up off the default stream
-        for _ in range(3):
-            forward(x)
-    torch.cuda.current_stream(device).wait_stream(side_stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        forward(x)
-    return median_seconds(graph.replay, device=device, warmup=warmup, repeats=repeats)
 
 
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int, channels_last: bool,
@@ -170,59 +119,39 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def environment(device: torch.device) -> str:
-    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    return f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speed", action="store_true", help="also time every model (table 2)")
-    parser.add_argument("--data", action="store_true", help="also time the data pipelines (table 3)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N "
-                        "(default: auto)")
-    parser.add_argument("--amp", nargs="+", default=None, choices=["none", "bf16"],
-                        help="precisions to time: none (fp32) and/or bf16 (torch.autocast with bfloat16); default: both "
-                             "on a GPU, none on a CPU, where bf16 convolutions are many times slower")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile each model before timing")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch for throughput and the training step")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed runs before timing (default: 10 GPU, 1 CPU)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs, median reported (default: 50 GPU, 5 CPU)")
-    parser.add_argument("--models", nargs="+", default=None, metavar="LABEL_PREFIX",
-                        help="only rows whose label starts with one of these, e.g. 'Table 2 (A)'")
-    parser.add_argument("--json", metavar="FILE", help="also write every table to FILE as JSON")
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="benchmark.py", description=__doc__)
+    add = parser.add_argument
+    add("--speed", action="store_true", help="also time every model (table 2)")
+    add("--device", default="auto", help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N (default: auto)")
+    add("--amp", nargs="+", default=None, choices=list(PRECISION_NAMES), help="precisions to time: none (fp32) and/or "
+        "bf16 (torch.autocast with bfloat16); default: both on a GPU, none on a CPU, where bf16 convolutions are many "
+        "times slower")
+    add("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
+    add("--compile", action="store_true", help="torch.compile each model before timing")
+    add("--batch-size", type=int, default=8, help="batch for throughput and the training step (default: 8)")
+    add("--warmup", type=int, default=None, help="untimed runs before timing (default: 10 GPU, 1 CPU)")
+    add("--repeats", type=int, default=None, help="timed runs, median reported (default: 50 GPU, 5 CPU)")
+    add("--models", nargs="+", default=None, metavar="LABEL_PREFIX",
+        help="only rows whose label starts with one of these, e.g. 'Table 2 (A)'")
+    add("--json", metavar="FILE", help="also write every table to FILE as JSON (rewritten after every row, so a "
+        "later failure keeps what was measured)")
     return parser
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """--device auto (or None), cpu, cuda or cuda:N -> torch.device, for every script; ValueError with the line to
-    show otherwise."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
-    return device
-
-
-def write_json(path: str | None, results: dict) -> None:
-    if path:  # rewritten after every row, so a later failure keeps what was measured
-        with open(path, "w") as f:
-            json.dump(results, f, indent=2)
-
-
 def main(args: argparse.Namespace) -> None:
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise SystemExit(f"benchmark.py: {error}") from None
+    device = resolve_device(args.device)
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--warmup", args.warmup, 0),
+                               ("--repeats", args.repeats, 1)):
+        if value is not None and value < least:
+            raise UsageError(f"{flag} {value}: must be at least {least}")
     rows = [r for r in THESIS_ROWS if args.models is None or r[0].startswith(tuple(args.models))]
-    results = dict(environment=environment(device), models=[], speed=[], data=None)
+    if not rows:
+        raise UsageError(f"--models {' '.join(args.models)}: no row starts with that; the rows are: "
+                         + "; ".join(r[0] for r in THESIS_ROWS))
+    if args.json:
+        check_writable_file(args.json, "--json")
+    results = dict(environment=environment(device), models=[], speed=[])
     print(results["environment"])
 
     print(f"\n{'model':<42} {'input':>8} {'params':>10} {'thesis':>8} {'GFLOPs':>8} {'GFLOPs/4':>9} {'thesis':>7}")
@@ -232,55 +161,52 @@ def main(args: argparse.Namespace) -> None:
                                       thesis_flops=thesis_flops))
         print(f"{label:<42} {f'{side}x{side}':>8} {c['params'] / 1e6:>9.2f}M {thesis_params_m:>7.2f}M "
               f"{c['flops'] / 1e9:>8.2f} {c['thesis_convention_flops'] / 1e9:>9.2f} {thesis_flops:>7}")
-
     if args.speed:
-        on_gpu = device.type == "cuda"
-        warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
-        repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)
-        precisions = args.amp or (["none", "bf16"] if on_gpu else ["none"])
-        # Every input of a row has one shape, so cuDNN may time its algorithms once and keep the fastest (train.py too).
-        torch.backends.cudnn.benchmark = True
-        ceiling = matmul_tflops(device, torch.bfloat16) if on_gpu else None
-        results["bf16_matmul_tflops"] = ceiling
-        print(f"\nspeed: batch {args.batch_size}, median of {repeats} after {warmup} warm-up, channels_last="
-              f"{args.channels_last}, compile={args.compile}"
-              + (f"; bf16 matmul {ceiling:.0f} TFLOP/s" if ceiling else ""))
-        print(f"{'model':<42} {'prec':>5} {'latency ms':>10} {'graph ms':>8} {'thesis ms':>9} {'fwd img/s':>10} "
-              f"{'train img/s':>11} {'train TFLOP/s':>13} {'peak GiB':>8}")
-        for label, kwargs, side, _, _, thesis_seconds in rows:
-            for precision in precisions:
-                try:
-                    r = speed_row(kwargs, side, device=device, precision=precision, batch_size=args.batch_size,
-                                  channels_last=args.channels_last, compile_model=args.compile, warmup=warmup,
-                                  repeats=repeats)
-                except torch.OutOfMemoryError:  # a big row on a small card: say so and time the others
-                    r = None
-                if r is None:  # outside the except block, whose traceback holds the row's tensors
-                    torch.cuda.empty_cache()
-                    results["speed"].append(dict(model=label, input=side, precision=PRECISION_NAMES[precision],
-                                                 out_of_memory=True))
-                    write_json(args.json, results)
-                    print(f"{label:<42} {PRECISION_NAMES[precision]:>5} out of memory at batch {args.batch_size}; "
-                          "try a smaller --batch-size", flush=True)
-                    continue
+        speed_table(args, rows, device, results)
+    if args.json:
+        write_json(args.json, results)
+
+
+def speed_table(args: argparse.Namespace, rows: list, device: torch.device, results: dict) -> None:
+    """Table 2: every row at every precision; a row that does not fit the card is named, and the others go on."""
+    on_gpu = device.type == "cuda"
+    warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
+    repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)
+    precisions = args.amp or (["none", "bf16"] if on_gpu else ["none"])
+    # Every input of a row has one shape, so cuDNN may time its algorithms once and keep the fastest (train.py too).
+    torch.backends.cudnn.benchmark = True
+    ceiling = matmul_tflops(device, torch.bfloat16) if on_gpu else None
+    results["bf16_matmul_tflops"] = ceiling
+    print(f"\nspeed: batch {args.batch_size}, median of {repeats} after {warmup} warm-up, channels_last="
+          f"{args.channels_last}, compile={args.compile}" + (f"; bf16 matmul {ceiling:.0f} TFLOP/s" if ceiling else ""))
+    print(f"{'model':<42} {'prec':>5} {'latency ms':>10} {'graph ms':>8} {'thesis ms':>9} {'fwd img/s':>10} "
+          f"{'train img/s':>11} {'train TFLOP/s':>13} {'peak GiB':>8}")
+    for label, kwargs, side, _, _, thesis_seconds in rows:
+        for precision in precisions:
+            try:
+                r = speed_row(kwargs, side, device=device, precision=precision, batch_size=args.batch_size,
+                              channels_last=args.channels_last, compile_model=args.compile, warmup=warmup,
+                              repeats=repeats)
+            except torch.OutOfMemoryError:  # a big row on a small card: say so and time the others
+                r = None
+            if r is None:  # outside the except block, whose traceback holds the row's tensors
+                torch.cuda.empty_cache()
+                results["speed"].append(dict(model=label, input=side, precision=PRECISION_NAMES[precision],
+                                             out_of_memory=True))
+                print(f"{label:<42} {PRECISION_NAMES[precision]:>5} out of memory at batch {args.batch_size}; "
+                      "try a smaller --batch-size", flush=True)
+            else:
                 results["speed"].append(dict(model=label, input=side, thesis_latency_s=thesis_seconds, **r))
-                write_json(args.json, results)
                 peak = f"{r['peak_train_memory_gib']:.1f}" if r["peak_train_memory_gib"] is not None else "-"
                 share = f" ({r['train_tflops'] / ceiling:.0%})" if ceiling and precision == "bf16" else ""
                 graph = f"{r['graph_latency_s'] * 1e3:.1f}" if r["graph_latency_s"] is not None else "-"
                 print(f"{label:<42} {r['precision']:>5} {r['latency_s'] * 1e3:>10.1f} {graph:>8} "
-                      f"{thesis_seconds * 1e3:>9.1f} "
-                      f"{r['forward_images_per_s']:>10.1f} {r['train_images_per_s']:>11.1f} "
-                      f"{r['train_tflops']:>7.3f}{share:>6} {peak:>8}", flush=True)
-
-    if args.data:
-        from bench.bench_data import print_table, run  # decoding needs numpy/pydicom: loaded only here
-
-        print()
-        results["data"] = run()
-        print_table(results["data"])
-    write_json(args.json, results)
+                      f"{thesis_seconds * 1e3:>9.1f} {r['forward_images_per_s']:>10.1f} "
+                      f"{r['train_images_per_s']:>11.1f} {r['train_tflops']:>7.3f}{share:>6} {peak:>8}", flush=True)
+            if args.json:
+                write_json(args.json, results)
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    arguments = get_args_parser().parse_args()
+    sys.exit(run_command("benchmark.py", lambda: main(arguments), (UsageError,)))

@@ -5,35 +5,29 @@
 `build_dataset(name, root, split, image_size, **options)` is the one entry point. Every dataset has `.ids[i]` (what item
 i is), `.num_classes` (model output channels: 1 for the binary mammography sets, masks {0, 1}; 21 for VOC, masks
 0..20 with 255 = ignore) and yields (image float32 (C, H, W) normalised with `mean`/`std`, mask int64 (H, W)).
-
 Options every dataset takes: `in_channels` (1 = native grayscale; 3 = grayscale replicated to RGB, the default, for
-ImageNet encoders; VOC needs 3), `mean`/`std` (length in_channels; ImageNet statistics by default), `augment`
-(default: on for training splits only), `seed`, `limit` (the first N items of the split) and `verbose`.
+ImageNet encoders; VOC needs 3), `mean`/`std` (ImageNet statistics by default), `augment` (default: on for training
+splits only), `seed`, `limit` (the first N items of the split) and `verbose`. What each reads:
 
-  cbis       data root = the NBIA download (either layout, see cbis.py) with the four case-description CSVs (or
-             csv_dir=...). Masses by default, abnormality="calcification" for the other half. "train"/"val" split
-             the official training CSV by patient (val_fraction=0.2, split_seed=0), "test" is the official test CSV.
-             The thesis' 690 + 168 = 858 images match no subset of the CSVs we could count (the mass training CSV
-             alone has 1231 images of 691 patients), so we keep all of them and only its ~80/20 ratio.
-  mias       data root = Info.txt with mdbNNN.pgm (or .png) files, in the root or root/images. Masses (CIRC, SPIC,
-             MISC) by default; include_normals=True adds the NORM images with empty masks. Masks are Info.txt's
-             filled circles, whose y axis starts at the BOTTOM (row = height - y). Split by patient (a left/right pair
-             mdb(2k-1), mdb(2k)) with a fixed seed, 60/20/20, masses and normals shuffled separately.
-  voc        data root holding VOCdevkit/VOC2012 (or VOC2012 itself): "train", "val", and "trainaug" (10,582 ids) when
-             SBD's labels, converted to PNG, sit in VOC2012/SegmentationClassAug with ImageSets/Segmentation/
-             trainaug.txt (or aug.txt); VOC's own label wins where both exist.
-  synthetic  root None; num_images (400/64/64), generated on the fly from (seed, split, index).
+  cbis       the NBIA download with TCIA's case-description CSVs (cbis.py). Masses by default,
+             abnormality="calcification" for the other half. "train"/"val" split the official training CSV by patient
+             (val_fraction=0.2, split_seed=0), "test" is the official test CSV.
+  mias       mini-MIAS Info.txt with mdbNNN.pgm (or .png) files, in the root or root/images (mammograms.py); masks are
+             Info.txt's circles. Split by patient (mdb(2k-1), mdb(2k)) with a fixed seed, 60/20/20.
+  voc        the root holding VOCdevkit/VOC2012 (voc.py): "train", "val", "trainaug".
+  synthetic  root None; num_images (400/64/64), generated on the fly from (seed, split, index) (synthetic.py).
 
 Mammograms are preprocessed once (mammograms.preprocess_mammogram: optional breast crop, breasts mirrored to face left,
-the whole image resized to image_size, an int = square or (H, W), stretched like the thesis' 256x256 unless
-keep_aspect=True) and cached in cache_dir (default $XDG_CACHE_HOME or ~/.cache, then unet-fusion/<dataset>-<hash of
-the root>/, since data roots are often read-only): one .npz per image, named by a hash of its source files' paths,
-sizes and mtimes and of the preprocessing options, so a change to either builds a new entry. Entries are written to
-a temporary file and renamed, so a killed run or concurrent DataLoader workers never leave a broken one. Delete the
-folder to reclaim space. Skipped rows are summed up on stdout and listed in <cache_dir>/skipped_<split>.csv
-(skipped_<abnormality>_<split>.csv for CBIS-DDSM).
+the whole image resized to image_size, stretched like the thesis' 256x256 unless keep_aspect=True) and cached in
+cache_dir (default $XDG_CACHE_HOME or ~/.cache, then unet-fusion/<dataset>-<hash of the root>/, since data roots are
+often read-only): one .npz per image, named by a hash of its source files (path, size, mtime) and of the
+preprocessing options, so a change to either builds a new entry. Entries are written atomically, so a killed run or
+concurrent DataLoader workers never leave a broken one. Skipped rows are summed up on stdout and listed in
+<cache_dir>/skipped_<split>.csv (skipped_<abnormality>_<split>.csv for CBIS-DDSM).
 
-Augmentation draws from torch's RNG (DataLoader seeds each worker from it), so torch.manual_seed makes it reproducible.
+Randomness has no hidden state: augmentation draws from torch's RNG, which SeededItems seeds from (seed, epoch, index)
+for every item, and EpochSampler carries the epoch with each index, so a resumed run and any number of DataLoader
+workers or processes see the same stream.
 """
 from __future__ import annotations
 
@@ -42,7 +36,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -51,37 +44,26 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFilter
-from torch.utils.data import Dataset
+from PIL import Image
+from torch.utils.data import Dataset, DistributedSampler
 
 from cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
-from mammograms import (SPLITS, DataError, error_line, fitted_size, load_mias, preprocess_mammogram, read_dicom,
-                        read_mias, stretch_contrast)
+from mammograms import SPLITS, DataError, fitted_size, load_mias, preprocess_mammogram, read_dicom, read_mias
+from model import default_normalisation
+from synthetic import synthetic_mammogram
+from utils import atomic_write
+from voc import VOC_CLASSES, VOC_SPLITS, read_voc_label, transform_voc, voc_files
 
-__all__ = ["DataError", "error_line", "read_dicom", "build_dataset", "synthetic_mammogram", "preprocess_mammogram",
-           "augment_mammogram", "fitted_size", "transform_voc", "MammogramDataset", "SyntheticMammograms",
-           "VOCSegmentation"]
+__all__ = ["DataError", "read_dicom", "build_dataset", "preprocess_mammogram", "augment_mammogram", "fitted_size",
+           "transform_voc", "VOC_CLASSES", "MammogramDataset", "SyntheticMammograms", "VOCSegmentation",
+           "SeededItems", "EpochSampler"]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CACHE_VERSION = 1  # bump when preprocess_mammogram changes, so old cache entries are not reused
 
 
 def default_cache_dir(name: str, root: str | os.PathLike) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "unet-fusion" / f"{name}-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers see the old or the new file only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -112,6 +94,39 @@ def augment_mammogram(image: np.ndarray, mask: np.ndarray, rng: np.random.Genera
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# Deterministic training streams
+
+def seed_for(*numbers: int) -> int:
+    """A 63-bit seed mixing several integers (numpy's SeedSequence), e.g. (seed, epoch, index)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSampler(DistributedSampler):
+    """DistributedSampler yielding (epoch, index): workers cannot see set_epoch (persistent ones keep an old copy
+    of the dataset), so the epoch travels with the index."""
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in super().__iter__())
+
+
+class SeededItems(Dataset):
+    """Item (epoch, index) of `dataset`, drawn with torch's RNG seeded from (seed, epoch, index): augmentations are
+    a pure function of those, whatever the workers, processes or resumes. The caller's RNG state is left as it was."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_for(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Datasets
 
 class _SegmentationSet(Dataset):
@@ -123,7 +138,7 @@ class _SegmentationSet(Dataset):
                  std: Sequence[float] | None = None, augment: bool | None = None, seed: int = 0):
         if in_channels not in (1, 3):
             raise DataError(f"in_channels must be 1 or 3, got {in_channels}")
-        default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.449,), (0.226,))
+        default_mean, default_std = default_normalisation("resnet34", in_channels)  # ImageNet's, as torchvision
         mean, std = tuple(default_mean if mean is None else mean), tuple(default_std if std is None else std)
         if len(mean) != in_channels or len(std) != in_channels:
             raise DataError(f"mean {mean} and std {std} need {in_channels} values each (in_channels={in_channels})")
@@ -172,7 +187,7 @@ class MammogramDataset(_SegmentationSet):
         quantised = np.round(image * 65535).astype(np.uint16)  # 16 bits keep the film's dynamic range
         buffer = io.BytesIO()
         np.savez(buffer, image=quantised, mask=mask)
-        _atomic_write(path, buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
         return quantised.astype(np.float32) / 65535, mask  # exactly what a cache hit returns
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +209,7 @@ def _report(name: str, split: str, images: int, lesions: int, merged: int, skipp
     """Write every skipped row to `path` (a CSV) and print a one-line summary."""
     text = io.StringIO()
     csv.writer(text).writerows([("file", "row", "id", "reason"), *skipped])
-    _atomic_write(path, text.getvalue().encode())
+    atomic_write(path, text.getvalue().encode())
     if verbose:
         kinds = ", ".join(f"{count} {kind}" for kind, count in Counter(r[3].split(":")[0] for r in skipped).items())
         print(f"{name} {split}: {images} images, {lesions} lesion masks ({merged} merged into images with several "
@@ -260,79 +275,6 @@ def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normal
 SYNTHETIC_SIZES = {"train": 400, "val": 64, "test": 64}
 
 
-def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
-    """Zero-mean noise with blobs about size / cells pixels wide: a coarse random grid, upsampled bicubically."""
-    grid = Image.fromarray(rng.standard_normal((cells, cells), dtype=np.float32))
-    return np.asarray(grid.resize(size[::-1], Image.BICUBIC))
-
-
-def _add_mass(image: np.ndarray, mask: np.ndarray, depth: np.ndarray, rng: np.random.Generator) -> None:
-    """Draw one round, lobulated or spiculated mass of random size, contrast and edge sharpness into image and mask."""
-    height, width = image.shape
-    radius = np.exp(rng.uniform(np.log(0.025), np.log(0.11))) * min(height, width)  # pixels
-    for _ in range(100):  # a centre well inside the breast, away from the skin line
-        cy, cx = int(rng.integers(height)), int(rng.integers(width))
-        if depth[cy, cx] > 0.8:
-            break
-    else:
-        return
-    kind = rng.choice(["round", "lobulated", "spiculated"])
-    reach = int((3.0 if kind == "spiculated" else 1.6) * radius) + 2
-    top, left = max(0, cy - reach), max(0, cx - reach)
-    dy = np.arange(top, min(height, cy + reach), dtype=np.float32)[:, None] - cy  # (h, 1)
-    dx = np.arange(left, min(width, cx + reach), dtype=np.float32)[None, :] - cx  # (1, w)
-    turn, elongation = rng.uniform(0, np.pi), rng.uniform(0.65, 1.0)
-    u, v = dx * np.cos(turn) + dy * np.sin(turn), (dy * np.cos(turn) - dx * np.sin(turn)) / elongation
-    rho, phi = np.hypot(u, v), np.arctan2(v, u)
-    lobes, amplitude = ((2, 3), 0.04) if kind == "round" else ((rng.integers(3, 6), rng.integers(5, 8)), 0.2)
-    outline = radius * (1 + sum(rng.uniform(0, amplitude) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
-                                for k in lobes))
-    distance = (rho - outline) / radius  # < 0 inside the mass
-    contrast, softness = rng.uniform(0.06, 0.25), rng.uniform(0.04, 0.25)
-    # A soft-edged dome: the border sharpness varies from well-defined to ill-defined masses.
-    brightness = contrast / (1 + np.exp(np.clip(distance / softness, -30, 30))) * (1.15 - 0.3 * rho / (rho.max() + 1))
-    if kind == "spiculated":  # thin bright lines radiating past the border; they are not part of the outline
-        lines = Image.new("L", (dx.shape[1], dy.shape[0]))
-        draw = ImageDraw.Draw(lines)
-        for angle in rng.uniform(0, 2 * np.pi, rng.integers(6, 15)):
-            length = radius * rng.uniform(1.5, 2.8)
-            for fade, (start, stop) in zip((255, 170, 85), ((0.5, 0.75), (0.75, 0.9), (0.9, 1.0))):
-                ends = [(cx - left + f * length * np.cos(angle), cy - top + f * length * np.sin(angle))
-                        for f in (start, stop)]
-                draw.line(ends, fill=fade, width=1)
-        spicules = np.asarray(lines.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)
-        brightness = brightness + 0.8 * contrast / 255 * spicules
-    window = (slice(top, top + dy.shape[0]), slice(left, left + dx.shape[1]))
-    breast = depth[window] > 0
-    image[window] += brightness * breast
-    mask[window] |= (distance < 0) & breast
-
-
-def synthetic_mammogram(size: tuple[int, int], rng: np.random.Generator, *,
-                        mass_probability: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic mammogram: breast outline on the left, textured tissue, noise, 0-2 masses -> (image, mask).
-
-    image (H, W) float32 in [0, 1]; mask (H, W) uint8, 1 inside a mass.
-    """
-    height, width = size
-    y = np.linspace(-1, 1, height, dtype=np.float32)[:, None]  # (H, 1)
-    x = np.linspace(0, 1, width, dtype=np.float32)[None, :]  # (1, W); the chest wall is at x = 0
-    cy, ry, rx = rng.uniform(-0.15, 0.15), rng.uniform(0.7, 0.95), rng.uniform(0.55, 0.9)
-    radius = np.sqrt(((y - cy) / ry) ** 2 + (x / rx) ** 2)  # 1 on an elliptic skin line
-    radius += 0.03 * _smooth_noise(rng, size, 3)  # an irregular outline
-    depth = np.clip((1 - radius) / 0.3, 0, 1)  # 0 outside, rising to 1 behind the skin line
-    texture = sum(w * _smooth_noise(rng, size, cells) for cells, w in ((4, 0.5), (9, 0.3), (20, 0.2)))
-    image = 0.05 + np.sqrt(depth) * (rng.uniform(0.3, 0.45) + rng.uniform(0.08, 0.16) * texture)
-    if rng.random() < 0.5:  # MLO-like view: a brighter pectoral muscle triangle at the top of the chest wall
-        image += 0.15 * ((x / rng.uniform(0.2, 0.4) + (y + 1) / rng.uniform(0.5, 1.0)) < 1) * (depth > 0)
-    mask = np.zeros(size, dtype=bool)
-    if rng.random() < mass_probability:
-        for _ in range(2 if rng.random() < 0.15 else 1):
-            _add_mass(image, mask, depth, rng)
-    image += rng.uniform(0.01, 0.03) * rng.standard_normal(size, dtype=np.float32)
-    return stretch_contrast(image), mask.astype(np.uint8)  # as preprocess_mammogram does to real ones
-
-
 class SyntheticMammograms(_SegmentationSet):
     """Synthetic mammograms generated on the fly; item i of a split is the same on every call."""
 
@@ -355,63 +297,19 @@ class SyntheticMammograms(_SegmentationSet):
 # Pascal VOC 2012
 
 class VOCSegmentation(_SegmentationSet):
-    """Pascal VOC 2012 segmentation: RGB images and palette PNG labels (class index per pixel, 255 = ignore)."""
+    """Pascal VOC 2012 segmentation (voc.py): RGB images and class-index labels, 255 = ignore."""
 
-    num_classes = 21
+    num_classes = len(VOC_CLASSES)
 
     def __init__(self, root: Path, split: str, size: tuple[int, int], *, in_channels: int = 3,
                  limit: int | None = None, verbose: bool = True, **common):
         if in_channels != 3:
             raise DataError(f"voc: in_channels must be 3 (Pascal VOC images are RGB), got {in_channels}")
         super().__init__(split=split, in_channels=3, **common)
-        folders = (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root)
-        voc = next((folder for folder in folders if (folder / "JPEGImages").is_dir()), None)
-        if voc is None:
-            raise DataError(f"{root}: no VOCdevkit/VOC2012/JPEGImages inside; pass the folder that "
-                            "VOCtrainval_11-May-2012.tar was unpacked into")
-        lists = voc / "ImageSets" / "Segmentation"
-        if split == "trainaug":
-            if (lists / "trainaug.txt").is_file():
-                ids = self._read_ids(lists / "trainaug.txt")
-            elif (lists / "aug.txt").is_file():  # mmsegmentation's voc_aug.py writes aug.txt = trainaug - train
-                ids = sorted(set(self._read_ids(lists / "train.txt")) | set(self._read_ids(lists / "aug.txt")))
-            else:
-                raise DataError(f"voc trainaug: {lists}/trainaug.txt (or aug.txt) not found; it needs SBD's labels as "
-                                f"PNG in {voc}/SegmentationClassAug and the id list, e.g. from mmsegmentation's "
-                                "tools/convert_datasets/voc_aug.py")
-            leaked = set(ids) & set(self._read_ids(lists / "val.txt"))
-            if leaked:  # SBD's own train/val split is not VOC's: a careless list trains on VOC val images
-                raise DataError(f"voc trainaug: {len(leaked)} ids of val.txt (e.g. {min(leaked)}) are in the trainaug "
-                                "list; rebuild it as (VOC train + SBD train + SBD val) - VOC val")
-        else:
-            ids = self._read_ids(lists / f"{split}.txt")
-        ids = ids if limit is None else ids[:limit]
-        self.images = [voc / "JPEGImages" / f"{i}.jpg" for i in ids]
-        own, sbd = voc / "SegmentationClass", voc / "SegmentationClassAug"  # VOC's own label wins over SBD's
-        self.labels = [own / f"{i}.png" if (own / f"{i}.png").is_file() else sbd / f"{i}.png" for i in ids]
-        missing = [str(p) for pair in zip(self.images, self.labels) for p in pair if not p.is_file()]
-        if missing:
-            raise DataError(f"voc {split}: {len(missing)} files missing, e.g. {missing[0]}; re-extract the archive")
-        self.ids, self.size = ids, size
+        self.ids, self.images, self.labels = voc_files(root, split, limit)
+        self.size = size
         if verbose:
-            print(f"voc {split}: {len(ids)} images from {voc}")
-
-    @staticmethod
-    def _read_ids(path: Path) -> list[str]:
-        if not path.is_file():
-            raise DataError(f"{path}: split list not found; is the VOC2012 tree complete?")
-        return [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
-
-    @staticmethod
-    def _read_label(path: Path) -> Image.Image:
-        with Image.open(path) as label:
-            if label.mode not in ("P", "L"):
-                raise DataError(f"{path}: label mode {label.mode}; expected a palette PNG of class indices")
-            values = np.asarray(label)
-        bad = np.setdiff1d(np.unique(values), [*range(21), 255])
-        if bad.size:
-            raise DataError(f"{path}: label values {bad.tolist()} are not classes 0-20 or 255 (ignore)")
-        return Image.fromarray(values)
+            print(f"voc {split}: {len(self.ids)} images from {root}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
@@ -419,33 +317,10 @@ class VOCSegmentation(_SegmentationSet):
                 image = file.convert("RGB")
         except OSError as error:
             raise DataError(f"{self.images[index]}: cannot read the image ({error})") from error
-        label = self._read_label(self.labels[index])
+        label = Image.fromarray(read_voc_label(self.labels[index]))
         image, label = transform_voc(image, label, self.size, self._rng(index) if self.augment else None)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255  # (3, H, W)
         return self._output(pixels, np.asarray(label))
-
-
-def transform_voc(image: Image.Image, label: Image.Image, size: tuple[int, int],
-                  rng: np.random.Generator | None) -> tuple[Image.Image, Image.Image]:
-    """Paired VOC transform to exactly `size`. Training (rng given): random scale 0.5-2x of the fitted size, flip and
-    random crop, as torchvision's references; evaluation (rng None): the longer side fits, no distortion. Padding is
-    black in the image and 255 (ignored) in the label."""
-    height, width = size
-    zoom = rng.uniform(0.5, 2.0) if rng is not None else 1.0
-    new_height, new_width = fitted_size((image.height, image.width), size, zoom)
-    new_size = (new_width, new_height)  # PIL sizes are (W, H)
-    image, label = image.resize(new_size, Image.BILINEAR), label.resize(new_size, Image.NEAREST)
-    left = top = 0
-    if rng is not None:
-        if rng.random() < 0.5:
-            image, label = image.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
-        left = int(rng.integers(0, max(0, new_size[0] - width) + 1))
-        top = int(rng.integers(0, max(0, new_size[1] - height) + 1))
-    box = (left, top, min(left + width, new_size[0]), min(top + height, new_size[1]))  # PIL pads crops with 0
-    canvas, labels = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
-    canvas.paste(image.crop(box), (0, 0))
-    labels.paste(label.crop(box), (0, 0))
-    return canvas, labels
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -459,7 +334,7 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, image_s
         size = ()
     if len(size) != 2 or min(size) < 1:
         raise DataError(f"image_size must be an int or an (H, W) pair, got {image_size!r}")
-    splits = {"cbis": SPLITS, "mias": SPLITS, "synthetic": SPLITS, "voc": ("train", "val", "trainaug")}
+    splits = {"cbis": SPLITS, "mias": SPLITS, "synthetic": SPLITS, "voc": VOC_SPLITS}
     if name not in splits:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(splits)}")
     if split not in splits[name]:

@@ -1,28 +1,19 @@
 """The thesis' proposed decoder: U-Net levels joined by SE fusion layers (thesis §4.2, Fig. 5 and Fig. 6).
 
-What the text says (§4.2): the decoder, "besides taking into account the features from the previous decoder levels,
-also adds information from corresponding encoder levels, and processes it through the SE-block"; the fusion layer
-links high- and low-level features and "uses SE-block to merge information". §3 names the ingredients it draws on:
-bilinear upsampling [34], dense upsampling convolution [35], channel attention [36], and the weakness of plain
-concatenation shown by ExFuse [31].
+§4.2: the decoder, "besides taking into account the features from the previous decoder levels, also adds information
+from corresponding encoder levels, and processes it through the SE-block". Fig. 5 and 6 are missing from the text, so
+the fusion layer is inferred: the attention-guided dense-upsampling block of AUNet (Sun et al. 2019), made of the
+ingredients §3 names (bilinear upsampling [34], dense upsampling convolution [35], SE channel attention [36]):
 
-What is inferred (Fig. 5 and 6 are missing from the text): the layer below is the attention-guided dense-upsampling
-block of AUNet (Sun et al. 2019), the one published block that fuses a skip with the previous decoder level through
-SE channel attention using exactly those ingredients:
+    high --bilinear x2--> conv3x3 ----------------------------------------+
+    high --conv3x3 to 4m--> pixel shuffle x2 --(+ skip)--> conv3x3 --------+--> concat (2m) --> SE --> 2 x conv3x3 --> m
 
-    high (C_in, H, W) --bilinear x2--> conv3x3 --------------------------------+
-    high (C_in, H, W) --conv3x3 to 4m--> pixel shuffle x2 -> (+ skip) -> conv3x3 -+-> concat (2m) -> SE -> 2 x conv3x3 -> m
+As in AUNet's code, every convolution has a bias and is followed by BatchNorm and ReLU, and the bilinear upsampling
+aligns corners. The last level has no skip (at stride 1 the encoder has only the image). DEFAULT_WIDTHS reproduce the
+thesis' parameter and FLOP counts; the README ("The models of Tables 2 and 4") gives the evidence, and why ResNet-34's
+widths are the least certain part of this reproduction.
 
-Evidence: with SE reduction 4 and widths (1024, 512, 256, 128, 64) on BiT-R50x1 with 21 classes, this decoder gives
-202.35M parameters and 115.77 thesis-FLOPs at 384x384 against Table 4's 202.44M and 115.82 (thesis FLOPs = multiply-
-accumulates / 2; benchmark.py prints both, tests/test_model.py checks them). For ResNet-34 no width rule shared with
-BiT fits Table 2 (the same halving widths from 256 give 32.5M parameters); the widths in DEFAULT_WIDTHS were the best
-of a search over about 1,000 combinations of five widths and SE reductions 4 and 16 against its 89.62M parameters and
-32.22 FLOPs (ours: 89.25M, 31.83), and are the least certain part of this reproduction.
-Every convolution has a bias and is followed by BatchNorm and ReLU, and the bilinear upsampling aligns corners, as in
-AUNet's code. The last level has no skip (the encoder has no features at stride 1 besides the image itself).
-
-    decoder = FusionDecoder((3, 64, 64, 128, 256, 512))  # ResNet-34's widths: DEFAULT_WIDTHS["resnet34"]
+    decoder = FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=DEFAULT_WIDTHS["resnet34"])
 """
 from __future__ import annotations
 
@@ -37,8 +28,6 @@ DEFAULT_WIDTHS = {
     "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M params, 115.82 FLOPs
     "resnet34": (768, 384, 256, 96, 48),  # Table 2: 89.62M params, 32.22 FLOPs (fitted: 89.25M, 31.83)
 }
-# Each encoder's feature widths at strides 2-32 (the stride-1 "feature" is the image: 1 or 3 channels).
-ENCODER_WIDTHS = {(64, 64, 128, 256, 512): "resnet34", (64, 256, 512, 1024, 2048): "bit_r50x1"}
 
 
 class FusionConv(nn.Sequential):
@@ -92,17 +81,10 @@ class FusionLayer(nn.Module):
 
 class FusionDecoder(nn.Module):
     """Fig. 5: five fusion layers from stride 32 up to stride 1, each taking the encoder map of its resolution.
-    decoder_channels (deepest first) default to the thesis' widths of the encoder that encoder_channels names."""
+    decoder_channels: one width per level, deepest first (the thesis' are DEFAULT_WIDTHS[encoder])."""
 
-    def __init__(self, encoder_channels: Sequence[int], *, decoder_channels: Sequence[int] | None = None,
-                 se_reduction: int = 4):
+    def __init__(self, encoder_channels: Sequence[int], *, decoder_channels: Sequence[int], se_reduction: int = 4):
         super().__init__()
-        if decoder_channels is None:
-            encoder = ENCODER_WIDTHS.get(tuple(encoder_channels[1:]))
-            if encoder is None:
-                raise ValueError(f"no thesis widths for encoder channels {tuple(encoder_channels)}: pass "
-                                 "decoder_channels, five widths, deepest first")
-            decoder_channels = DEFAULT_WIDTHS[encoder]
         deepest, *skips = list(encoder_channels[1:])[::-1]  # (s32; s16, s8, s4, s2)
         skips = skips + [0]  # the last level has no skip
         if len(decoder_channels) != len(skips):

@@ -37,17 +37,6 @@ class DataError(Exception):
     """A data problem the user can fix; the message names the file, option or CSV row and what to do."""
 
 
-def error_line(error: BaseException) -> str:
-    """The one line a user sees for an error: its first line; for one raised in a DataLoader worker, which arrives
-    with the worker's traceback wrapped around it, the original message (the last line, without the type name)."""
-    lines = str(error).strip().splitlines()
-    if not lines:
-        return type(error).__name__
-    if "Original Traceback" in str(error):
-        return re.sub(r"^[\w.]*Error: ", "", lines[-1])
-    return lines[0]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # DICOM
 

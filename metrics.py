@@ -25,14 +25,14 @@ one channel, argmax over channels otherwise. Pixels whose target is IGNORE_INDEX
 
 Usage: `m = build_metrics(1); m.update(predict_labels(model(x)), y); m.reduce(); print(m.summary())`.
 
-Imports only torch (and losses.py for IGNORE_INDEX), like losses.py: copy it beside them.
+Imports only torch, like losses.py: either file can be copied alone.
 """
 import math
 
 import torch
 import torch.distributed as dist
 
-from losses import IGNORE_INDEX
+IGNORE_INDEX = 255  # target label that counts nowhere: Pascal VOC's, the same as losses.IGNORE_INDEX
 
 
 def predict_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -226,6 +226,16 @@ class BinaryStats:
             "images": float(len(counts)),
             "images_all_ignored": float(len(counts) - int(scored.sum())),
         }
+
+
+def all_background_scores(masks, num_logits: int) -> dict:
+    """The summary of a model that predicts background everywhere on these (B, H, W) masks: the floor a trained
+    model must clear. Reduced over processes like any metric."""
+    metrics = build_metrics(num_logits)
+    for batch in masks:
+        metrics.update(torch.zeros_like(batch), batch)
+    metrics.reduce()
+    return metrics.summary()
 
 
 def build_metrics(num_logits: int) -> "BinaryStats | ConfusionMatrix":

@@ -1,50 +1,37 @@
 """The network: encoders, their pretrained weights, the baseline decoders and the segmentation model (thesis §4.2-4.3).
 
-What lives here, top to bottom:
-  * ResNetEncoder   ResNet-34 with torchvision's module names, so torchvision's ImageNet file loads unchanged
-                    (thesis Table 1, CBIS-DDSM column).
-  * ResNetV2Encoder BiT ResNetV2-50x1 (weight-standardised convolutions, GroupNorm pre-activation bottlenecks), with
-                    module names that follow Google's .npz files one to one (thesis Table 1, Pascal VOC column).
-  * load_encoder_weights  "imagenet" downloads and caches the published file; a path loads a local .pth / .npz.
-  * UNetDecoder     segmentation_models_pytorch's default Unet decoder (thesis baseline B, Tables 2 and 4).
-  * UNetPlusPlusDecoder  its UnetPlusPlus decoder with optional scSE (thesis baseline C, Table 2).
-  * SegmentationModel / build_model  encoder + decoder + 3x3 head; `.config` rebuilds the model from a checkpoint.
-The thesis' proposed decoder (SE fusion, Fig. 5-6) lives in fusion.py.
-
-Every encoder returns six feature maps at strides 1, 2, 4, 8, 16, 32 (the first is the input itself), and exposes
-their widths as `out_channels`, the convention of segmentation_models_pytorch that the thesis' baselines were built on.
+  * ResNetEncoder, ResNetV2Encoder  ResNet-34 and BiT ResNetV2-50x1 (Table 1), named as torchvision's and Google's
+    weight files, which load one to one; load_encoder_weights downloads and caches them, or reads a local file.
+  * UNetDecoder, UNetPlusPlusDecoder  segmentation_models_pytorch's Unet and Unet++ decoders (baselines B and C).
+  * SegmentationModel / build_model   encoder + decoder + 3x3 head; `.config` rebuilds the model from a checkpoint.
+The proposed decoder (SE fusion, §4.2, Fig. 5-6) lives in fusion.py. Every encoder returns six feature maps at strides
+1-32 (the first is the input itself) and names their widths `out_channels`, SMP's convention.
 
     model = build_model("resnet34", "fusion", num_classes=1, in_channels=1, weights="imagenet")
     logits = model(torch.randn(2, 1, 256, 256))  # (2, 1, 256, 256)
 
-Imports only torch (and numpy, lazily, to read .npz files), so this file and fusion.py can be copied elsewhere.
+Imports only torch (numpy to read BiT .npz files). Copy it with fusion.py; alone it builds the two baselines.
 """
 from __future__ import annotations
 
 import os
-import urllib.error
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Published weights. ResNet-34: "imagenet" is torchvision's IMAGENET1K_V1 file (the hash prefix in its name is checked
-# on download), the weights of SMP's baselines; "imagenet-timm" is the file timm's resnet34 loaded in 2022 (now
-# resnet34.bt_in1k, same layer names), which §4.3's "pretrained encoders from TIMM" may mean for the proposed model.
-# BiT: Google's .npz files; "imagenet" is the distilled ImageNet-1k R50x1 of the thesis' reference [38] (timm's
-# resnetv2_50x1_bit.goog_distilled_in1k), "imagenet21k" the BiT-M upstream model.
+# Where "imagenet" and the other named weights come from. ResNet-34: "imagenet" is torchvision's IMAGENET1K_V1 file,
+# the one SMP's baselines load; "imagenet-timm" is the file timm's resnet34 loaded in 2022 (same layer names), which
+# §4.3's "pretrained encoders from TIMM" may mean. BiT: Google's .npz files; "imagenet" is the distilled ImageNet-1k
+# R50x1 of the thesis' reference [38], "imagenet21k" the BiT-M upstream model.
 WEIGHT_URLS = {
-    "resnet34": {
-        "imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth",
-        "imagenet-timm": "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
-                         "resnet34-43635321.pth",
-    },
-    "bit_r50x1": {
-        "imagenet": "https://storage.googleapis.com/bit_models/distill/R50x1_224.npz",
-        "imagenet21k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
-        "imagenet21k-ft1k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1-ILSVRC2012.npz",
-    },
+    "resnet34": {"imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+                 "imagenet-timm": "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+                                  "resnet34-43635321.pth"},
+    "bit_r50x1": {"imagenet": "https://storage.googleapis.com/bit_models/distill/R50x1_224.npz",
+                  "imagenet21k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
+                  "imagenet21k-ft1k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1-ILSVRC2012.npz"},
 }
 # The input normalisation each encoder was pretrained with, on images scaled to [0, 1]. A 1-channel model takes the
 # mean of the RGB statistics (default_normalisation); adapt_first_conv folds the difference into its first layer.
@@ -69,10 +56,8 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
+        self.downsample = None if stride == 1 and in_channels == out_channels else nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
@@ -133,9 +118,8 @@ class PreActBottleneck(nn.Module):
         self.conv2 = StdConv2d(mid_channels, mid_channels, 3, stride, 1, bias=False)
         self.gn3 = nn.GroupNorm(32, mid_channels)
         self.conv3 = StdConv2d(mid_channels, out_channels, 1, bias=False)
-        self.downsample = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = StdConv2d(in_channels, out_channels, 1, stride, bias=False)
+        self.downsample = None if stride == 1 and in_channels == out_channels else StdConv2d(
+            in_channels, out_channels, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.gn1(x))
@@ -189,25 +173,19 @@ def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
     import numpy as np  # only needed for BiT weights
 
     with np.load(path) as arrays:
-        arrays = {key: arrays[key] for key in arrays.files}
+        arrays = {key: arrays[key] for key in arrays.files if key.startswith("resnet/")}
     state = {}
-    for key in arrays:
-        if not key.startswith("resnet/"):
-            continue
-        parts = key[len("resnet/"):].split("/")
-        value = torch.from_numpy(arrays[key])
+    for key, array in arrays.items():
+        parts, value = key[len("resnet/"):].split("/"), torch.from_numpy(array)
         if value.ndim == 4:
             value = value.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
         leaf = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}[parts[-1]]
         if parts[0] == "root_block":  # root_block/standardized_conv2d/kernel
             state["root.conv.weight"] = value
         elif parts[0].startswith("block"):  # block1/unit01/{a,b,c}[/proj]/{standardized_conv2d,group_norm}/leaf
-            block, unit, sub = parts[:3]
-            if parts[3] == "proj":
-                name = "downsample"
-            else:
-                index = "abc".index(sub) + 1
-                name = f"conv{index}" if parts[3] == "standardized_conv2d" else f"gn{index}"
+            block, unit, sub, kind = parts[:4]
+            index = "abc".index(sub) + 1
+            name = "downsample" if kind == "proj" else f"conv{index}" if kind == "standardized_conv2d" else f"gn{index}"
             state[f"body.{block}.{unit}.{name}.{leaf}"] = value
         else:  # the classifier's final group_norm and head: not part of the encoder
             state["ignored." + "/".join(parts)] = value
@@ -225,15 +203,12 @@ def default_normalisation(encoder: str, in_channels: int) -> tuple[tuple[float, 
 def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int, *,
                      rgb: tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3),
                      gray: tuple[float, float] = (0.0, 1.0), bn_mean_key: str | None = None) -> None:
-    """Make RGB first-layer kernels fit a 1-channel input.
-
-    rgb = (mean, std) the RGB weights were trained with, gray = (mean, std) the 1-channel model normalises with.
-    Kernel c is scaled by gray std / std[c] and the three are summed; the constant left by the different means,
-    sum_c (gray mean - mean[c]) / std[c] * sum(W_c), comes off BatchNorm's running mean (bn_mean_key). The 1-channel
-    model then computes what the RGB model computes on the gray image replicated to three channels: exactly, away
-    from the zero-padded border, for ResNet-34. BiT normalises every channel alike (only the sum is needed) and
-    standardises its weights, so there the match holds up to one positive scale per filter.
-    """
+    """Make RGB first-layer kernels fit a 1-channel input. rgb = (mean, std) the RGB weights were trained with,
+    gray = (mean, std) the 1-channel model normalises with. Kernel c is scaled by gray std / std[c] and the three are
+    summed; the constant left by the different means, sum_c (gray mean - mean[c]) / std[c] * sum(W_c), comes off
+    BatchNorm's running mean (bn_mean_key). For ResNet-34 the 1-channel model then computes exactly what the RGB model
+    computes on the gray image replicated to three channels, away from the zero-padded border. BiT normalises every
+    channel alike and standardises its weights, so there the match holds up to one positive scale per filter."""
     weight = state[key]
     if weight.shape[1] == in_channels:
         return
@@ -252,22 +227,23 @@ def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int,
 
 def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *, mean: Sequence[float] | None = None,
                          std: Sequence[float] | None = None) -> list[str]:
-    """Load "imagenet" (or another named file of WEIGHT_URLS[name]) or a local .pth/.npz into `encoder`.
-
-    Downloads go through torch.hub's cache ($TORCH_HOME/hub/checkpoints), so each file is fetched once. mean/std: the
-    model's input normalisation (default: default_normalisation), which a 1-channel encoder's first layer is adapted
-    to. Returns the checkpoint keys deliberately left out (the classifier), so callers can see nothing else was.
-    """
+    """Load "imagenet" (or another named file of WEIGHT_URLS[name]) or a local .pth/.npz into `encoder`. Downloads
+    go through torch.hub's cache ($TORCH_HOME/hub/checkpoints), so each file is fetched once. mean/std: the model's
+    input normalisation (default: default_normalisation), which a 1-channel encoder's first layer is adapted to.
+    Returns the checkpoint keys deliberately left out (the classifier), so callers can see nothing else was."""
     known = WEIGHT_URLS[name]
     if weights in known:
         url = known[weights]
-        filename = os.path.basename(url)
-        try:  # check_hash verifies the sha256 prefix that torchvision puts in its file names
-            path = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
+        path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
+        try:
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                torch.hub.download_url_to_file(url, path, hash_prefix=_hash_prefix(url), progress=True)
-        except (urllib.error.URLError, OSError, RuntimeError) as err:
+                # torchvision names its files by their sha256 prefix (resnet34-b627a593.pth): checked. Google's .npz
+                # names hold no hash; timm's end in eight digits too, but nothing documents them as one.
+                torchvision = url.startswith("https://download.pytorch.org/")
+                hash_prefix = url.rsplit("-", 1)[-1].split(".")[0] if torchvision else None
+                torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix, progress=True)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
             raise WeightsError(f"could not download {weights!r} weights from {url} ({err}); download the file "
                                f"elsewhere and pass its path (--weights PATH)") from None
     elif os.path.isfile(weights):
@@ -303,14 +279,6 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *, mean: S
     return ignored
 
 
-def _hash_prefix(url: str) -> str | None:
-    """torchvision names its files <name>-<first 8 hex digits of sha256>.pth; Google's .npz carry no hash, and timm's
-    releases a suffix that torch.hub was never asked to check."""
-    stem = os.path.basename(url).rsplit(".", 1)[0]
-    tail = stem.rsplit("-", 1)[-1]
-    return tail if url.startswith("https://download.pytorch.org/") and len(tail) == 8 else None
-
-
 # ------------------------------------------------------------------------------- decoders: SMP Unet and Unet++
 class ConvBNReLU(nn.Sequential):
     """3x3 convolution (no bias, BN follows) + BatchNorm + ReLU: SMP's Conv2dReLU with use_batchnorm=True."""
@@ -335,11 +303,9 @@ class SCSE(nn.Module):
 
 
 def _attention(kind: str | None, channels: int) -> nn.Module:
-    if kind is None:
-        return nn.Identity()
-    if kind == "scse":
-        return SCSE(channels)
-    raise ValueError(f"attention must be None or 'scse', got {kind!r}")
+    if kind not in (None, "scse"):
+        raise ValueError(f"attention must be None or 'scse', got {kind!r}")
+    return nn.Identity() if kind is None else SCSE(channels)
 
 
 class DecoderBlock(nn.Module):
@@ -411,7 +377,8 @@ class UNetPlusPlusDecoder(nn.Module):
         for level in range(self.depth):
             for depth in range(self.depth - level):
                 if level == 0:
-                    nodes[f"x_{depth}_{depth}"] = self.blocks[f"x_{depth}_{depth}"](features[depth], features[depth + 1])
+                    node = f"x_{depth}_{depth}"
+                    nodes[node] = self.blocks[node](features[depth], features[depth + 1])
                     continue
                 col = depth + level
                 dense = [nodes[f"x_{d}_{col}"] for d in range(depth + 1, col + 1)] + [features[col + 1]]
@@ -420,17 +387,17 @@ class UNetPlusPlusDecoder(nn.Module):
         return self.blocks[f"x_0_{self.depth}"](nodes[f"x_0_{self.depth - 1}"])
 
 
+BASELINE_DECODERS = {"unet": UNetDecoder, "unetplusplus": UNetPlusPlusDecoder}
+
+
 # ------------------------------------------------------------------------------------------------- the model
 def _smp_init(decoder: nn.Module, head: nn.Module) -> None:
-    """SMP's initialisation: decoder convs Kaiming-uniform (fan_in), BN to identity; the head Xavier-uniform."""
+    """SMP's initialisation: decoder convs Kaiming-uniform (fan_in), the head Xavier-uniform (BN starts as identity)."""
     for m in decoder.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
     nn.init.xavier_uniform_(head.weight)
     nn.init.zeros_(head.bias)
 
@@ -446,12 +413,10 @@ class SegmentationModel(nn.Module):
         self.config = config  # plain build_model kwargs: build_model(**model.config) rebuilds this architecture
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        in_channels = self.encoder.out_channels[0]
-        if x.ndim != 4 or x.shape[1] != in_channels:
-            raise ValueError(f"expected input (B, {in_channels}, H, W), got {tuple(x.shape)}")
-        if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"input height and width must be multiples of 32 (the encoder's output stride), got "
-                             f"{x.shape[-2]}x{x.shape[-1]}: resize or pad the image")
+        channels = self.encoder.out_channels[0]
+        if x.ndim != 4 or x.shape[1] != channels or x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ValueError(f"expected input (B, {channels}, H, W) with H and W multiples of 32 (the encoder's "
+                             f"output stride), got {tuple(x.shape)}: resize or pad the image")
         return self.head(self.decoder(self.encoder(x)))  # (B, num_classes, H, W)
 
 
@@ -464,13 +429,10 @@ def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes:
     `se_reduction` for fusion. `mean`/`std` override the encoder's input normalisation (kept in `model.config`, so
     data code and evaluate.py never guess it).
     """
-    from fusion import DEFAULT_WIDTHS, FusionDecoder  # imported here so fusion.py may one day import this file
-
-    decoders = {"fusion": FusionDecoder, "unet": UNetDecoder, "unetplusplus": UNetPlusPlusDecoder}
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
-    if decoder not in decoders:
-        raise ValueError(f"unknown decoder {decoder!r}; choose one of {sorted(decoders)}")
+    if decoder not in ("fusion", *BASELINE_DECODERS):
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of fusion, {', '.join(BASELINE_DECODERS)}")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
     if mean is None or std is None:
@@ -481,9 +443,13 @@ def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes:
     enc = ENCODERS[encoder](in_channels)
     if weights is not None:
         load_encoder_weights(enc, encoder, weights, mean=mean, std=std)
-    if decoder == "fusion":
-        decoder_options.setdefault("decoder_channels", DEFAULT_WIDTHS[encoder])
-    dec = decoders[decoder](enc.out_channels, **decoder_options)
+    if decoder == "fusion":  # imported only here: model.py without fusion.py still builds the two baselines
+        from fusion import DEFAULT_WIDTHS, FusionDecoder
+        if decoder_options.get("decoder_channels") is None:  # the widths that match the thesis' Tables 2 and 4
+            decoder_options["decoder_channels"] = DEFAULT_WIDTHS[encoder]
+        dec = FusionDecoder(enc.out_channels, **decoder_options)
+    else:
+        dec = BASELINE_DECODERS[decoder](enc.out_channels, **decoder_options)
     # The resolved decoder options (defaults included) go into the config, so a checkpoint rebuilds the same network
     # even if a default changes later.
     config = dict(encoder=encoder, decoder=decoder, num_classes=num_classes, in_channels=in_channels,

@@ -4,29 +4,32 @@ with where it comes from, and the piecewise-constant learning-rate schedule (Tab
     from recipes import PRESETS
     PRESETS["cbis"]["lr"]          # 5e-4: Table 1 "Learning Rate"
 
-train.py takes every default from here, and each of its flags overrides the entry of the same name; the optimizer,
-Table 1's "AdamW with amsgrad" for both datasets, is built in train.main.
+train.py takes every default from here (apply_recipe), and each of its flags overrides the entry of the same name; the
+optimizer, Table 1's "AdamW with amsgrad" for both datasets, is built in train.main.
 """
 from __future__ import annotations
 
+from utils import UsageError
+
+CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
+    encoder="resnet34",  # Table 1 "Encoder"
+    decoder="fusion",  # §4.2, Fig. 5-6: the proposed decoder, Table 2 (A)
+    weights="imagenet",  # §4.3 pretrained encoders; Table 3 (A)
+    loss="jaccard+focal_tversky",  # Table 1 "Loss Function"
+    image_size=256,  # Table 1 "Image Size"
+    lr=5e-4,  # Table 1 "Learning Rate"
+    schedule="0:5e-4,40:1e-4,70:5e-5,100:1e-5,120:1e-6",  # Table 1 "Scheduler"
+    epochs=150,  # Table 1 "Num epochs"
+    batch_size=16,  # not in the thesis (ours): 4 images on each of §4.3's 4 V100s
+    in_channels=3,  # §4.3: ImageNet encoders from timm take RGB; grayscale is replicated
+    decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
+    train_split="train",  # the official training CSV split by patient 80/20: 987/244 images, not Table 1's
+    # 690/168, which no subset of the published CSVs reproduces (data.py's docstring)
+    augment=True,  # not in the thesis (ours): data.augment_mammogram's flip, rotation, scale, shift, gamma
+    num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
+)
 PRESETS = {
-    "cbis": dict(
-        encoder="resnet34",  # Table 1 "Encoder"
-        decoder="fusion",  # §4.2, Fig. 5-6: the proposed decoder, Table 2 (A)
-        weights="imagenet",  # §4.3 pretrained encoders; Table 3 (A)
-        loss="jaccard+focal_tversky",  # Table 1 "Loss Function"
-        image_size=256,  # Table 1 "Image Size"
-        lr=5e-4,  # Table 1 "Learning Rate"
-        schedule="0:5e-4,40:1e-4,70:5e-5,100:1e-5,120:1e-6",  # Table 1 "Scheduler"
-        epochs=150,  # Table 1 "Num epochs"
-        batch_size=16,  # not in the thesis (ours): 4 images on each of §4.3's 4 V100s
-        in_channels=3,  # §4.3: ImageNet encoders from timm take RGB; grayscale is replicated
-        decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
-        train_split="train",  # the official training CSV split by patient 80/20: 987/244 images, not Table 1's
-        # 690/168, which no subset of the published CSVs reproduces (data.py's docstring)
-        augment=True,  # not in the thesis (ours): data.augment_mammogram's flip, rotation, scale, shift, gamma
-        num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
-    ),
+    "cbis": CBIS,
     "voc": dict(
         encoder="bit_r50x1",  # Table 1 "Encoder": ResNet50_V2 Big Transfer
         decoder="fusion",  # Table 4 (A)
@@ -43,12 +46,9 @@ PRESETS = {
         augment=True,  # not in the thesis (ours): data.transform_voc's scale 0.5-2x, flip and crop
         num_classes=21,  # background + 20 classes (§6.2)
     ),
-    "mias": dict(  # not in the thesis: CBIS-DDSM's recipe, since both are scanned-film mammograms with masses
-        encoder="resnet34", decoder="fusion", weights="imagenet", loss="jaccard+focal_tversky", image_size=256,
-        lr=5e-4, schedule="0:5e-4,40:1e-4,70:5e-5,100:1e-5,120:1e-6", epochs=150,
-        batch_size=8,  # mini-MIAS has only dozens of masses: smaller batches give more steps per epoch
-        in_channels=3, decoder_channels=None, train_split="train", augment=True, num_classes=1,
-    ),
+    # mini-MIAS, not in the thesis: CBIS-DDSM's recipe, since both are scanned-film mammograms with masses; it has
+    # only dozens of masses, so smaller batches give more steps per epoch.
+    "mias": dict(CBIS, batch_size=8),
     "synthetic": dict(  # the demo: sized to finish in < 5 minutes on 2 CPU cores; no thesis number
         encoder="resnet34", decoder="fusion",  # the thesis' architecture...
         decoder_channels=(128, 64, 32, 16, 16),  # ...with a narrow decoder (25.6M instead of 89.6M parameters)
@@ -62,6 +62,39 @@ PRESETS = {
 SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC", "mias": "ours, no thesis number",
           "synthetic": "the demo: offline, ResNet-34 + a narrow fusion decoder at 64 x 64, under 5 minutes on 2 CPU "
                        "cores"}
+
+
+# The other settings a run takes from its --resume checkpoint (or these defaults) unless a flag gives them again.
+RUN_DEFAULTS = {"data_root": None, "seed": 0, "amp": "none", "weight_decay": 0.01, "clip_grad": 0.0, "limit": None,
+                "eval_batch_size": None}
+
+
+def apply_recipe(args, saved: dict) -> list[str]:
+    """Fill every setting the flags left unset (None) from `saved`, the --resume checkpoint's run (empty for a new
+    one), else from RUN_DEFAULTS and the dataset's PRESETS entry; then parse --decoder-channels, --weights none and
+    --schedule. Returns the settings given by a flag that differ from the checkpoint's. UsageError for a value that
+    cannot be read."""
+    lr_flag = args.lr  # an explicit --lr rescales the schedule; without it an explicit --schedule is taken as is
+    for key, default in {**RUN_DEFAULTS, **PRESETS[args.dataset]}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, saved[key] if key in saved else default)
+    try:
+        channels = args.decoder_channels
+        args.decoder_channels = [int(c) for c in channels.split(",")] if isinstance(channels, str) else channels
+    except ValueError:
+        raise UsageError(f"--decoder-channels {channels!r}: write integers such as 128,64,32,16,16") from None
+    args.decoder_channels = list(args.decoder_channels) if args.decoder_channels else None
+    args.weights = None if str(args.weights).lower() == "none" else args.weights
+    args.eval_batch_size = args.eval_batch_size or args.batch_size
+    args.schedule = f"0:{args.lr}" if args.schedule == "constant" else args.schedule
+    try:
+        args.milestones, args.lr_factors, args.lr = parse_schedule(args.schedule, lr_flag)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    # As run, every digit kept (repr), so a resumed run rebuilds exactly this schedule from the string
+    args.schedule = ",".join(f"{m}:{args.lr * f!r}" for m, f in zip(args.milestones, args.lr_factors))
+    return sorted(k for k in RUN_DEFAULTS.keys() | PRESETS[args.dataset].keys()
+                  if k in saved and getattr(args, k) != saved[k])
 
 
 class PiecewiseConstant:

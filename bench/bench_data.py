@@ -7,7 +7,7 @@ the OS page cache, so "cold" measures decoding, not the disk. mias uses ../share
 
     python bench/bench_data.py [--images 8] [--size 256] [--json results.json]
 
-benchmark.py can call run(...) and get the same numbers as a dict.
+run(...) returns the same numbers as a dict.
 """
 from __future__ import annotations
 

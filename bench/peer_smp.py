@@ -19,27 +19,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from benchmark import environment, graph_latency, median_seconds, resolve_device  # noqa: E402
+from checkpoints import state_dict_from_smp  # noqa: E402
 from model import build_model  # noqa: E402
-
-
-def smp_to_ours(key: str) -> str:
-    """segmentation_models_pytorch's state-dict names -> model.py's."""
-    key = key.replace("segmentation_head.0.", "head.").replace(".attention.cSE.", ".cse.")
-    return key.replace(".attention.sSE.", ".sse.")
+from utils import environment, graph_latency, median_seconds, resolve_device  # noqa: E402
 
 
 def main(args: argparse.Namespace) -> None:
     import segmentation_models_pytorch as smp
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise SystemExit(f"peer_smp.py: {error}") from None
+    device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in benchmark.py
     theirs = smp.Unet("resnet34", encoder_weights=None, classes=1).to(device)
     ours = build_model("resnet34", "unet", num_classes=1).to(device)
-    ours.load_state_dict({smp_to_ours(k): v for k, v in theirs.state_dict().items()})
+    ours.load_state_dict(state_dict_from_smp(theirs.state_dict()))
+    with torch.no_grad():  # the same network, or the timings compare nothing
+        probe = torch.randn(2, 3, args.size, args.size, device=device)
+        difference = (ours.eval()(probe) - theirs.eval()(probe)).abs().max().item()
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
     one = torch.randn(1, 3, args.size, args.size, device=device)
     batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
@@ -78,8 +73,9 @@ def main(args: argparse.Namespace) -> None:
                     lambda x: forward(model, x), one, device=device, warmup=1, repeats=args.repeats))
     result = {k: statistics.median(v) for k, v in timings.items()}
     result.update(environment=environment(device), size=args.size, batch_size=args.batch_size, amp=args.amp,
-                  smp_version=smp.__version__)
-    print(result["environment"], f"| SMP {smp.__version__} | {args.size}x{args.size}, amp {args.amp}")
+                  smp_version=smp.__version__, max_abs_output_difference=difference)
+    print(result["environment"], f"| SMP {smp.__version__} | {args.size}x{args.size}, amp {args.amp} | outputs "
+          f"differ by at most {difference:.2e} (fp32)")
     rows = [("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")]
     if device.type == "cuda":
         rows.insert(1, ("graph_forward", "ms at batch 1, replayed as a CUDA graph"))

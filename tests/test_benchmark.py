@@ -1,48 +1,80 @@
-"""benchmark.py: the timing helpers on a tiny model, and the table it writes (speed is measured by the script itself,
-never asserted here)."""
+"""benchmark.py and the timing helpers of utils.py: the arithmetic of each row on a fake clock, the model table, the
+refused flags, and bench/gpu.sh's CPU dry run (speed itself is measured by the scripts, never asserted here)."""
 import json
 import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 import benchmark
+import utils
+from utils import UsageError, count_flops
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_median_seconds_runs_warmup_and_repeats_and_takes_the_median():
+def test_median_seconds_runs_warmup_and_repeats_and_takes_the_median(monkeypatch):
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # three timed runs of 3, 1 and 2 seconds
+    monkeypatch.setattr(utils.time, "perf_counter", lambda: next(clock))
     calls = []
-    seconds = benchmark.median_seconds(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=5)
-    assert len(calls) == 7 and 0 <= seconds < 1
+    seconds = utils.median_seconds(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=3)
+    assert len(calls) == 5 and seconds == 2.0
+    with pytest.raises(ValueError, match="repeats"):
+        utils.median_seconds(lambda: None, device=torch.device("cpu"), warmup=0, repeats=0)
 
 
-def test_speed_row_times_a_tiny_model_and_trains_it():
+def test_speed_row_derives_its_rates_from_the_timings_and_trains_the_model(monkeypatch):
     kwargs = dict(encoder="resnet34", decoder="unet", num_classes=1, decoder_channels=(16, 16, 8, 8, 8))
-    torch.manual_seed(0)
+    timings, built = iter([0.5, 2.0, 4.0]), []  # batch-1 latency, batch-2 forward, batch-2 training step
+
+    def fake_median(fn, **_):
+        fn()  # each measured function runs once, for real
+        return next(timings)
+
+    def spy(**options):
+        built.append(benchmark_build(**options))
+        built.append({k: v.clone() for k, v in built[0].state_dict().items()})
+        return built[0]
+
+    benchmark_build = benchmark.build_model
+    monkeypatch.setattr(benchmark, "median_seconds", fake_median)
+    monkeypatch.setattr(benchmark, "build_model", spy)
     row = benchmark.speed_row(kwargs, 32, device=torch.device("cpu"), precision="none", batch_size=2,
                               channels_last=False, compile_model=False, warmup=0, repeats=1)
-    assert row["latency_s"] > 0 and row["forward_images_per_s"] > 0 and row["train_images_per_s"] > 0
-    assert row["train_tflops"] > 0 and row["peak_train_memory_gib"] is None  # peak memory: CUDA only
+    flops = count_flops(built[0], (2, 3, 32, 32))
+    assert (row["latency_s"], row["forward_images_per_s"], row["train_images_per_s"]) == (0.5, 1.0, 0.5)
+    assert row["train_tflops"] == pytest.approx(3 * flops / 4.0 / 1e12)  # backward ~ 2x forward
+    assert row["precision"] == "fp32" and row["graph_latency_s"] is None and row["peak_train_memory_gib"] is None
+    before, after = built[1], built[0].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())  # one step
 
 
-def test_main_writes_the_model_table_as_json(tmp_path, capsys):
+def test_main_writes_the_model_table_as_json_and_refuses_flags_that_measure_nothing(tmp_path, capsys):
     out = tmp_path / "table.json"
     benchmark.main(benchmark.get_args_parser().parse_args(["--models", "Table 2 (B)", "--json", str(out)]))
     table = json.loads(out.read_text())
     assert [row["model"] for row in table["models"]] == ["Table 2 (B) SMP Unet, ResNet-34"]
     assert table["models"][0]["params"] == 24_436_369 and table["speed"] == []
     assert "24.44M" in capsys.readouterr().out
+    for argv, words in ((["--models", "Table 9"], "no row starts with"), (["--repeats", "0"], "--repeats 0"),
+                        (["--batch-size", "0"], "--batch-size 0"), (["--json", str(tmp_path)], "is a folder")):
+        with pytest.raises(UsageError, match=words):
+            benchmark.main(benchmark.get_args_parser().parse_args(argv))
 
 
+@pytest.mark.slow
 def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
     """bench/gpu.sh is run only where a GPU is at hand, and seldom: its dry run takes every step on the CPU at toy
     sizes, so a renamed flag or a broken step shows up here first."""
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), str(tmp_path)], cwd=root, capture_output=True,
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "failed" not in done.stdout
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert [(row["model"], row["precision"]) for row in speed["speed"]] == [("Table 2 (B) SMP Unet, ResNet-34", "fp32")]
-    assert json.loads((tmp_path / "peer_fp32.json").read_text())  # SMP is a test requirement
+    peer = json.loads((tmp_path / "peer_fp32.json").read_text())  # SMP is a test requirement
+    assert peer["max_abs_output_difference"] < 1e-4  # the two networks compute the same thing
+    assert all(peer[f"{who}_{what}_s"] > 0 for who in ("ours", "smp") for what in ("forward", "train_step"))
     assert torch.load(tmp_path / "train_smoke" / "last.pt", weights_only=True)["epoch"] == 0

@@ -20,7 +20,6 @@ import data
 import mammograms
 from data import DataError, build_dataset, read_dicom
 
-CSV_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cbis-ddsm-csv"
 MASS_HEADER = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",
                "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
                "image file path", "cropped image file path", "ROI mask file path"]
@@ -428,34 +427,34 @@ def test_cbis_loads_with_two_workers(tmp_path):
 @pytest.mark.parametrize("name,rows,images,patients", [
     ("mass_case_description_train_set.csv", 1318, 1231, 691), ("mass_case_description_test_set.csv", 378, 361, 201),
     ("calc_case_description_train_set.csv", 1546, 1227, 602), ("calc_case_description_test_set.csv", 326, 284, 151)])
-def test_real_csvs_match_published_counts(name, rows, images, patients):
-    parsed = cbis.read_case_rows(CSV_DIR / name)
+def test_real_csvs_match_published_counts(cbis_csvs, name, rows, images, patients):
+    parsed = cbis.read_case_rows(cbis_csvs / name)
     assert len(parsed) == rows
     assert len({row["image file path"] for row in parsed}) == images
     assert len({row["patient_id"] for row in parsed}) == patients
     assert not any("\n" in value for row in parsed for value in row.values() if isinstance(value, str))
 
 
-def test_real_mass_training_split_is_by_patient_and_about_80_20():
-    train = cbis.cbis_images(CSV_DIR, "train")
-    val = cbis.cbis_images(CSV_DIR, "val")
+def test_real_mass_training_split_is_by_patient_and_about_80_20(cbis_csvs):
+    train = cbis.cbis_images(cbis_csvs, "train")
+    val = cbis.cbis_images(cbis_csvs, "val")
     assert len(train) + len(val) == 1231 and not set(train) & set(val)
     patients = lambda images: {rows[0]["patient_id"] for rows in images.values()}
     assert not patients(train) & patients(val)
     assert abs(len(val) / (len(train) + len(val)) - 168 / 858) < 0.03  # the thesis' 690/168 ratio
-    assert cbis.cbis_images(CSV_DIR, "val") == val  # fixed seed
-    assert cbis.cbis_images(CSV_DIR, "val", split_seed=1).keys() != val.keys()
+    assert cbis.cbis_images(cbis_csvs, "val") == val  # fixed seed
+    assert cbis.cbis_images(cbis_csvs, "val", split_seed=1).keys() != val.keys()
     assert sum(len(rows) for rows in train.values()) + sum(len(rows) for rows in val.values()) == 1318
     assert sum(len(rows) > 1 for rows in {**train, **val}.values()) == 1231 - 1173  # images with several masses
 
 
-def test_real_csvs_without_images_skip_and_report_every_row(tmp_path):
+def test_real_csvs_without_images_skip_and_report_every_row(cbis_csvs, tmp_path):
     """The full CSVs over a download that holds nothing: nothing crashes and every row is reported, the mass rows
     (1318 + 378) and the calcification rows (1546 + 326) in lists of their own in the shared cache folder."""
     counted = Counter()
     for abnormality in ("mass", "calcification"):
         for split in ("train", "val", "test"):
-            dataset = build_dataset("cbis", tmp_path, split, 64, abnormality=abnormality, csv_dir=CSV_DIR,
+            dataset = build_dataset("cbis", tmp_path, split, 64, abnormality=abnormality, csv_dir=cbis_csvs,
                                     cache_dir=tmp_path / "c", verbose=False)
             assert len(dataset) == 0
             listed = tmp_path / "c" / f"skipped_{abnormality}_{split}.csv"

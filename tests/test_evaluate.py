@@ -19,16 +19,16 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from torch.utils.data import DataLoader
 
 import evaluate
-from benchmark import count_flops
+import inference
+import panels
+from checkpoints import CheckpointError, load_checkpoint
 from data import DataError, build_dataset, preprocess_mammogram
-import predict
-from evaluate import CheckpointError, UsageError, load_checkpoint
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
 from model import build_model
-from predict import write_panel
+from panels import write_panel
+from utils import UsageError, count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
 
@@ -91,10 +91,10 @@ def test_write_panel_binary_colours_labels_and_size(tmp_path):
     assert np.array_equal(tiles[0][::scale, ::scale, 0], gray)  # (a) the image, unchanged
     red, green = tiles[2][32 * scale, 30 * scale], tiles[1][20 * scale, 30 * scale]  # predicted only; true lesion
     assert red[0] > red[1] + 60 and green[1] > green[0] + 60
-    assert tuple(tiles[2][10 * scale, 30 * scale]) == predict.TRUTH_COLOUR  # ground-truth outline on predictions
-    assert predict._score_text(shifted, target, 1) == "Dice 75.0%"
-    assert predict._score_text(target, target, 2) == "Dice 100.0%"
-    assert predict._score_text(shifted, None, 1) == "lesion 20.0% of image"
+    assert tuple(tiles[2][10 * scale, 30 * scale]) == panels.TRUTH_COLOUR  # ground-truth outline on predictions
+    assert panels._score_text(shifted, target, 1) == "Dice 75.0%"
+    assert panels._score_text(target, target, 2) == "Dice 100.0%"
+    assert panels._score_text(shifted, None, 1) == "lesion 20.0% of image"
     with pytest.raises(ValueError, match="shape"):
         write_panel(tmp_path / "q.png", image, target, [("bad", target[:-1])], num_classes=1)
 
@@ -113,7 +113,7 @@ def test_write_panel_voc_uses_the_palette(tmp_path):
     assert tuple(predicted[80, 120]) == (128, 0, 0) and tuple(predicted[95, 5]) == (0, 0, 0)
     matrix = ConfusionMatrix(21)
     matrix.update(torch.from_numpy(pred)[None], torch.from_numpy(target)[None])
-    assert predict._score_text(pred, target, 21) == f"mIoU {100 * matrix.mean_iou():.1f}%"
+    assert panels._score_text(pred, target, 21) == f"mIoU {100 * matrix.mean_iou():.1f}%"
     write_panel(tmp_path / "no_truth.png", image, None, [("bit", pred)], num_classes=21)
     assert Image.open(tmp_path / "no_truth.png").size[0] == 2 * 180 + 4  # image | prediction
 
@@ -170,7 +170,9 @@ def test_synthetic_metrics_table_disagreements_and_panels(checkpoints, tmp_path,
         assert row["params"] == sum(p.numel() for p in model.parameters())
         assert row["flops"] == count_flops(model, (1, 1, 64, 64)) and row["thesis_flops_g"] == row["flops"] / 4 / 1e9
         table_row = next(line for line in printed.splitlines() if line.startswith(f"{row['name']}: resnet34"))
-        assert table_row.split()[4:6] == [f"{100 * summary['iou_pooled']:.2f}", f"{100 * summary['dice_pooled']:.2f}"]
+        # The thesis' Tables 2-3 columns are means over images; the pooled values follow, named in the header
+        assert table_row.split()[4:8] == [f"{100 * summary[key]:.2f}" for key in (
+            "iou_mean_per_image", "dice_mean_per_image", "iou_pooled", "dice_pooled")]
         assert f"{row['params'] / 1e6:.2f} M" in table_row and row["inference_s"] > 0
     assert result["models"][0]["epoch"] == 7
 
@@ -217,7 +219,7 @@ def write_voc(root: Path, sizes: list[tuple[int, int]]) -> tuple[Path, list[str]
         pixels[labels == 15] //= 3
         Image.fromarray(pixels).save(voc / "JPEGImages" / f"{ids[-1]}.jpg")
         label = Image.fromarray(labels)
-        label.putpalette(predict.voc_palette().ravel().tolist())
+        label.putpalette(panels.voc_palette().ravel().tolist())
         label.save(voc / "SegmentationClass" / f"{ids[-1]}.png")
     (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
     return voc, ids
@@ -358,25 +360,25 @@ def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, 
     (scans / "b" / "NOTES").write_text("not an image")
     # Files given one by one: same names from different folders never share an output.
     files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
-    bases = [base.relative_to(out.resolve()) for _, base in predict.find_inputs(list(map(str, files)), out)]
+    bases = [base.relative_to(out.resolve()) for _, base in inference.find_inputs(list(map(str, files)), out)]
     assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
     # A folder: subfolders kept, DICOMs named otherwise found by their marker, the index and the text left alone.
     found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
-             for file, base in predict.find_inputs([str(scans)], out)}
+             for file, base in inference.find_inputs([str(scans)], out)}
     assert found == {"a/scan.dcm": "a/scan_dcm", "a/scan.png": "a/scan_png", "b/IM000001": "b/IM000001",
                      "b/1.2.840.1.3": "b/1.2.840.1.3", "b/scan.png": "b/scan"}
-    assert predict.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
+    assert inference.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
     # Nothing is written beside an input: the output folder may not hold one.
     (scans / "a" / "scan_mask.png").write_bytes(b"the ground truth")
     with pytest.raises(DataError, match="holds the input"):
-        predict.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
+        inference.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
     with pytest.raises(DataError, match="is the --output folder"):
-        predict.find_inputs([str(scans / "b")], scans / "b")
+        inference.find_inputs([str(scans / "b")], scans / "b")
     assert (scans / "a" / "scan_mask.png").read_bytes() == b"the ground truth"
     # An image too large to decode safely is a one-line DataError, not a crash of the whole run.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
     with pytest.raises(DataError, match="scan.png: Image size"):
-        predict.read_image_file(scans / "a" / "scan.png")
+        inference.read_image_file(scans / "a" / "scan.png")
 
 
 def test_tta_averages_the_probabilities_of_mirrored_inputs(checkpoints):
@@ -385,11 +387,11 @@ def test_tta_averages_the_probabilities_of_mirrored_inputs(checkpoints):
     with torch.no_grad():
         x = (images - model.config["mean"][0]) / model.config["std"][0]
         average = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-2))).flip(-2)) / 2  # up-down mirror
-    logits = predict.model_logits(model, images, tta=True)
+    logits = inference.model_logits(model, images, tta=True)
     assert torch.allclose(torch.sigmoid(logits), average, atol=1e-6)
     clear = (average - 0.5).abs() > 1e-5  # a probability within rounding of 0.5 may go either way
     assert torch.equal(predict_labels(logits)[clear[:, 0]], (average > 0.5).long()[:, 0][clear[:, 0]])
-    assert torch.equal(predict.model_logits(model, images), model(x).detach())
+    assert torch.equal(inference.model_logits(model, images), model(x).detach())
 
 
 def test_predict_multiclass_writes_palette_masks(checkpoints, tmp_path, capsys):
@@ -403,12 +405,14 @@ def test_predict_multiclass_writes_palette_masks(checkpoints, tmp_path, capsys):
     assert "street.jpg: 90x50, foreground" in capsys.readouterr().out
 
 
-def test_cli_predicts_real_mammograms_and_reports_an_unreadable_file(checkpoints, tmp_path):
-    """Through a real process: CBIS-DDSM (512x512 PNG) and mini-MIAS (1024x1024) files, and one broken file."""
+@pytest.mark.slow
+def test_predict_script_on_real_mammograms_reports_an_unreadable_file(checkpoints, tmp_path, cbis_sample, mias):
+    """python predict.py, as a user types it: CBIS-DDSM (512x512 PNG) and mini-MIAS (1024x1024) files, and one
+    broken file."""
     (tmp_path / "bad.pgm").write_bytes(b"P5\n1024 1024\n255\n" + b"\x00" * 100)  # truncated
-    inputs = [SHARED / "cbis-ddsm-sample" / "Mass-Training_P_00001_LEFT_CC_FULL.png",
-              SHARED / "mini-mias" / "images" / "mdb001.png", tmp_path / "bad.pgm"]
-    done = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", str(checkpoints["unet"]), "--input",
+    inputs = [cbis_sample / "Mass-Training_P_00001_LEFT_CC_FULL.png", mias / "images" / "mdb001.png",
+              tmp_path / "bad.pgm"]
+    done = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(checkpoints["unet"]), "--input",
                            *map(str, inputs), "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1, done.stderr

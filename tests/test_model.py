@@ -1,7 +1,11 @@
 """The network (model.py, fusion.py): encoders against independent implementations, weight files in their published
 layouts, the thesis' parameter and FLOP counts, and the model's input checks."""
+import ast
+import importlib.util
 import json
+import sys
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,10 +13,12 @@ import torch
 import torch.nn.functional as F
 
 import benchmark
-from bench.peer_smp import smp_to_ours
 import model as model_lib
-from fusion import FusionDecoder, FusionLayer, SEBlock
+from checkpoints import state_dict_from_smp
+from fusion import DEFAULT_WIDTHS, FusionDecoder, FusionLayer, SEBlock
 from model import WeightsError, build_model, load_encoder_weights
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -220,7 +226,7 @@ def test_unet_decoders_match_segmentation_models_pytorch(decoder, smp_class, att
                                         decoder_attention_type=attention)
     randomise(reference, seed=3)
     ours = build_model("resnet34", decoder, num_classes=2, attention=attention)
-    ours.load_state_dict({smp_to_ours(k): v for k, v in reference.state_dict().items()})
+    ours.load_state_dict(state_dict_from_smp(reference.state_dict()))
     reference.eval(), ours.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -247,13 +253,21 @@ def test_unetplusplus_without_attention_has_smp_default_count():
 
 
 # ----------------------------------------------------------------------------------------- fusion building blocks
-def test_se_block_matches_the_formula():
+def test_se_block_matches_the_formula_and_torchvisions_squeeze_excitation():
     torch.manual_seed(0)
     se = SEBlock(8, reduction=4)
     x = torch.randn(2, 8, 5, 7)
     z = x.mean(dim=(2, 3))  # squeeze
     s = torch.sigmoid(F.relu(z @ se.fc1.weight.T + se.fc1.bias) @ se.fc2.weight.T + se.fc2.bias)  # excitation
     torch.testing.assert_close(se(x), x * s[:, :, None, None])
+    # An independent implementation holding the same weights (its FC layers are 1x1 convolutions)
+    torchvision = pytest.importorskip("torchvision")
+    reference = torchvision.ops.SqueezeExcitation(8, 2)
+    with torch.no_grad():
+        for ours, theirs in ((se.fc1, reference.fc1), (se.fc2, reference.fc2)):
+            theirs.weight.copy_(ours.weight[:, :, None, None])  # (out, in) -> (out, in, 1, 1)
+            theirs.bias.copy_(ours.bias)
+        torch.testing.assert_close(se(x), reference(x))
 
 
 def test_fusion_layer_doubles_resolution_and_uses_every_parameter():
@@ -267,14 +281,36 @@ def test_fusion_layer_doubles_resolution_and_uses_every_parameter():
     assert FusionLayer(32, 16, 16).skip_projection is None  # equal widths: the skip is added as it is
 
 
-def test_fusion_decoder_needs_one_width_per_level_and_defaults_to_its_encoders_thesis_widths():
+def test_fusion_decoder_needs_one_width_per_level_and_build_model_gives_the_thesis_widths():
     with pytest.raises(ValueError, match="needs 5 widths"):
         FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=(64, 32))
+    with pytest.raises(TypeError, match="decoder_channels"):  # one place says the thesis' widths: build_model
+        FusionDecoder((3, 64, 64, 128, 256, 512))
     with torch.device("meta"):  # widths only: no memory for the weights
-        assert FusionDecoder((1, 64, 64, 128, 256, 512)).options["decoder_channels"] == [768, 384, 256, 96, 48]
-        assert FusionDecoder((3, 64, 256, 512, 1024, 2048)).options["decoder_channels"] == [1024, 512, 256, 128, 64]
-    with pytest.raises(ValueError, match="pass decoder_channels"):
-        FusionDecoder((3, 32, 32, 64, 128, 256))
+        for encoder in ("resnet34", "bit_r50x1"):
+            built = build_model(encoder, "fusion", in_channels=1)
+            assert built.decoder.options["decoder_channels"] == list(DEFAULT_WIDTHS[encoder])
+            narrow = build_model(encoder, "fusion", decoder_channels=(8, 8, 8, 8, 8))
+            assert narrow.config["decoder_channels"] == [8] * 5
+
+
+def test_model_and_fusion_copy_out_with_torch_alone(monkeypatch):
+    """model.py + fusion.py import nothing of this project but each other (and numpy, lazily, for BiT files); model.py
+    alone, without fusion.py beside it, still builds the two baselines."""
+    for name in ("model.py", "fusion.py"):
+        tree = ast.parse((ROOT / name).read_text())
+        top_level = {alias.name.split(".")[0] for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+                     for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])}
+        assert top_level <= {"__future__", "collections", "os", "torch"}, (name, top_level)
+    monkeypatch.setitem(sys.modules, "fusion", None)  # as if fusion.py were not there: importing it fails
+    spec = importlib.util.spec_from_file_location("model_alone", ROOT / "model.py")
+    alone = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alone)
+    with torch.device("meta"):
+        assert alone.build_model("resnet34", "unet").config["decoder"] == "unet"
+        assert alone.build_model("bit_r50x1", "unetplusplus", num_classes=21).config["decoder"] == "unetplusplus"
+        with pytest.raises(ImportError):
+            alone.build_model("resnet34", "fusion")
 
 
 # ------------------------------------------------------------------------------------------ the whole model

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import recipes
 import train
 from model import build_model
+from utils import AutocastReplica, UsageError, error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
@@ -82,9 +84,9 @@ def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
 
 
 def test_piecewise_schedule_steps_at_the_milestones_and_survives_a_state_dict_round_trip():
-    milestones, factors, lr = train.parse_schedule("0:5e-4,40:1e-4,70:5e-5", None)
+    milestones, factors, lr = recipes.parse_schedule("0:5e-4,40:1e-4,70:5e-5", None)
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, train.PiecewiseConstant(milestones, factors))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, recipes.PiecewiseConstant(milestones, factors))
     lrs = []
     for _ in range(80):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -92,10 +94,10 @@ def test_piecewise_schedule_steps_at_the_milestones_and_survives_a_state_dict_ro
         scheduler.step()
     assert lrs[0] == lrs[39] == pytest.approx(5e-4) and lrs[40] == lrs[69] == pytest.approx(1e-4)
     assert lrs[70] == lrs[79] == pytest.approx(5e-5)
-    fresh = torch.optim.lr_scheduler.LambdaLR(optimizer, train.PiecewiseConstant([0], [1.0]))
+    fresh = torch.optim.lr_scheduler.LambdaLR(optimizer, recipes.PiecewiseConstant([0], [1.0]))
     fresh.load_state_dict(scheduler.state_dict())  # the milestones come back from the checkpoint
     assert fresh.lr_lambdas[0].milestones == [0, 40, 70] and fresh.lr_lambdas[0](75) == pytest.approx(0.1)
-    assert train.parse_schedule("0:1e-3,5:1e-4", 2e-3)[2] == 2e-3  # --lr rescales the schedule
+    assert recipes.parse_schedule("0:1e-3,5:1e-4", 2e-3)[2] == 2e-3  # --lr rescales the schedule
 
 
 def test_autocast_replica_sets_its_own_dtype_in_any_thread():
@@ -105,7 +107,7 @@ def test_autocast_replica_sets_its_own_dtype_in_any_thread():
 
     def replica_thread(amp: str):
         with torch.autocast("cpu", dtype=torch.float16):
-            dtypes[amp] = train.AutocastReplica(layer, amp)(x).dtype
+            dtypes[amp] = AutocastReplica(layer, amp)(x).dtype
 
     for amp in ("bf16", "none"):
         thread = threading.Thread(target=replica_thread, args=(amp,))
@@ -115,29 +117,41 @@ def test_autocast_replica_sets_its_own_dtype_in_any_thread():
 
 
 # ------------------------------------------------------------------------------------------------- end to end
-def test_demo_pipeline_end_to_end(tmp_path):
+def test_demo_pipeline_end_to_end(tmp_path, capsys, one_thread):
     out = tmp_path / "run"
-    result = script(*TINY, "--epochs", "2", "--panels", "2", "--out-dir", str(out), "--json", str(tmp_path / "m.json"))
-    assert result.returncode == 0, result.stderr
-    assert "predicting all background scores 0.0000" in result.stdout  # pooled Dice 0 once any lesion exists
+    assert train.cli([*TINY, "--epochs", "2", "--panels", "2", "--out-dir", str(out), "--json",
+                      str(tmp_path / "m.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "predicting all background scores" in printed and "(0.0000 pooled)" in printed  # once any lesion exists
     config = json.loads((out / "config.json").read_text())
-    assert config["args"]["dataset"] == "synthetic" and config["parameters"] > 1e6 and "torch" in config["versions"]
+    assert config["args"]["dataset"] == "synthetic" and "torch" in config["versions"]
     log = read_log(out)
     assert [r["epoch"] for r in log] == [0, 1] and all(r["val_images"] == 6 for r in log)
-    best_epoch = max(log, key=lambda r: r["val_dice_pooled"])["epoch"]
+    best_epoch = max(log, key=lambda r: r["val_dice_mean_per_image"])["epoch"]  # the thesis' statistic chooses
     for name, epoch in (("last.pt", 1), ("best.pt", best_epoch)):
         checkpoint = torch.load(out / name, weights_only=True)  # only tensors and primitives
         assert checkpoint["epoch"] == epoch and checkpoint["step"] == 2 * (epoch + 1)
         assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "best_metric", "model_config",
-                                   "args", "versions", "rng"}
+                                   "args", "versions", "rng", "log"}
+        assert checkpoint["log"] == log[:epoch + 1]  # the log travels with the weights
         model = build_model(**checkpoint["model_config"])  # rebuilt from the checkpoint alone
         model.load_state_dict(checkpoint["model"])
-    assert checkpoint["metrics"]["dice_pooled"] == max(r["val_dice_pooled"] for r in log)
+    assert checkpoint["metrics"]["dice_mean_per_image"] == max(r["val_dice_mean_per_image"] for r in log)
     panels = sorted((out / "panels").glob("*.png"))
-    assert len(panels) == 2 and all(str(p) in result.stdout for p in panels)
+    assert len(panels) == 2 and all(str(p) in printed for p in panels)
     final = json.loads((tmp_path / "m.json").read_text())
-    assert final["final"]["dice_pooled"] == log[-1]["val_dice_pooled"]
-    assert not list(out.glob("*.tmp"))  # atomic writes leave no temporary file behind
+    assert final["final"]["dice_mean_per_image"] == log[-1]["val_dice_mean_per_image"]
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporary file
+
+
+@pytest.mark.slow
+def test_the_script_runs_as_a_user_types_it(tmp_path):
+    """python train.py in a new process: its __main__ block, and a flag error as one line with exit code 2."""
+    done = script(*TINY, "--epochs", "1", "--out-dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert "done in" in done.stdout and (tmp_path / "run" / "best.pt").is_file()
+    wrong = script("--no-such-flag")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "unrecognized" in wrong.stderr
 
 
 def test_resume_after_one_epoch_gives_bit_identical_weights(tmp_path, one_thread):
@@ -159,6 +173,7 @@ def test_resume_after_one_epoch_gives_bit_identical_weights(tmp_path, one_thread
         read_log(split)[1]["val_dice_pooled"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", ["fusion", "unetplusplus"])  # Unet++ has parameters without gradient
 def test_two_gloo_processes_report_the_metrics_of_one_process(tmp_path, decoder):
     out = tmp_path / "ddp"
@@ -182,8 +197,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
                                                                                    one_thread):
     real_build_loss, calls = train.build_loss, []
 
-    def build_loss_that_breaks(spec, num_classes):
-        criterion = real_build_loss(spec, num_classes)
+    def build_loss_that_breaks(spec, num_classes, **options):
+        criterion = real_build_loss(spec, num_classes, **options)
         forward_with_terms = criterion.forward_with_terms
 
         def poisoned(logits, target):
@@ -209,8 +224,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 def test_an_error_from_a_dataloader_worker_is_reported_by_its_own_message():
     wrapped = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                '  File "data.py", line 170, in preprocessed\nmammograms.DataError: /d/x.dcm: not a mask; delete it')
-    assert train.error_line(RuntimeError(wrapped)) == "/d/x.dcm: not a mask; delete it"
-    assert train.error_line(ValueError("--image-size 100: not a multiple of 32\nmore")) == \
+    assert error_line(RuntimeError(wrapped)) == "/d/x.dcm: not a mask; delete it"
+    assert error_line(ValueError("--image-size 100: not a multiple of 32\nmore")) == \
         "--image-size 100: not a multiple of 32"
 
 
@@ -227,44 +242,45 @@ def test_one_named_gpu_is_refused_where_several_are_used(monkeypatch, launch):
         flags.append(launch)
     args = train.get_args_parser().parse_args(flags)
     train.resolve_args(args)
-    with pytest.raises(train.UsageError, match="LOCAL_RANK"):
+    with pytest.raises(UsageError, match="LOCAL_RANK"):
         train.setup_device(args)
 
 
-def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path):
+def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
     empty, voc = tmp_path / "empty", tmp_path / "voc" / "VOCdevkit" / "VOC2012"
     empty.mkdir()
     (voc / "JPEGImages").mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
     for split in ("train", "val"):
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("")  # a tree with no samples
-    torchrun_env = dict(ENV, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
+    torchrun = dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0")
     weights_only, junk = tmp_path / "weights.pt", tmp_path / "junk.pt"
     model = build_model(decoder_channels=(16, 16, 16, 16, 16))
     torch.save({"model": model.state_dict(), "model_config": model.config}, weights_only)  # no training state
     junk.write_text("not a checkpoint")
     cases = [  # (argv, extra environment, words the message must contain)
-        (["--eval-only"], None, "--resume"),
-        (["--data-parallel"], torchrun_env, "torchrun"),
-        (["--image-size", "100"], None, "multiple of 32"),
-        (["--amp", "fp16", "--device", "cpu"], None, "bf16"),
-        (["--dataset", "cbis", "--data-root", str(tmp_path / "missing"), "--weights", "none"], None, "not found"),
-        (["--dataset", "cbis", "--data-root", str(empty), "--weights", "none"], None, "CSV"),
-        (["--dataset", "voc", "--data-root", str(tmp_path / "voc"), "--weights", "none"], None, "no images"),
-        (["--schedule", "40:1e-4"], None, "start at 0"),
-        (["--loss", "dice+nonsense"], None, "nonsense"),
-        (["--weights", str(tmp_path / "missing.pth")], None, "missing.pth"),
-        (["--resume", str(tmp_path / "missing.pt")], None, "missing.pt: checkpoint not found (--resume)"),
-        (["--resume", str(weights_only)], None, "no 'optimizer', 'scheduler'"),
-        (["--resume", str(junk)], None, "junk.pt: cannot open the checkpoint"),
-        (["--no-such-flag"], None, "unrecognized"),
-        (["--device", "gpu0"], None, "--device gpu0"),
+        (["--eval-only"], {}, "--resume"),
+        (["--data-parallel"], torchrun, "torchrun"),
+        (["--image-size", "100"], {}, "multiple of 32"),
+        (["--image-size", "-32"], {}, "positive multiple of 32"),
+        (["--amp", "fp16", "--device", "cpu"], {}, "bf16"),
+        (["--dataset", "cbis", "--data-root", str(tmp_path / "missing"), "--weights", "none"], {}, "not found"),
+        (["--dataset", "cbis", "--data-root", str(empty), "--weights", "none"], {}, "CSV"),
+        (["--dataset", "voc", "--data-root", str(tmp_path / "voc"), "--weights", "none"], {}, "no images"),
+        (["--schedule", "40:1e-4"], {}, "start at 0"),
+        (["--loss", "dice+nonsense"], {}, "nonsense"),
+        (["--weights", str(tmp_path / "missing.pth")], {}, "missing.pth"),
+        (["--resume", str(tmp_path / "missing.pt")], {}, "missing.pt: checkpoint not found (--resume)"),
+        (["--resume", str(weights_only)], {}, "no 'optimizer', 'scheduler'"),
+        (["--resume", str(junk)], {}, "junk.pt: cannot open the checkpoint"),
+        (["--device", "gpu0"], {}, "--device gpu0"),
+        (["--json", str(tmp_path)], {}, "--json"),
     ]
-    processes = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(tmp_path / "o"),
-                                   *argv], cwd=ROOT, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for argv, env, _ in cases]
-    for process, (argv, _, words) in zip(processes, cases):
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 2, (argv, stderr)
-        assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, (argv, stderr)
-        assert words in stderr, (argv, stderr)
+    for argv, env, words in cases:
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            code = train.cli([*TINY, "--out-dir", str(tmp_path / "o"), *argv])
+        stderr = capsys.readouterr().err
+        assert code == 2, (argv, stderr)
+        assert len(stderr.strip().splitlines()) == 1 and words in stderr, (argv, stderr)

@@ -1,0 +1,368 @@
+"""From images to predictions (thesis §6): a model's logits for dataset batches and for a user's image files.
+
+  * inference     to_model_input (channels and normalisation from the model's config), model_logits (fp32 logits
+                  under autocast, optional flip test-time augmentation), logits_at_size (back to the image's size).
+  * image files   find_inputs (files and folders, DICOMs named otherwise found by their marker), read_image_file
+                  (DICOM, PNG, JPEG, TIFF, PGM; 8 or 16 bit), predict_image (prepared like the model's training data),
+                  write_prediction (<stem>_mask.png 0/255, <stem>_prob.png, <stem>_overlay.png at the input's size).
+  * the command   predict_files and run_prediction: what `python predict.py` (and `evaluate.py --input`) does.
+
+Each image is prepared like the model's training data: a binary (mammogram) model gets data.py's mammogram
+preprocessing (resized to the input size, intensities stretched between the 0.5th and 99.5th percentiles, mirrored
+so the breast faces left, and the prediction mirrored back); a multiclass (VOC) model gets VOC's letterbox. The logits
+are resized back to the original size. An RGB file given to a 1-channel model becomes its luminance (ITU-R 601, PIL's
+"L"); a gray file given to an RGB model is repeated over the three channels.
+
+    labels, probability = predict_image(model, read_image_file(Path("scan.dcm"))[0], (256, 256))
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from checkpoints import load_checkpoint
+from data import DataError, fitted_size, preprocess_mammogram, read_dicom, transform_voc
+from mammograms import faces_right
+from metrics import predict_labels
+from panels import overlay, to_rgb8, voc_palette
+from recipes import PRESETS
+from utils import UsageError, autocast, check_output_folder, check_writable_file, error_line, median_seconds, write_json
+from voc import VOC_CLASSES
+
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Inference
+
+def to_model_input(images: torch.Tensor, config: dict) -> torch.Tensor:
+    """Images in [0, 1] (B, 1 or 3, H, W) -> the model's channels, normalised with its config's mean and std.
+
+    Gray feeds an RGB model as three equal channels (as data.py does); RGB feeds a gray model as its luminance
+    (ITU-R 601 weights, as PIL's "L")."""
+    channels = config["in_channels"]
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] == 3 and channels == 1:
+        images = (images * images.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif images.shape[1] != channels:
+        raise ValueError(f"cannot feed {images.shape[1]}-channel images to a {channels}-channel model")
+    mean = images.new_tensor(config["mean"]).view(1, -1, 1, 1)
+    std = images.new_tensor(config["std"]).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+def to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) logits -> probabilities: the lesion's (sigmoid) for K = 1, each class's (softmax) otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
+
+
+@torch.no_grad()
+def model_logits(model: torch.nn.Module, images: torch.Tensor, *, tta: bool = False,
+                 amp: str = "none") -> torch.Tensor:
+    """Images in [0, 1] (B, C, H, W) -> float32 logits (B, K, H, W) on the model's device.
+
+    With tta, the probabilities of the input and of its mirror image (mirrored back) are averaged and returned in
+    logit form (logit p for one channel, log p for several), so labels (predict_labels still thresholds at p = 0.5),
+    resizing and probability maps treat both alike. The mirror is the one the training augmentation used: vertical
+    for the binary mammogram models (their breasts all face left, so a left-right mirror shows an orientation they
+    never saw), horizontal for VOC (photographs are never upside down)."""
+    device = next(model.parameters()).device
+    inputs = to_model_input(images.to(device), model.config)
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return model(batch).float()  # scores in fp32, whatever the autocast dtype
+
+    if not tta:
+        return forward(inputs)
+    flips = ([], [-2]) if model.config["num_classes"] == 1 else ([], [-1])  # the flips the training data used
+    probability = sum(to_probabilities(forward(inputs.flip(dims)).flip(dims)) for dims in flips) / len(flips)
+    if probability.shape[1] == 1:
+        return torch.logit(probability, eps=1e-6)
+    return probability.clamp_min(1e-12).log()
+
+
+def logits_at_size(logits: torch.Tensor, size: tuple[int, int], *,
+                   content: tuple[int, int] | None = None) -> torch.Tensor:
+    """(1, K, H, W) -> (1, K, *size): crop the letterboxed content (top-left h, w) if given, then resize bilinearly."""
+    if content is not None:
+        logits = logits[:, :, :content[0], :content[1]]
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def predict_dataset_batch(model: torch.nn.Module, images: torch.Tensor,
+                          original_sizes: list[tuple[int, int]] | None, *, tta: bool,
+                          amp: str) -> torch.Tensor | list[torch.Tensor]:
+    """Labels of dataset images (B, C, H, W) in [0, 1]: (B, H, W) at the input size, or, given each letterboxed VOC
+    image's original (h, w), one (h, w) label map per image at that size."""
+    logits = model_logits(model, images, tta=tta, amp=amp)
+    if original_sizes is None:
+        return predict_labels(logits)
+    return [predict_labels(logits_at_size(logits[j:j + 1], size, content=fitted_size(size, images.shape[-2:])))[0]
+            for j, size in enumerate(original_sizes)]
+
+
+@torch.no_grad()
+def inference_seconds(model: torch.nn.Module, image: torch.Tensor, *, amp: str = "none", runs: int = 10) -> float:
+    """Median seconds of one forward pass on `image` (1, C, H, W) in [0, 1], after min(3, runs) warm-up passes
+    (utils.median_seconds, which synchronises a GPU around each pass); NaN for runs = 0."""
+    if runs < 1:
+        return math.nan
+    device = next(model.parameters()).device
+    inputs = to_model_input(image.to(device), model.config)
+
+    def forward() -> None:
+        with autocast(device, amp):
+            model(inputs)
+
+    return median_seconds(forward, device=device, warmup=min(3, runs), repeats=runs)
+
+
+def image_size_for(checkpoints: dict[str, dict], requested: int | None, dataset: str | None = None) -> tuple[int, int]:
+    """The input side: --image-size, else the one every checkpoint (name -> checkpoint dict) was trained at (its
+    args), else Table 1's for the dataset (recipes.PRESETS: 256 for mammograms, 384 for VOC)."""
+    if requested is None:
+        trained = {name: checkpoint["args"]["image_size"] for name, checkpoint in checkpoints.items()
+                   if isinstance(checkpoint.get("args"), dict) and checkpoint["args"].get("image_size")}
+        if len(set(map(str, trained.values()))) > 1:
+            raise UsageError(f"the checkpoints were trained at different image sizes ({trained}); pass --image-size "
+                             "to evaluate them all at one")
+        if not trained:
+            config = next(iter(checkpoints.values()))["model_config"]
+            dataset = dataset or ("cbis" if config["num_classes"] == 1 else "voc")
+        requested = next(iter(trained.values()), None) or PRESETS[dataset]["image_size"]
+    size = tuple(requested) if isinstance(requested, (list, tuple)) else (requested, requested)
+    if len(size) != 2 or min(size) < 32 or size[0] % 32 or size[1] % 32:
+        raise UsageError(f"--image-size {requested}: sides must be positive multiples of 32 (the encoder's output "
+                         "stride)")
+    return int(size[0]), int(size[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Prediction on image files
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file by its suffix, or by the "DICM" marker at byte 128 (PACS exports often have no suffix).
+    Raises OSError when the file has no DICOM suffix and cannot be read."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as file:
+        return file.read(132)[128:] == b"DICM"
+
+
+def _marked_dicom(path: Path) -> bool:
+    """A file named like no image (IM0001, 1.2.840.113619.2.55.3) that is a DICOM image, found by its marker; the
+    DICOMDIR index that PACS exports carry beside the images is a DICOM file too, but not an image."""
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        return is_dicom(path)
+    except OSError:  # unreadable, and nothing in its name says it is an image
+        return False
+
+
+def _output_name(path: Path) -> str:
+    """scan.dcm -> scan; a DICOM named by its UID (1.2.840.113619.2.55.3) keeps its whole name."""
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+
+
+def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
+    """(image file, output base) per image: a file as given -> output/<stem>; a folder is searched recursively for
+    IMAGE_SUFFIXES and DICOM files named otherwise -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
+    that would share an output name keep their suffix in it (scan_dcm, scan_png), then a counter (scan_png_2).
+    Raises DataError when the output folder holds an input file, so that nothing beside an input (its ground-truth
+    <stem>_mask.png, say) is overwritten, or when a folder holds no image outside the output folder."""
+    found, output = [], output.resolve()
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            if item.exists() and output in item.resolve().parents:
+                raise DataError(f"--output {output} holds the input {item}: write the masks to another folder, so "
+                                "that no file beside the inputs is overwritten")
+            found.append((item, output / _output_name(item)))  # a missing or unreadable file: reported when read
+            continue
+        files = [file for file in sorted(item.rglob("*")) if file.is_file() and not file.name.startswith(".")
+                 and output not in file.resolve().parents]
+        images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(file)]
+        if not images and output in [item.resolve(), *item.resolve().parents]:
+            raise DataError(f"--input {item} is the --output folder or inside it, whose files are never read as "
+                            "inputs: write the masks to another folder")
+        found += [(file, output / file.relative_to(item).parent / _output_name(file)) for file in images]
+    taken, used, unique = Counter(base for _, base in found), set(), []
+    for file, base in found:
+        if taken[base] > 1 and file.suffix.lower() in IMAGE_SUFFIXES:
+            base = base.with_name(f"{base.name}_{file.suffix.lstrip('.')}")
+        name, count = base, 1
+        while name in used:
+            count += 1
+            name = base.with_name(f"{base.name}_{count}")
+        used.add(name)
+        unique.append((file, name))
+    return unique
+
+
+def dicom_pixel_spacing(path: Path) -> tuple[float, float, str] | None:
+    """(row mm, column mm, tag) from PixelSpacing, else ImagerPixelSpacing (at the detector, without correction for
+    the magnification); None if neither is there or usable (only the mm^2 figure is lost, and the line says so)."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            rows, columns = (float(value) for value in header.get(tag) or ())
+        except (TypeError, ValueError):  # absent, not two numbers
+            continue
+        if rows > 0 and columns > 0:
+            return rows, columns, tag
+    return None
+
+
+def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, str] | None]:
+    """(H, W) gray or (H, W, 3) RGB float32 in [0, 1], whether it is a DICOM, and the pixel spacing one gives.
+
+    DICOM is recognised by its suffix or the "DICM" marker at byte 128 and read by data.read_dicom. 8-bit files
+    are divided by 255, 16-bit by 65535 (older Pillow opens 16-bit PNGs as 32-bit "I": values must fit 16 bits).
+    Raises DataError naming the file for anything else."""
+    try:
+        dicom = is_dicom(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from error
+    if dicom:
+        return read_dicom(path), True, dicom_pixel_spacing(path)
+    try:
+        with Image.open(path) as file:
+            mode = file.mode
+            if mode == "F":
+                raise DataError(f"{path}: floating-point pixels have no known range; save 8- or 16-bit gray or RGB")
+            if not mode.startswith("I"):
+                gray = mode in ("1", "L", "LA")
+                return np.asarray(file.convert("L" if gray else "RGB"), dtype=np.float32) / 255, False, None
+            pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as 32-bit "I")
+    except OSError as error:  # PIL's UnidentifiedImageError, truncated files
+        raise DataError(f"{path}: cannot read the image ({error})") from error
+    except Image.DecompressionBombError as error:  # over 2 x Image.MAX_IMAGE_PIXELS, far beyond any mammogram
+        raise DataError(f"{path}: {error}") from error
+    if pixels.min() < 0 or pixels.max() > 65535:
+        raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit gray or RGB")
+    return pixels.astype(np.float32) / 65535, False, None
+
+
+def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, int], *, tta: bool = False,
+                  amp: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """An image as read -> (labels (H, W) int64, probability (H, W) float32) at the image's own size.
+
+    The probability is the lesion's for a binary model and the winning class's for a multiclass one. Preprocessing
+    follows the model's training data (module docstring): mammogram preprocessing for a binary model, VOC's
+    letterbox for a multiclass one."""
+    height, width = pixels.shape[:2]
+    if model.config["num_classes"] == 1:
+        gray = pixels if pixels.ndim == 2 else pixels @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+        prepared, _ = preprocess_mammogram(gray, [], size, orient=False)
+        mirrored = faces_right(prepared)  # preprocess_mammogram's rule, applied so the mirror can be undone below
+        batch = torch.from_numpy(np.ascontiguousarray(prepared[:, ::-1] if mirrored else prepared))[None, None]
+        logits = model_logits(model, batch, tta=tta, amp=amp)  # (1, 1, h, w), breast on the left
+        logits = logits_at_size(logits.flip(-1) if mirrored else logits, (height, width))
+    else:
+        rgb = Image.fromarray(to_rgb8(pixels))
+        canvas, _ = transform_voc(rgb, Image.new("L", rgb.size), size, None)
+        batch = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, h, w)
+        logits = model_logits(model, batch, tta=tta, amp=amp)
+        logits = logits_at_size(logits, (height, width), content=fitted_size((height, width), size))
+    probability = to_probabilities(logits)[0]  # (K, H, W)
+    confidence = probability[0] if probability.shape[0] == 1 else probability.max(dim=0).values
+    return predict_labels(logits)[0].cpu().numpy(), confidence.cpu().numpy()
+
+
+def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
+                     num_classes: int) -> dict[str, str]:
+    """<base>_mask.png, <base>_prob.png and <base>_overlay.png at the image's size (module docstring)."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = {kind: f"{base}_{kind}.png" for kind in ("mask", "prob", "overlay")}
+    palette = voc_palette()
+    if num_classes == 1:
+        Image.fromarray((labels * 255).astype(np.uint8)).save(paths["mask"])  # 0/255: a 0/1 PNG looks all black
+    else:
+        mask = Image.fromarray(labels.astype(np.uint8))
+        mask.putpalette(palette.ravel().tolist())  # L -> P: pixel values stay the class indices
+        mask.save(paths["mask"])
+    Image.fromarray(np.round(confidence * 255).astype(np.uint8)).save(paths["prob"])
+    Image.fromarray(overlay(pixels, labels, num_classes)).save(paths["overlay"])
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command
+
+def describe_prediction(source: Path, labels: np.ndarray, confidence: np.ndarray, num_classes: int, is_dicom: bool,
+                        spacing: tuple[float, float, str] | None) -> tuple[dict, str]:
+    """(record for --json, the line printed) of one predicted image: the predicted area in pixels, % of the image and
+    mm^2 when the DICOM gives its pixel spacing, and the largest probability, so an empty mask is obvious."""
+    foreground = int(np.count_nonzero(labels))
+    record = dict(input=str(source), height=labels.shape[0], width=labels.shape[1], foreground_pixels=foreground,
+                  foreground_fraction=foreground / labels.size, area_mm2=None,
+                  max_probability=float(confidence.max()) if num_classes == 1 else None)
+    line = (f"{source}: {labels.shape[1]}x{labels.shape[0]}, {'lesion' if num_classes == 1 else 'foreground'} "
+            f"{foreground} px = {100 * record['foreground_fraction']:.2f}% of the image")
+    if spacing is not None:
+        record["area_mm2"] = foreground * spacing[0] * spacing[1]
+        line += f" = {record['area_mm2']:.1f} mm^2 ({spacing[2]} {spacing[0]:g} x {spacing[1]:g} mm)"
+    elif is_dicom:
+        line += " (no pixel spacing in the DICOM: no mm^2)"
+    if num_classes == 1:
+        line += f", max probability {record['max_probability']:.3f}"
+        line += "; EMPTY mask: no pixel above probability 0.5" if foreground == 0 else ""
+    else:
+        names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(c) for c in range(num_classes)]
+        shares = [f"{names[c]} {100 * np.count_nonzero(labels == c) / labels.size:.1f}%" for c in np.unique(labels)
+                  if c > 0]
+        line += "; " + (", ".join(shares) or "background only")
+    return record, line
+
+
+def predict_files(model: torch.nn.Module, inputs: list[str], output: Path, size: tuple[int, int], *, tta: bool,
+                  amp: str) -> list[dict]:
+    """Predict every input, print one line per image (a file that failed: one line on stderr, and the others go
+    on), return one record each (with "error" for a failed one)."""
+    found = find_inputs(inputs, output)
+    if not found:
+        raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
+    records = []
+    for source, base in found:
+        try:
+            pixels, is_dicom, spacing = read_image_file(source)
+            labels, confidence = predict_image(model, pixels, size, tta=tta, amp=amp)
+            paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"])
+        except DataError as error:
+            print(f"FAILED {error_line(error)}", file=sys.stderr)
+            records.append(dict(input=str(source), error=error_line(error)))
+            continue
+        record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
+                                           spacing)
+        print(f"{line} -> {paths['mask']}")
+        records.append(dict(record, **paths))
+    return records
+
+
+def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
+                   tta: bool, amp: str, json_path: str | None) -> int:
+    """The prediction command (predict.py, evaluate.py --input): the output folder and --json checked first, then
+    the model rebuilt from its checkpoint, every input predicted. Returns the exit code: 1 if any file failed."""
+    output_folder = check_output_folder(output)
+    if json_path:
+        check_writable_file(json_path, "--json")
+    model, saved = load_checkpoint(checkpoint, device)
+    size = image_size_for({checkpoint: saved}, image_size)
+    print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
+          f"output(s), input {size[0]}x{size[1]} on {device}{', with --tta' if tta else ''}")
+    records = predict_files(model, inputs, output_folder, size, tta=tta, amp=amp)
+    failed = sum("error" in record for record in records)
+    print(f"{len(records) - failed} image(s) predicted into {output}{f', {failed} FAILED' if failed else ''}")
+    if json_path:
+        write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta, files=records))
+    return 1 if failed else 0

@@ -1,0 +1,182 @@
+"""Pictures of predictions (thesis §6, Figs. 7-11): panels image | ground truth | each model, and overlays on scans.
+
+  * write_panel  one PNG per case: the image, the ground truth and each model's prediction, each labelled with its
+                 Dice (binary) or mIoU (multiclass); binary masks as a red tint with the truth's outline in green,
+                 multiclass ones in the Pascal VOC palette.
+  * overlay      a prediction's outline drawn on the image at its own size, gray levels stretched for display, at a
+                 cost proportional to the image (a 12000 x 12000 scan is drawn in seconds).
+
+    write_panel("case.png", image, target, [("fusion", labels)], num_classes=1)
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from metrics import IGNORE_INDEX, BinaryStats, ConfusionMatrix, predict_labels
+from utils import autocast
+
+LESION_COLOUR, TRUTH_COLOUR, IGNORE_COLOUR = (255, 48, 48), (48, 220, 96), (224, 224, 192)
+MIN_TILE_WIDTH = 160  # narrower panel tiles are enlarged (nearest) so their labels fit
+
+
+def voc_palette() -> np.ndarray:
+    """The Pascal VOC colour map, (256, 3) uint8: the label's bits go, three at a time, into R, G, B from the top."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(256):
+        value, colour = label, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((value >> channel) & 1) << bit
+            value >>= 3
+        palette[label] = colour
+    return palette
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1], (H, W) or (H, W, 3) -> (H, W, 3) uint8."""
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[2] != 3:
+        raise ValueError(f"image must be (H, W) or (H, W, 3) in [0, 1], got shape {pixels.shape}")
+    scaled = np.clip(pixels, 0, 1)  # one float copy, then in place: scans can hold 10^8 pixels
+    scaled *= 255
+    scaled += 0.5
+    eight = scaled.astype(np.uint8)
+    return np.repeat(eight[:, :, None], 3, axis=2) if eight.ndim == 2 else eight  # (H, W) -> (H, W, 3)
+
+
+def _tint(base: np.ndarray, where: np.ndarray, colour: tuple, alpha: float = 0.5) -> np.ndarray:
+    tinted = base.astype(np.float32)
+    tinted[where] = (1 - alpha) * tinted[where] + alpha * np.asarray(colour, dtype=np.float32)
+    return tinted.astype(np.uint8)
+
+
+def mask_outline(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """(H, W) bool: pixels of a labelled region (1-254) within about `thickness` pixels of a different label.
+
+    A thick outline is found on the labels shrunk by `thickness` (each block keeps its largest label, so a region
+    smaller than a block still shows) and blown up again: a few passes over the image, whatever the thickness."""
+    labels8 = np.asarray(labels).astype(np.uint8)
+    height, width = labels8.shape
+    small = labels8
+    if thickness > 1:  # (H, W) -> (H/t, t, W/t, t) blocks -> their maxima
+        padded = np.pad(labels8, ((0, -height % thickness), (0, -width % thickness)))
+        small = padded.reshape(padded.shape[0] // thickness, thickness, -1, thickness).max(axis=(1, 3))
+    image = Image.fromarray(small)
+    low, high = image.filter(ImageFilter.MinFilter(3)), image.filter(ImageFilter.MaxFilter(3))
+    edge = (np.asarray(low) != small) | (np.asarray(high) != small)
+    if thickness > 1:
+        edge = np.repeat(np.repeat(edge, thickness, axis=0), thickness, axis=1)[:height, :width]
+    return edge & (labels8 > 0) & (labels8 != IGNORE_INDEX)
+
+
+def _score_text(labels: np.ndarray, target: np.ndarray | None, num_classes: int) -> str:
+    """The label under a prediction: its Dice (binary) or mIoU (multiclass), computed by this file's metrics."""
+    pred = torch.from_numpy(np.asarray(labels, dtype=np.int64))[None]  # (1, H, W)
+    if target is None:
+        share = float((pred > 0).double().mean())
+        return f"{'lesion' if num_classes <= 2 else 'foreground'} {100 * share:.1f}% of image"
+    truth = torch.from_numpy(np.asarray(target, dtype=np.int64))[None]
+    if num_classes <= 2:
+        stats = BinaryStats()
+        stats.update(pred, truth)
+        dice = float(stats.per_image()[0][0])
+        return "Dice n/a" if math.isnan(dice) else f"Dice {100 * dice:.1f}%"
+    matrix = ConfusionMatrix(num_classes)
+    matrix.update(pred, truth)
+    miou = matrix.mean_iou()
+    return "mIoU n/a" if math.isnan(miou) else f"mIoU {100 * miou:.1f}%"
+
+
+def write_panel(path: str | os.PathLike, image: np.ndarray, target: np.ndarray | None,
+                predictions: list[tuple[str, np.ndarray]], num_classes: int) -> None:
+    """Write one PNG: image | ground truth | each prediction, each prediction labelled with its Dice or mIoU.
+
+    image: float in [0, 1], (H, W) or (H, W, 3); target: int (H, W), 255 = ignore, or None (no ground truth: the
+    predictions are labelled with their foreground share); predictions: (name, int labels (H, W)). num_classes: the
+    model's outputs (1 = binary) or label classes (2 = binary); more is multiclass. Binary masks are drawn as a red
+    tint on the image, with the ground truth's outline in green; multiclass masks in the VOC palette's colours.
+    Tiles narrower than MIN_TILE_WIDTH are enlarged by a whole factor (nearest), so the labels fit.
+    """
+    base = to_rgb8(image)
+    height, width = base.shape[:2]
+    for name, labels in [("target", target)] * (target is not None) + list(predictions):
+        if np.shape(labels) != (height, width):
+            raise ValueError(f"write_panel: {name} has shape {np.shape(labels)}, the image {(height, width)}")
+    binary, palette = num_classes <= 2, voc_palette()
+    truth_edge = None if target is None or not binary else mask_outline(np.asarray(target) == 1)
+
+    def render(labels: np.ndarray, colour: tuple, edge: np.ndarray | None) -> np.ndarray:
+        labels = np.asarray(labels)
+        if not binary:
+            return palette[labels.astype(np.uint8)]  # (H, W, 3); 255 = ignore takes the palette's cream
+        tile = _tint(_tint(base, labels == 1, colour), labels == IGNORE_INDEX, IGNORE_COLOUR)
+        if edge is not None:
+            tile[edge] = TRUTH_COLOUR
+        return tile
+
+    tiles = [("image", "", base)]
+    if target is not None:
+        tiles.append(("ground truth" + (" (green)" if binary else ""), "", render(target, TRUTH_COLOUR, None)))
+    legend = " (red)" if binary else ""  # the colour of the prediction; the truth's outline stays green
+    tiles += [(name + legend, _score_text(labels, target, num_classes), render(labels, LESION_COLOUR, truth_edge))
+              for name, labels in predictions]
+
+    scale = max(1, math.ceil(MIN_TILE_WIDTH / width))
+    tile_w, tile_h, gap = width * scale, height * scale, 4
+    draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = draw_probe.textbbox((0, 0), "Ag%")[3] + 3
+    canvas = Image.new("RGB", (len(tiles) * tile_w + (len(tiles) - 1) * gap, tile_h + 2 * line + 6), "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, (title, score, pixels) in enumerate(tiles):
+        left = column * (tile_w + gap)
+        for row, text in enumerate((title, score)):
+            while text and draw.textlength(text) > tile_w - 4:  # cut what does not fit the tile
+                text = text[:-1]
+            draw.text((left + 2, 3 + row * line), text, fill="black")
+        canvas.paste(Image.fromarray(pixels).resize((tile_w, tile_h), Image.NEAREST), (left, 2 * line + 6))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def _for_display(pixels: np.ndarray) -> np.ndarray:
+    """Gray levels stretched between the 0.5th and 99.5th percentiles (raw mammograms are dim); RGB unchanged."""
+    if pixels.ndim == 3:
+        return pixels
+    step = max(1, max(pixels.shape) // 1024)
+    low, high = np.percentile(pixels[::step, ::step], (0.5, 99.5))
+    stretched = pixels - np.float32(low)
+    stretched /= np.float32(max(high - low, 1e-6))
+    return stretched  # to_rgb8 clips it to [0, 1]
+
+
+def overlay(pixels: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W, 3) uint8: the image (stretched for display) with the outline of each predicted region drawn on it, in
+    red for a binary model and in the class's VOC colour otherwise; lines about 1/512 of the longer side thick."""
+    picture = to_rgb8(_for_display(pixels))
+    edge = mask_outline(labels, thickness=max(1, round(max(labels.shape) / 512)))
+    picture[edge] = LESION_COLOUR if num_classes == 1 else voc_palette()[labels[edge]]
+    return picture
+
+
+@torch.no_grad()
+def write_dataset_panels(model, dataset, count: int, folder, device, amp: str) -> list[str]:
+    """image | ground truth | prediction panels of a dataset's first `count` items (normalised as the model's config
+says), named by their ids: what train.py draws after its last epoch."""
+    model.eval()
+    mean, std = (torch.tensor(model.config[k])[:, None, None] for k in ("mean", "std"))
+    paths = []
+    for index in range(min(count, len(dataset))):
+        image, mask = dataset[index]
+        with autocast(device, amp):
+            prediction = predict_labels(model(image[None].to(device)).float())[0].cpu().numpy()
+        pixels = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1]: un-normalised
+        paths.append(str(folder / f"{dataset.ids[index]}.png"))
+        write_panel(paths[-1], pixels[..., 0] if pixels.shape[2] == 1 else pixels, mask.numpy(),
+                    [(model.config["decoder"], prediction)], model.config["num_classes"])
+    return paths

@@ -1,0 +1,33 @@
+"""Shared by the tests: the project's real sample data, which lies beside a checkout in CI (../shared/data) but not
+in a user's clone. Tests that need it take one of these fixtures and are skipped, with the path in the reason, when it
+is absent; everything else the tests need they write themselves."""
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path}, the real sample data that sits beside the project in CI; not on this machine")
+    return path
+
+
+@pytest.fixture
+def mias() -> Path:
+    """The real mini-MIAS sample: Info.txt, images/mdbNNN.png (76 images) and masks/ (55 mass outlines)."""
+    return shared("mini-mias")
+
+
+@pytest.fixture
+def cbis_csvs() -> Path:
+    """TCIA's four real CBIS-DDSM case-description CSVs."""
+    return shared("cbis-ddsm-csv")
+
+
+@pytest.fixture
+def cbis_sample() -> Path:
+    """Two real CBIS-DDSM mammograms with their masks, as 8-bit PNGs."""
+    return shared("cbis-ddsm-sample")
