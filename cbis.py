@@ -3,7 +3,7 @@ file is each abnormality's mask. Every known pitfall of the download is handled 
 
   * cbis_images     the official case-description CSVs -> {image id: its abnormality rows} for train/val/test, every
                     cell stripped (the mass CSVs end every "ROI mask file path" with a newline inside the quotes);
-                    train/val split the training CSV by patient with a fixed seed (split_patients).
+                    train/val split the training CSV by patient with a fixed seed (splits.groups_in_part).
   * CbisTree        finds a subject's DICOM files in either download layout:
                       classic   <root>/<subject>/<StudyInstanceUID>/<SeriesInstanceUID>/000000.dcm (the CSV paths);
                       current   <root>/CBIS-DDSM/<subject>/<date>-DDSM-<n>/<n>.000000-<description>-<n>/1-1.dcm,
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from mammograms import DataError, dicom_shape, read_dicom
+from splits import groups_in_part
 
 CSV_NAMES = {  # (abnormality, official split) -> file name as TCIA publishes it
     ("mass", "train"): "mass_case_description_train_set.csv",
@@ -86,13 +87,6 @@ def subject_of(csv_path: str) -> str:
     return csv_path.replace("\\", "/").split("/")[0]
 
 
-def split_patients(patients: list[str], *, val_fraction: float, seed: int) -> set[str]:
-    """The validation patients: a seeded shuffle of the sorted ids, first round(n * val_fraction) of them."""
-    unique = sorted(set(patients))
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return {unique[i] for i in order[:round(len(unique) * val_fraction)]}
-
-
 def cbis_images(csv_dir: str | os.PathLike, split: str, *, abnormality: str = "mass", val_fraction: float = 0.2,
                 split_seed: int = 0) -> dict[str, list[dict]]:
     """{image id (subject): its CSV rows, one per abnormality}, sorted, for "train", "val" or "test"."""
@@ -100,7 +94,8 @@ def cbis_images(csv_dir: str | os.PathLike, split: str, *, abnormality: str = "m
         raise DataError(f"cbis: abnormality must be 'mass' or 'calcification', got {abnormality!r}")
     rows = read_case_rows(Path(csv_dir) / CSV_NAMES[abnormality, "test" if split == "test" else "train"])
     if split != "test":
-        validation = split_patients([row["patient_id"] for row in rows], val_fraction=val_fraction, seed=split_seed)
+        patients = [row["patient_id"] for row in rows]
+        validation = groups_in_part(patients, 0, (val_fraction, 1 - val_fraction), split_seed)  # the first 20%
         rows = [row for row in rows if (row["patient_id"] in validation) == (split == "val")]
     images: dict[str, list[dict]] = {}
     for row in rows:  # several abnormalities of one image share its subject id

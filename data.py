@@ -7,23 +7,27 @@ i is), `.num_classes` (model output channels: 1 for the binary mammography sets,
 0..20 with 255 = ignore) and yields (image float32 (C, H, W) normalised with `mean`/`std`, mask int64 (H, W)).
 Options every dataset takes: `in_channels` (1 = native grayscale; 3 = grayscale replicated to RGB, the default, for
 ImageNet encoders; VOC needs 3), `mean`/`std` (ImageNet statistics by default), `augment` (default: on for training
-splits only), `seed`, `limit` (the first N items of the split) and `verbose`. What each reads:
+splits only), `seed`, `limit` (the first N items of the split), `verbose`, and for the mammography sets `fold`/`folds`
+(cross-validation: "val" is fold k of K by patient, "train" the others; splits.py). What each reads:
 
   cbis       the NBIA download with TCIA's case-description CSVs (cbis.py). Masses by default,
              abnormality="calcification" for the other half. "train"/"val" split the official training CSV by patient
              (val_fraction=0.2, split_seed=0), "test" is the official test CSV.
-  mias       mini-MIAS Info.txt with mdbNNN.pgm (or .png) files, in the root or root/images (mammograms.py); masks are
-             Info.txt's circles. Split by patient (mdb(2k-1), mdb(2k)) with a fixed seed, 60/20/20.
+  mias       mini-MIAS (mias.py): outline masks from root/masks/ where they exist, else Info.txt's circles; normal
+             images stay in, without a lesion. Split by patient 60/20/20 with a fixed seed, masses and others alike.
+  folder     your own images/ and masks/ (folders.py), num_classes=1 (masks 0/255 or 0/1) or K (class indices);
+             split.csv's split, else a seeded 80/20 train/val that keeps each group (or image) on one side.
   voc        the root holding VOCdevkit/VOC2012 (voc.py): "train", "val", "trainaug".
   synthetic  root None; num_images (400/64/64), generated on the fly from (seed, split, index) (synthetic.py).
 
 Mammograms are preprocessed once (mammograms.preprocess_mammogram: optional breast crop, breasts mirrored to face left,
 the whole image resized to image_size, stretched like the thesis' 256x256 unless keep_aspect=True) and cached in
-cache_dir (default $XDG_CACHE_HOME or ~/.cache, then unet-fusion/<dataset>-<hash of the root>/, since data roots are
-often read-only): one .npz per image, named by a hash of its source files (path, size, mtime) and of the
-preprocessing options, so a change to either builds a new entry. Entries are written atomically, so a killed run or
-concurrent DataLoader workers never leave a broken one. Skipped rows are summed up on stdout and listed in
-<cache_dir>/skipped_<split>.csv (skipped_<abnormality>_<split>.csv for CBIS-DDSM).
+cache_dir (cache_folder: default $UNET_FUSION_CACHE, or ~/.cache/unet-fusion, then <dataset>-<hash of the root>/,
+since data roots are often read-only): one .npz per image, named by a hash of its source files (path, size, mtime)
+and of the preprocessing options, so a change to either builds a new entry. Entries are written atomically and are
+readable by the group (umask permitting), so a killed run or concurrent workers never leave a broken one and a shared
+cache serves a team. Skipped rows are summed up on stdout and listed in <cache_dir>/skipped_<split>.csv
+(skipped_<abnormality>_<split>.csv for CBIS-DDSM).
 
 Randomness has no hidden state: augmentation draws from torch's RNG, which SeededItems seeds from (seed, epoch, index)
 for every item, and EpochSampler carries the epoch with each index, so a resumed run and any number of DataLoader
@@ -36,6 +40,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -48,8 +53,11 @@ from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler
 
 from cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
-from mammograms import SPLITS, DataError, fitted_size, load_mias, preprocess_mammogram, read_dicom, read_mias
+from folders import load_folder_item, folder_items
+from mammograms import DataError, fitted_size, preprocess_mammogram, read_dicom
+from mias import MiasImage, load_mias, patient_of, read_mias
 from model import default_normalisation
+from splits import SPLITS, check_fold, groups_of_split
 from synthetic import synthetic_mammogram
 from utils import atomic_write
 from voc import VOC_CLASSES, VOC_SPLITS, read_voc_label, transform_voc, voc_files
@@ -58,12 +66,27 @@ __all__ = ["DataError", "read_dicom", "build_dataset", "preprocess_mammogram", "
            "transform_voc", "VOC_CLASSES", "MammogramDataset", "SyntheticMammograms", "VOCSegmentation",
            "SeededItems", "EpochSampler"]
 
-CACHE_VERSION = 1  # bump when preprocess_mammogram changes, so old cache entries are not reused
+MIAS_FRACTIONS = (0.6, 0.2, 0.2)  # train, val, test, of the patients: mini-MIAS has no official split
+CACHE_VERSION = 2  # bump when preprocess_mammogram changes, so old cache entries are not reused
+CACHE_ENV = "UNET_FUSION_CACHE"  # the cache's base folder, when ~/.cache cannot be written (read-only homes)
 
 
-def default_cache_dir(name: str, root: str | os.PathLike) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "unet-fusion" / f"{name}-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]}"
+def cache_folder(name: str, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of one dataset root's preprocessed images: cache_dir if given (--cache-dir), else
+    <$UNET_FUSION_CACHE, or $XDG_CACHE_HOME/unet-fusion, or ~/.cache/unet-fusion>/<name>-<hash of the root>. Checked
+    here, so that an unwritable one ends in one line naming it, not in a traceback from a loader worker."""
+    if cache_dir is None:
+        base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
+            "unet-fusion"
+        cache_dir = Path(base) / f"{name}-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]}"
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache_dir).close()  # the one sure test: create (and at once delete) a file
+    except OSError as error:
+        raise DataError(f"cache folder {cache_dir} cannot be written ({error.strerror or error}); give a writable "
+                        f"one with --cache-dir DIR or ${CACHE_ENV}") from None
+    return cache_dir
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -162,19 +185,22 @@ class _SegmentationSet(Dataset):
 
 
 class MammogramDataset(_SegmentationSet):
-    """Preprocessed mammograms with binary lesion masks, cached on disk: the body of "cbis" and "mias".
+    """Preprocessed mammograms with their masks, cached on disk: the body of "cbis", "mias" and "folder".
 
-    sources[i] is passed to load(), which returns the full-resolution image and one bool mask per lesion.
+    sources[i] is passed to load(), which returns the full-resolution image, one bool mask per lesion (or class) and
+    their labels (None: every mask is a lesion, label 1).
     """
 
     def __init__(self, ids: list[str], sources: list, cache_files: list[Path], load: Callable, *,
-                 size: tuple[int, int], orient: bool, crop_breast: bool, keep_aspect: bool, **common):
+                 size: tuple[int, int], orient: bool, crop_breast: bool, keep_aspect: bool, num_classes: int = 1,
+                 **common):
         super().__init__(**common)
         self.ids, self.sources, self.cache_files, self.load = ids, sources, cache_files, load
+        self.num_classes = num_classes
         self.preprocess = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)
 
     def preprocessed(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image (H, W) float32 in [0, 1] and mask (H, W) uint8 {0, 1}, from the cache or built and cached."""
+        """Image (H, W) float32 in [0, 1] and mask (H, W) uint8 labels, from the cache or built and cached."""
         path = self.cache_files[index]
         try:
             with np.load(path) as cached:
@@ -183,7 +209,8 @@ class MammogramDataset(_SegmentationSet):
                 return image.astype(np.float32) / 65535, mask
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             pass  # not built yet, or damaged on disk (writes are atomic, so not by a killed run): build it below
-        image, mask = preprocess_mammogram(*self.load(*self.sources[index]), **self.preprocess)
+        pixels, masks, labels = self.load(*self.sources[index])
+        image, mask = preprocess_mammogram(pixels, masks, labels=labels, **self.preprocess)
         quantised = np.round(image * 65535).astype(np.uint16)  # 16 bits keep the film's dynamic range
         buffer = io.BytesIO()
         np.savez(buffer, image=quantised, mask=mask)
@@ -204,32 +231,41 @@ def _cache_file(cache_dir: Path, item: str, sources: list[Path], options: dict) 
     return cache_dir / f"{item}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
-def _report(name: str, split: str, images: int, lesions: int, merged: int, skipped: list[tuple[str, str, str, str]],
-            path: Path, verbose: bool) -> None:
+def _report(name: str, split: str, counts: str, skipped: list[tuple], path: Path, verbose: bool) -> None:
     """Write every skipped row to `path` (a CSV) and print a one-line summary."""
     text = io.StringIO()
     csv.writer(text).writerows([("file", "row", "id", "reason"), *skipped])
     atomic_write(path, text.getvalue().encode())
     if verbose:
         kinds = ", ".join(f"{count} {kind}" for kind, count in Counter(r[3].split(":")[0] for r in skipped).items())
-        print(f"{name} {split}: {images} images, {lesions} lesion masks ({merged} merged into images with several "
-              f"lesions); skipped rows: {len(skipped)}{f' ({kinds})' if kinds else ''}, listed in {path}")
+        print(f"{name} {split}: {counts}; skipped rows: {len(skipped)}{f' ({kinds})' if kinds else ''}, listed in "
+              f"{path}")
 
 
-def _cbis_sample(tree: CbisTree, rows: list[dict]) -> tuple[np.ndarray, list[np.ndarray]]:
+# ---------------------------------------------------------------------------------------------------------------------
+# The mammography datasets
+
+def _cbis_sample(tree: CbisTree, rows: list[dict]) -> tuple[np.ndarray, list[np.ndarray], None]:
     full, candidates, problems = check_mammogram(tree, rows)
     if problems:  # the files changed since the dataset was built
         raise DataError(f"{rows[0]['image file path']}: {problems[0][1]}; rebuild the dataset")
-    return load_mammogram(full, candidates)
+    return (*load_mammogram(full, candidates), None)
 
 
 def _build_cbis(root: Path, split: str, size: tuple[int, int], *, abnormality: str = "mass",
-                csv_dir: str | None = None, val_fraction: float = 0.2, split_seed: int = 0,
-                cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
+                csv_dir: str | None = None, val_fraction: float = 0.2, split_seed: int = 0, fold: int | None = None,
+                folds: int = 5, cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
                 keep_aspect: bool = False, limit: int | None = None, verbose: bool = True, **common) -> Dataset:
-    images = cbis_images(csv_dir or root, split, abnormality=abnormality, val_fraction=val_fraction,
-                         split_seed=split_seed)
-    tree, cache_dir = CbisTree(root), Path(cache_dir or default_cache_dir("cbis", root))
+    check_fold("cbis", split, fold, folds)
+    kwargs = dict(abnormality=abnormality, val_fraction=val_fraction, split_seed=split_seed)
+    if fold is None:
+        images = cbis_images(csv_dir or root, split, **kwargs)
+    else:  # folds of the official training CSV, by patient; the test CSV stays held out
+        images = {**cbis_images(csv_dir or root, "train", **kwargs), **cbis_images(csv_dir or root, "val", **kwargs)}
+        patients = {rows[0]["patient_id"]: "" for rows in images.values()}
+        chosen = groups_of_split(patients, split, (), split_seed, fold, folds)
+        images = {key: rows for key, rows in sorted(images.items()) if rows[0]["patient_id"] in chosen}
+    tree, cache_dir = CbisTree(root), cache_folder("cbis", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)
     ids, sources, cache_files, skipped, lesions = [], [], [], [], 0
     for image_id, rows in images.items():
@@ -247,26 +283,64 @@ def _build_cbis(root: Path, split: str, size: tuple[int, int], *, abnormality: s
         cache_files.append(cache_file)
         lesions += len(rows)
     # Mass and calcification builds share the cache folder, so each keeps its own list.
-    _report("cbis", split, len(ids), lesions, lesions - len(ids), skipped,
-            cache_dir / f"skipped_{abnormality}_{split}.csv", verbose)
+    counts = (f"{len(ids)} images, {lesions} lesion masks ({lesions - len(ids)} merged into images with several "
+              "lesions)")
+    _report("cbis", split, counts, skipped, cache_dir / f"skipped_{abnormality}_{split}.csv", verbose)
     return MammogramDataset(ids, sources, cache_files, _cbis_sample, split=split, **options, **common)
 
 
-def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normals: bool = False,
-                split_seed: int = 0, cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
+def _mias_sample(image: MiasImage) -> tuple[np.ndarray, list[np.ndarray], None]:
+    return (*load_mias(image), None)
+
+
+def _build_mias(root: Path, split: str, size: tuple[int, int], *, split_seed: int = 0, fold: int | None = None,
+                folds: int = 5, cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
                 keep_aspect: bool = False, limit: int | None = None, verbose: bool = True, **common) -> Dataset:
-    records, skipped = read_mias(root, split, include_normals=include_normals, split_seed=split_seed)
-    records = records[:limit]
-    cache_dir = Path(cache_dir or default_cache_dir("mias", root))
+    check_fold("mias", split, fold, folds)
+    images, skipped, strata = read_mias(root)
+    chosen = groups_of_split(strata, split, MIAS_FRACTIONS, split_seed, fold, folds)
+    images = [image for image in images if image.patient in chosen][:limit]
+    skipped = [row for row in skipped if patient_of(row[2]) in chosen]  # each split lists its own
+    cache_dir = cache_folder("mias", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)
     # The circles come from Info.txt, not from the image file, so they are part of the cache key.
-    cache_files = [_cache_file(cache_dir, ref, [path], dict(options, circles=circles))
-                   for ref, path, circles in records]
-    lesions = sum(len(circles) for *_, circles in records)
-    merged = sum(max(0, len(circles) - 1) for *_, circles in records)
-    _report("mias", split, len(records), lesions, merged, skipped, cache_dir / f"skipped_{split}.csv", verbose)
-    return MammogramDataset([ref for ref, *_ in records], [(path, circles) for _, path, circles in records],
-                            cache_files, load_mias, split=split, **options, **common)
+    cache_files = [_cache_file(cache_dir, image.ref, [image.path] + [image.mask] * (image.mask is not None),
+                               dict(options, circles=image.circles)) for image in images]
+    outlined = sum(image.mask is not None for image in images)
+    normal = sum(image.normal for image in images)
+    counts = (f"{len(images)} images: {outlined} with outline masks ({root / 'masks'}), "
+              f"{len(images) - outlined - normal} with Info.txt's circles, {normal} normal")
+    _report("mias", split, counts, skipped, cache_dir / f"skipped_{split}.csv", verbose)
+    return MammogramDataset([image.ref for image in images], [(image,) for image in images], cache_files,
+                            _mias_sample, split=split, **options, **common)
+
+
+def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes: int = 1, val_fraction: float = 0.2,
+                  split_seed: int = 0, fold: int | None = None, folds: int = 5, cache_dir: str | None = None,
+                  orient: bool = True, crop_breast: bool = False, keep_aspect: bool = False,
+                  limit: int | None = None, verbose: bool = True, **common) -> Dataset:
+    check_fold("folder", split, fold, folds)
+    items, skipped = folder_items(root)
+    if any(item.split for item in items):  # split.csv fixes the split of every listed image
+        skipped += [(item.image.name, 0, item.stem, "not in split.csv: split.csv gives the split of every image")
+                    for item in items if not item.split]
+        items = [item for item in items if item.split]
+    if fold is not None or not any(item.split for item in items):
+        pool = [item for item in items if item.split != "test"]  # a fixed test split stays held out of the folds
+        chosen = groups_of_split({item.group: "" for item in pool}, split, (1 - val_fraction, val_fraction),
+                                 split_seed, fold, folds) if split != "test" or fold is not None else set()
+        items = [item for item in pool if item.group in chosen]
+    else:
+        items = [item for item in items if item.split == split]
+    items = items[:limit]
+    cache_dir = cache_folder("folder", root, cache_dir)
+    options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)
+    cache_files = [_cache_file(cache_dir, item.stem, [item.image, item.mask], dict(options, classes=num_classes))
+                   for item in items]
+    counts = f"{len(items)} images with masks from {root}"
+    _report("folder", split, counts, skipped, cache_dir / f"skipped_{split}.csv", verbose)
+    return MammogramDataset([item.stem for item in items], [(item, num_classes) for item in items], cache_files,
+                            load_folder_item, split=split, num_classes=num_classes, **options, **common)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -327,14 +401,14 @@ class VOCSegmentation(_SegmentationSet):
 
 def build_dataset(name: str, root: str | os.PathLike | None, split: str, image_size: int | Sequence[int],
                   **options) -> Dataset:
-    """The dataset `name` ("cbis", "mias", "voc", "synthetic") for `split`, items resized to image_size."""
+    """The dataset `name` ("cbis", "mias", "folder", "voc", "synthetic") for `split`, items resized to image_size."""
     try:
         size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(map(int, image_size))
     except (TypeError, ValueError):
         size = ()
     if len(size) != 2 or min(size) < 1:
         raise DataError(f"image_size must be an int or an (H, W) pair, got {image_size!r}")
-    splits = {"cbis": SPLITS, "mias": SPLITS, "synthetic": SPLITS, "voc": VOC_SPLITS}
+    splits = {"cbis": SPLITS, "mias": SPLITS, "folder": SPLITS, "synthetic": SPLITS, "voc": VOC_SPLITS}
     if name not in splits:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(splits)}")
     if split not in splits[name]:
@@ -342,6 +416,7 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, image_s
     if name == "synthetic":
         if root is not None:
             raise DataError(f"synthetic data is generated, not read: pass no data root (got {root})")
+        options.pop("fold", None), options.pop("folds", None)  # generated splits: folds mean nothing here
         return SyntheticMammograms(split, size, **options)
     if root is None:
         raise DataError(f"{name}: a data root is required (--data-root DIR)")
@@ -349,5 +424,8 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, image_s
     if not root.is_dir():
         raise DataError(f"{root}: data root not found (--data-root)")
     if name == "voc":
+        if options.pop("fold", None) is not None:
+            raise DataError("voc: no cross-validation folds; Pascal VOC has its own train and val lists")
+        options.pop("folds", None)
         return VOCSegmentation(root, split, size, **options)
-    return (_build_cbis if name == "cbis" else _build_mias)(root, split, size, **options)
+    return {"cbis": _build_cbis, "mias": _build_mias, "folder": _build_folder}[name](root, split, size, **options)

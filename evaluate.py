@@ -210,9 +210,11 @@ def get_args_parser() -> ArgumentParser:
     add = parser.add_argument
     add("--checkpoint", nargs="+", required=True, metavar="CKPT", help="checkpoint(s) written by train.py; several "
         "are compared on the same images (--dataset only)")
-    add("--dataset", choices=[name for name in PRESETS if name != "synthetic"] + ["synthetic"],
+    add("--dataset", choices=list(PRESETS),
         help="evaluate on this dataset's --split (metrics, comparison table, --panels)")
     add("--data-root", metavar="DIR", help="dataset folder (see data.py); none for synthetic")
+    add("--cache-dir", metavar="DIR", help="folder for the preprocessed mammograms (default: $UNET_FUSION_CACHE, "
+        "else ~/.cache/unet-fusion/<dataset>-<hash>)")
     add("--split", default="val", help="split to evaluate (default: val, the split the thesis reports; test = "
         "CBIS-DDSM's official test CSV, held out from training and model selection)")
     add("--image-size", type=int, metavar="PIXELS", help="square input side, a multiple of 32 (default: the size the "
@@ -287,9 +289,12 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     candidates = load_candidates(args.checkpoint, device)
     size = image_size_for({c.name: c.checkpoint for c in candidates}, args.image_size, args.dataset)
     channels = 3 if args.dataset == "voc" else 1  # raw [0, 1] pixels; each model converts and normalises them
-    dataset = build_dataset(args.dataset, args.data_root, args.split, size, in_channels=channels,
-                            mean=(0.0,) * channels, std=(1.0,) * channels, augment=False, limit=args.limit)
     num_classes = candidates[0].model.config["num_classes"]
+    options = {"num_classes": num_classes} if args.dataset == "folder" else {}  # a folder's masks follow the model
+    if args.cache_dir and args.dataset != "synthetic":
+        options["cache_dir"] = args.cache_dir
+    dataset = build_dataset(args.dataset, args.data_root, args.split, size, in_channels=channels,
+                            mean=(0.0,) * channels, std=(1.0,) * channels, augment=False, limit=args.limit, **options)
     if dataset.num_classes != num_classes:
         raise UsageError(f"--checkpoint {candidates[0].path}: the model has {num_classes} output(s), --dataset "
                          f"{args.dataset} needs {dataset.num_classes}")

@@ -23,21 +23,19 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from checkpoints import load_checkpoint
-from data import DataError, fitted_size, preprocess_mammogram, read_dicom, transform_voc
-from mammograms import faces_right
+from data import DataError, fitted_size, preprocess_mammogram, transform_voc
+from mammograms import IMAGE_SUFFIXES, faces_right, is_dicom, read_image_file
 from metrics import predict_labels
 from panels import overlay, to_rgb8, voc_palette
 from recipes import PRESETS
 from utils import UsageError, autocast, check_output_folder, check_writable_file, error_line, median_seconds, write_json
 from voc import VOC_CLASSES
 
-IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -150,15 +148,6 @@ def image_size_for(checkpoints: dict[str, dict], requested: int | None, dataset:
 # ---------------------------------------------------------------------------------------------------------------------
 # Prediction on image files
 
-def is_dicom(path: Path) -> bool:
-    """A DICOM file by its suffix, or by the "DICM" marker at byte 128 (PACS exports often have no suffix).
-    Raises OSError when the file has no DICOM suffix and cannot be read."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
-    with open(path, "rb") as file:
-        return file.read(132)[128:] == b"DICM"
-
-
 def _marked_dicom(path: Path) -> bool:
     """A file named like no image (IM0001, 1.2.840.113619.2.55.3) that is a DICOM image, found by its marker; the
     DICOMDIR index that PACS exports carry beside the images is a DICOM file too, but not an image."""
@@ -207,50 +196,6 @@ def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
         used.add(name)
         unique.append((file, name))
     return unique
-
-
-def dicom_pixel_spacing(path: Path) -> tuple[float, float, str] | None:
-    """(row mm, column mm, tag) from PixelSpacing, else ImagerPixelSpacing (at the detector, without correction for
-    the magnification); None if neither is there or usable (only the mm^2 figure is lost, and the line says so)."""
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
-        try:
-            rows, columns = (float(value) for value in header.get(tag) or ())
-        except (TypeError, ValueError):  # absent, not two numbers
-            continue
-        if rows > 0 and columns > 0:
-            return rows, columns, tag
-    return None
-
-
-def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, str] | None]:
-    """(H, W) gray or (H, W, 3) RGB float32 in [0, 1], whether it is a DICOM, and the pixel spacing one gives.
-
-    DICOM is recognised by its suffix or the "DICM" marker at byte 128 and read by data.read_dicom. 8-bit files
-    are divided by 255, 16-bit by 65535 (older Pillow opens 16-bit PNGs as 32-bit "I": values must fit 16 bits).
-    Raises DataError naming the file for anything else."""
-    try:
-        dicom = is_dicom(path)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from error
-    if dicom:
-        return read_dicom(path), True, dicom_pixel_spacing(path)
-    try:
-        with Image.open(path) as file:
-            mode = file.mode
-            if mode == "F":
-                raise DataError(f"{path}: floating-point pixels have no known range; save 8- or 16-bit gray or RGB")
-            if not mode.startswith("I"):
-                gray = mode in ("1", "L", "LA")
-                return np.asarray(file.convert("L" if gray else "RGB"), dtype=np.float32) / 255, False, None
-            pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as 32-bit "I")
-    except OSError as error:  # PIL's UnidentifiedImageError, truncated files
-        raise DataError(f"{path}: cannot read the image ({error})") from error
-    except Image.DecompressionBombError as error:  # over 2 x Image.MAX_IMAGE_PIXELS, far beyond any mammogram
-        raise DataError(f"{path}: {error}") from error
-    if pixels.min() < 0 or pixels.max() > 65535:
-        raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit gray or RGB")
-    return pixels.astype(np.float32) / 65535, False, None
 
 
 def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, int], *, tta: bool = False,

@@ -1,10 +1,9 @@
-"""Mammograms as users download them: DICOM files, mini-MIAS, and their preprocessing for the network (§4.1).
+"""Mammograms as files and as network input (§4.1): DICOM, the other image files users have, and preprocessing.
 
-data.py turns what this file (and cbis.py, for CBIS-DDSM's download) reads into training items (cache, augmentation,
-normalisation) and re-exports `read_dicom` and `DataError`. What lives here:
+data.py turns what this file (and cbis.py, mias.py, folders.py for each kind of download) reads into training items
+(cache, augmentation, normalisation) and re-exports `read_dicom` and `DataError`. What lives here:
   * read_dicom      any single-frame grayscale DICOM -> float32 [H, W] in [0, 1]; DataError for everything else.
-  * read_mias / load_mias  mini-MIAS: Info.txt rows -> images with their mass circles, split by patient;
-                    a circle's y counts from the BOTTOM of the image.
+  * read_image_file DICOM, PNG, JPEG, TIFF or PGM, 8 or 16 bit, gray or RGB -> float32 in [0, 1] (+ pixel spacing).
   * preprocess_mammogram  full-resolution image + lesion masks -> the network's input size: optional breast-region
                     crop (largest bright region, widened to hold every lesion), resize of the whole image (stretched,
                     as the thesis' 256x256, or keep_aspect=True: longer side fits, padded right/bottom), intensities
@@ -18,7 +17,6 @@ normalisation) and re-exports `read_dicom` and `DataError`. What lives here:
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from pydicom.errors import InvalidDicomError
 from PIL import Image
-
-SPLITS = ("train", "val", "test")
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
@@ -130,74 +126,62 @@ def dicom_shape(path: Path) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# mini-MIAS
+# Image files of any kind
 
-MIAS_MASSES = ("CIRC", "SPIC", "MISC")
-MIAS_FRACTIONS = (0.6, 0.2, 0.2)  # train, val, test, of patients
+IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm")
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """An 8- or 16-bit grayscale image file (PGM, PNG) as (H, W) float32 in [0, 1]."""
+def is_dicom(path: Path) -> bool:
+    """A DICOM file by its suffix, or by the "DICM" marker at byte 128 (PACS exports often have no suffix).
+    Raises OSError when the file has no DICOM suffix and cannot be read."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as file:
+        return file.read(132)[128:] == b"DICM"
+
+
+def dicom_pixel_spacing(path: Path) -> tuple[float, float, str] | None:
+    """(row mm, column mm, tag) from PixelSpacing, else ImagerPixelSpacing (at the detector, without correction for
+    the magnification); None if neither is there or usable (only the mm^2 figure is lost, and the line says so)."""
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            rows, columns = (float(value) for value in header.get(tag) or ())
+        except (TypeError, ValueError):  # absent, not two numbers
+            continue
+        if rows > 0 and columns > 0:
+            return rows, columns, tag
+    return None
+
+
+def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, str] | None]:
+    """(H, W) gray or (H, W, 3) RGB float32 in [0, 1], whether it is a DICOM, and the pixel spacing one gives.
+
+    DICOM is recognised by its suffix or the "DICM" marker at byte 128 and read by read_dicom. 8-bit files
+    are divided by 255, 16-bit by 65535 (older Pillow opens 16-bit PNGs as 32-bit "I": values must fit 16 bits).
+    Raises DataError naming the file for anything else."""
     try:
-        with Image.open(path) as image:
-            mode, pixels = image.mode, np.asarray(image)
+        dicom = is_dicom(path)
     except OSError as error:
+        raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from error
+    if dicom:
+        return read_dicom(path), True, dicom_pixel_spacing(path)
+    try:
+        with Image.open(path) as file:
+            mode = file.mode
+            if mode == "F":
+                raise DataError(f"{path}: floating-point pixels have no known range; save 8- or 16-bit gray or RGB")
+            if not mode.startswith("I"):
+                gray = mode in ("1", "L", "LA")
+                return np.asarray(file.convert("L" if gray else "RGB"), dtype=np.float32) / 255, False, None
+            pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as 32-bit "I")
+    except OSError as error:  # PIL's UnidentifiedImageError, truncated files
         raise DataError(f"{path}: cannot read the image ({error})") from error
-    if mode not in ("L", "I;16", "I;16B", "I;16L"):
-        raise DataError(f"{path}: image mode {mode}; expected 8- or 16-bit grayscale")
-    return pixels.astype(np.float32) / (255 if mode == "L" else 65535)
-
-
-def load_mias(path: Path, circles: list[tuple[int, int, int]]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The image and one filled-circle mask per (x, y, radius); Info.txt's origin is the bottom-left corner."""
-    image = read_gray(path)
-    rows, cols = np.ogrid[:image.shape[0], :image.shape[1]]
-    return image, [(rows - (image.shape[0] - y)) ** 2 + (cols - x) ** 2 <= r * r for x, y, r in circles]
-
-
-def read_mias(root: Path, split: str, *, include_normals: bool = False, split_seed: int = 0
-              ) -> tuple[list[tuple[str, Path, list[tuple[int, int, int]]]], list[tuple[str, int, str, str]]]:
-    """(records (mdb id, image file, circles), skipped (file, row, id, reason)) for one split of mini-MIAS.
-
-    Patients are left/right pairs (mdb001 + mdb002, ...); those with a mass and the others are shuffled separately
-    with split_seed and cut 60/20/20, so the split never depends on which files are present or on include_normals.
-    """
-    info = root / "Info.txt"
-    if not info.is_file():
-        raise DataError(f"{info}: not found; mias needs the mini-MIAS Info.txt and mdbNNN.pgm images in the data root")
-    lines: dict[str, list[tuple[int, list[str]]]] = {}
-    for number, line in enumerate(info.read_text(errors="replace").splitlines(), start=1):
-        fields = line.split()
-        if fields and re.fullmatch(r"mdb\d{3}", fields[0]):
-            if len(fields) < 3:
-                raise DataError(f"{info}: line {number} has no abnormality class: {line!r}")
-            lines.setdefault(fields[0], []).append((number, fields))
-
-    def patient(ref: str) -> int:
-        return (int(ref[3:]) + 1) // 2
-
-    with_mass = {patient(ref) for ref, entries in lines.items() if any(f[2] in MIAS_MASSES for _, f in entries)}
-    chosen = set()
-    for group in (sorted(with_mass), sorted({patient(ref) for ref in lines} - with_mass)):
-        order = np.random.default_rng(split_seed).permutation(group)
-        cuts = np.round(np.cumsum(MIAS_FRACTIONS) * len(group)).astype(int)
-        chosen |= set(np.split(order, cuts[:-1])[SPLITS.index(split)].tolist())
-    records, skipped = [], []
-    for ref, entries in sorted(lines.items()):
-        masses = [(number, fields) for number, fields in entries if fields[2] in MIAS_MASSES]
-        normal = all(fields[2] == "NORM" for _, fields in entries)
-        if patient(ref) not in chosen or not (masses or (include_normals and normal)):
-            continue
-        path = next((p for d in (root, root / "images") for p in (d / f"{ref}.pgm", d / f"{ref}.png") if p.is_file()),
-                    None)
-        bad = [number for number, fields in masses if len(fields) < 7 or not all(v.isdigit() for v in fields[4:7])]
-        if path is None or bad:
-            why = (f"image file missing: no {ref}.pgm or {ref}.png in the root or root/images" if path is None
-                   else f"no coordinates: line {bad[0]} gives no centre x, y and radius")
-            skipped += [(info.name, number, ref, why) for number, _ in (masses or entries)]
-            continue
-        records.append((ref, path, [tuple(int(v) for v in fields[4:7]) for _, fields in masses]))
-    return records, skipped
+    except Image.DecompressionBombError as error:  # over 2 x Image.MAX_IMAGE_PIXELS, far beyond any mammogram
+        raise DataError(f"{path}: {error}") from error
+    if pixels.min() < 0 or pixels.max() > 65535:
+        raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit gray or RGB")
+    return pixels.astype(np.float32) / 65535, False, None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -275,8 +259,12 @@ def stretch_contrast(image: np.ndarray) -> np.ndarray:
 
 
 def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple[int, int], *, orient: bool = True,
-                         crop_breast: bool = False, keep_aspect: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution image (H, W) in [0, 1] and one bool mask per lesion -> (size float32 image, size uint8 mask)."""
+                         crop_breast: bool = False, keep_aspect: bool = False,
+                         labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution image (H, W) in [0, 1] and one bool mask per lesion -> (size float32 image, size uint8 mask).
+
+    labels: the class of each mask (default: 1 for every one, a binary lesion mask); later masks win where two
+    overlap, so a class-index mask passed as one mask per class comes back as class indices."""
     if crop_breast:
         top, bottom, left, right = _breast_box(image, masks)
         image, masks = image[top:bottom, left:right], [mask[top:bottom, left:right] for mask in masks]
@@ -284,9 +272,9 @@ def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple
     pixels = torch.from_numpy(np.ascontiguousarray(image))[None, None]  # (1, 1, H, W)
     resized = F.interpolate(pixels, size=inner, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
     resized = stretch_contrast(resized)
-    mask = np.zeros(inner, dtype=bool)
-    for lesion in masks:
-        mask |= _resize_mask(lesion, inner)
+    mask = np.zeros(inner, dtype=np.uint8)
+    for lesion, label in zip(masks, labels or [1] * len(masks)):
+        mask[_resize_mask(lesion, inner)] = label
     if orient and faces_right(resized):  # mirror it to the left
         resized, mask = resized[:, ::-1], mask[:, ::-1]
     out_image, out_mask = np.zeros(size, np.float32), np.zeros(size, np.uint8)

@@ -49,6 +49,8 @@ PRESETS = {
     # mini-MIAS, not in the thesis: CBIS-DDSM's recipe, since both are scanned-film mammograms with masses; it has
     # only dozens of masses, so smaller batches give more steps per epoch.
     "mias": dict(CBIS, batch_size=8),
+    # Your own mammograms (data.py's "folder"): CBIS-DDSM's recipe; --num-classes K for class-index masks.
+    "folder": dict(CBIS),
     "synthetic": dict(  # the demo: sized to finish in < 5 minutes on 2 CPU cores; no thesis number
         encoder="resnet34", decoder="fusion",  # the thesis' architecture...
         decoder_channels=(128, 64, 32, 16, 16),  # ...with a narrow decoder (25.6M instead of 89.6M parameters)
@@ -60,13 +62,14 @@ PRESETS = {
     ),
 }
 SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC", "mias": "ours, no thesis number",
+          "folder": "your own images/ and masks/, CBIS-DDSM's recipe",
           "synthetic": "the demo: offline, ResNet-34 + a narrow fusion decoder at 64 x 64, under 5 minutes on 2 CPU "
                        "cores"}
 
 
 # The other settings a run takes from its --resume checkpoint (or these defaults) unless a flag gives them again.
 RUN_DEFAULTS = {"data_root": None, "seed": 0, "amp": "none", "weight_decay": 0.01, "clip_grad": 0.0, "limit": None,
-                "eval_batch_size": None}
+                "eval_batch_size": None, "fold": None, "cache_dir": None}
 
 
 def apply_recipe(args, saved: dict) -> list[str]:
@@ -85,6 +88,11 @@ def apply_recipe(args, saved: dict) -> list[str]:
         raise UsageError(f"--decoder-channels {channels!r}: write integers such as 128,64,32,16,16") from None
     args.decoder_channels = list(args.decoder_channels) if args.decoder_channels else None
     args.weights = None if str(args.weights).lower() == "none" else args.weights
+    if isinstance(args.fold, str):  # "2/5" -> [2, 5]: validate on fold 2 of 5
+        text, parts = args.fold, args.fold.split("/")
+        args.fold = [int(p) for p in parts] if len(parts) == 2 and all(p.isdigit() for p in parts) else None
+        if args.fold is None or not args.fold[0] < args.fold[1] or args.fold[1] < 2:
+            raise UsageError(f"--fold {text}: write K/N, fold K (0..N-1) of N >= 2 folds, e.g. 0/5")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     args.schedule = f"0:{args.lr}" if args.schedule == "constant" else args.schedule
     try:

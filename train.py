@@ -40,7 +40,7 @@ from utils import (AMP_DTYPES, ArgumentParser, AutocastReplica, DiskFullError, P
                    check_writable_file, default_workers, device_name, git_commit, resolve_device, run_command,
                    versions, write_json)
 
-FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "weights")  # the checkpoint's network
+FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")  # its network
 NON_FINITE_EXIT = 3
 
 
@@ -59,7 +59,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                                                      SOURCE.items()) +
         " (default: the --resume checkpoint's, else synthetic). With --resume, every flag not given is the "
         "checkpoint's")
-    add("--data-root", help="dataset folder (cbis: the NBIA download and its CSVs; voc: holds VOCdevkit)")
+    add("--data-root", help="dataset folder (cbis: the NBIA download and its CSVs; mias: Info.txt and images; folder: "
+        "images/ and masks/; voc: holds VOCdevkit)")
+    add("--fold", metavar="K/N", help="cross-validation: validate on fold K of N (0-based; by patient), train on the "
+        "others (default: the dataset's own split)")
+    add("--cache-dir", help="folder for the preprocessed mammograms (default: $UNET_FUSION_CACHE, else "
+        "~/.cache/unet-fusion/<dataset>-<hash>)")
     add("--encoder", choices=["resnet34", "bit_r50x1"], help=f"Table 1 'Encoder'; {preset('encoder')}")
     add("--decoder", choices=["fusion", "unet", "unetplusplus"], help="fusion = §4.2 (row A of Tables 2-4), unet / "
         f"unetplusplus = the SMP baselines (rows B, C); {preset('decoder')}")
@@ -68,6 +73,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--weights", help="encoder weights: imagenet (downloaded once; model.WEIGHT_URLS lists the others, e.g. "
         f"imagenet-timm), none (random: Table 3 row B) or a .pth/.npz path; {preset('weights')}")
     add("--in-channels", type=int, choices=[1, 3], help=f"image channels; {preset('in_channels')}")
+    add("--num-classes", type=int, help="model outputs: 1 = a lesion logit (binary masks), K > 1 = classes (a folder "
+        f"of class-index masks); {preset('num_classes')}")
     add("--loss", help=f"'+'-joined losses of losses.py, Table 1 'Loss Function'; {preset('loss')}")
     add("--epochs", type=int, help=f"Table 1 'Num epochs'; {preset('epochs')}")
     add("--batch-size", type=int, help="images per step and process (per GPU under torchrun; split over the GPUs "
@@ -272,11 +279,19 @@ def load_weights(model: nn.Module, weights: str, rank: int) -> None:
         load()
 
 
+def dataset_options(args) -> dict:
+    """The options build_dataset takes from the flags: --fold, --cache-dir, and a folder's --num-classes."""
+    options = {"fold": args.fold[0], "folds": args.fold[1]} if args.fold else {}
+    if args.cache_dir and args.dataset != "synthetic":
+        options["cache_dir"] = args.cache_dir
+    return dict(options, num_classes=args.num_classes) if args.dataset == "folder" else options
+
+
 def build_loaders(args, config: dict, rank: int, world: int, device: torch.device):
     """(train set, val set, train loader, val loader), normalised as the model's encoder expects (its config). The
     validation set is sharded rank::world without padding, so every image is scored exactly once."""
     common = dict(in_channels=config["in_channels"], mean=config["mean"], std=config["std"], seed=args.seed,
-                  limit=args.limit, verbose=rank == 0)
+                  limit=args.limit, verbose=rank == 0, **dataset_options(args))
     val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
     train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
                                                           args.image_size, augment=args.augment, **common)

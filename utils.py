@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+_UMASK = os.umask(0o022)  # read the process' umask (the only way is to set it) and put it back at once
+os.umask(_UMASK)
 AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --amp, as every script spells it
 
 
@@ -180,6 +182,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], 
                 content(file)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; others (a team's shared cache) read as usual
         os.replace(temporary, path)
     except BaseException as error:
         written = Path(temporary).stat().st_size if Path(temporary).exists() else 0

@@ -10,6 +10,7 @@ from PIL import Image
 
 import data
 import mammograms
+import mias as mias_lib
 from data import DataError, build_dataset
 
 def _info_lines(mias: Path) -> list[list[str]]:
@@ -29,33 +30,69 @@ def _local_contrast(image: np.ndarray, mask: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------------------------------
 # mini-MIAS (real files)
 
-def _mias(root, split, tmp_path, **options):
-    options = dict(cache_dir=tmp_path / "cache", verbose=False, augment=False, in_channels=1) | options
+@pytest.fixture(scope="module")
+def mias_cache(tmp_path_factory):
+    """One cache for the module: each real image is decoded once, whatever the test."""
+    return tmp_path_factory.mktemp("mias-cache")
+
+
+def _mias(root, split, cache, **options):
+    options = dict(cache_dir=cache, verbose=False, augment=False, in_channels=1) | options
     return build_dataset("mias", root, split, 128, **options)
 
 
-def test_mias_split_is_by_patient_deterministic_and_complete(mias, tmp_path):
-    splits = {split: _mias(mias, split, tmp_path) for split in ("train", "val", "test")}
-    masses = {f[0] for f in _info_lines(mias) if f[2] in ("CIRC", "SPIC", "MISC")}
+def test_mias_uses_the_outlines_keeps_normals_and_splits_by_patient(mias, mias_cache, capsys):
+    splits = {split: _mias(mias, split, mias_cache, verbose=True) for split in ("train", "val", "test")}
+    printed = capsys.readouterr().out
+    info = _info_lines(mias)
+    masses = {f[0] for f in info if f[2] in ("CIRC", "SPIC", "MISC")}
+    normals = {f[0] for f in info if f[2] == "NORM"} & {p.stem for p in (mias / "images").glob("*.png")}
+    outlined = {p.stem for p in (mias / "masks").glob("mdb*.png")}
     ids = [i for dataset in splits.values() for i in dataset.ids]
-    assert len(masses) == 56 and sorted(ids) == sorted(masses - {"mdb059"})  # mdb059 has no coordinates
+    assert len(masses) == 56 and len(outlined) == 55 and len(normals) == 20
+    assert sorted(ids) == sorted(masses - {"mdb059"} | normals)  # mdb059: no coordinates and no outline
+    counts = [line for line in printed.splitlines() if line.startswith("mias ")]
+    assert len(counts) == 3 and sum(int(line.split(" with outline masks")[0].split()[-1]) for line in counts) == 55
+    assert all(" 0 with Info.txt's circles" in line for line in counts)
     patients = {split: {(int(i[3:]) + 1) // 2 for i in d.ids} for split, d in splits.items()}
     assert not (patients["train"] & patients["val"] or patients["train"] & patients["test"] or
                 patients["val"] & patients["test"])
     assert 0.5 < len(splits["train"]) / len(ids) < 0.7 and len(splits["val"]) >= 8 and len(splits["test"]) >= 8
-    assert _mias(mias, "val", tmp_path).ids == splits["val"].ids
-    skipped = "".join((tmp_path / "cache" / f"skipped_{s}.csv").read_text() for s in splits)
+    assert _mias(mias, "val", mias_cache).ids == splits["val"].ids
+    for dataset in splits.values():
+        for index, ref in enumerate(dataset.ids):
+            image, mask = dataset[index]
+            assert (mask.sum() == 0) == (ref in normals)  # normal images stay in, without a lesion
+            half = image.shape[-1] // 2  # oriented: the breast (the brighter half) is on the left
+            assert image[..., :half].sum() > image[..., half:].sum()
+    skipped = "".join((mias_cache / f"skipped_{s}.csv").read_text() for s in splits)
     assert "mdb059" in skipped and "no coordinates" in skipped
 
 
-def test_mias_circles_count_from_the_bottom_and_land_on_bright_tissue(mias, tmp_path):
-    dataset = _mias(mias, "train", tmp_path, orient=False)
+def test_mias_outline_is_the_mask_file_and_holds_the_info_txt_centre(mias, mias_cache):
+    dataset = _mias(mias, "train", mias_cache, orient=False)
+    index = next(i for i, ref in enumerate(dataset.ids) if (mias / "masks" / f"{ref}.png").is_file())
+    ref = dataset.ids[index]
+    outline = np.asarray(Image.open(mias / "masks" / f"{ref}.png")) > 127
+    expected = mammograms.preprocess_mammogram(np.zeros(outline.shape, np.float32), [outline], (128, 128),
+                                               orient=False)[1]
+    assert np.array_equal(dataset[index][1].numpy(), expected)
+    x, y = next((int(f[4]), int(f[5])) for f in _info_lines(mias) if f[0] == ref and len(f) >= 7)
+    assert outline[1024 - y, x]  # Info.txt's centre, y counted from the bottom, lies inside the outline
+
+
+def test_mias_without_outlines_falls_back_to_circles_counted_from_the_bottom(mias, tmp_path):
+    root = tmp_path / "circles-only"  # Info.txt and the images, no masks/
+    root.mkdir()
+    (root / "Info.txt").write_bytes((mias / "Info.txt").read_bytes())
+    (root / "images").symlink_to(mias / "images")
+    dataset = _mias(root, "train", tmp_path / "cache", orient=False)
     first = dataset.ids.index("mdb001")  # CIRC at x=535, y=425 (from the bottom), radius 197
     image, mask = (t.numpy() for t in dataset[first])
     rows, cols = np.nonzero(mask)
     assert abs(rows.mean() - (1024 - 425) / 8) < 2 and abs(cols.mean() - 535 / 8) < 2
     contrasts = [_local_contrast(*(t.numpy()[0] if t.ndim == 3 else t.numpy() for t in dataset[i]))
-                 for i in range(len(dataset))]
+                 for i in range(len(dataset)) if dataset[i][1].sum() > 0]
     assert np.mean(np.array(contrasts) > 0) >= 0.9  # a mass is brighter than its surroundings
     # The same circles with the y axis read from the top mostly miss the masses.
     raw = np.asarray(Image.open(mias / "images" / "mdb002.png"), np.float32)
@@ -65,33 +102,29 @@ def test_mias_circles_count_from_the_bottom_and_land_on_bright_tissue(mias, tmp_
     assert _local_contrast(raw, bottom) > 30 > _local_contrast(raw, top)
 
 
-def test_mias_normals_orientation_and_cache(mias, tmp_path, monkeypatch):
-    with_normals = _mias(mias, "train", tmp_path, include_normals=True)
-    missing = (tmp_path / "cache" / "skipped_train.csv").read_text()
-    assert "image file missing" in missing  # the normals absent from ../shared/data are reported, not dropped
-    masses_only = _mias(mias, "train", tmp_path)
-    normal_ids = set(with_normals.ids) - set(masses_only.ids)
-    norm = {f[0] for f in _info_lines(mias) if f[2] == "NORM"}
-    assert normal_ids and normal_ids <= norm and set(masses_only.ids) <= set(with_normals.ids)
-    for index, item in enumerate(with_normals.ids):
-        image, mask = with_normals[index]
-        assert (mask.sum() == 0) == (item in normal_ids)
-        half = image.shape[-1] // 2  # oriented: the breast (the brighter half) is on the left
-        assert image[..., :half].sum() > image[..., half:].sum()
+def test_mias_cache_is_reused(mias, mias_cache, monkeypatch):
+    first = _mias(mias, "val", mias_cache)
     monkeypatch.setattr(data, "load_mias", lambda *args: pytest.fail("decoded although cached"))
-    cached = _mias(mias, "train", tmp_path)
-    assert torch.equal(cached[0][1], masses_only[0][1])
+    assert torch.equal(_mias(mias, "val", mias_cache)[0][1], first[0][1])
 
 
-def test_mias_reads_pgm_and_reports_missing_info(tmp_path):
+def test_mias_reads_16_bit_pgm_and_skips_what_it_cannot_use(tmp_path):
     root = tmp_path / "mias"
     root.mkdir()
-    (root / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb002 G CIRC B 522 280 69\n")
-    pixels = np.random.default_rng(0).integers(0, 256, (1024, 1024), dtype=np.uint8)
-    Image.fromarray(pixels).save(root / "mdb001.pgm")  # the original distribution format
-    records = [r for split in ("train", "val", "test") for r in mammograms.read_mias(root, split)[0]]
-    assert [(ref, path.name) for ref, path, _ in records] == [("mdb001", "mdb001.pgm")]
-    np.testing.assert_array_equal(mammograms.read_gray(root / "mdb001.pgm"), pixels / np.float32(255))
+    (root / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\n"  # usable
+                                   "mdb003 G CIRC B 2000 425 50\n"  # centre outside the image
+                                   "mdb005 G\n"  # malformed: no class
+                                   "mdb007 G NORM\n")  # normal, image missing
+    pixels = np.random.default_rng(0).integers(0, 4096, (1024, 1024), dtype=np.uint16)
+    Image.fromarray(pixels).save(root / "mdb001.pgm")  # 16-bit, as some scanners' exports
+    Image.fromarray((pixels >> 4).astype(np.uint8)).save(root / "mdb003.png")
+    images, skipped, strata = mias_lib.read_mias(root)
+    assert [(image.ref, image.path.name, image.circles) for image in images] == [("mdb001", "mdb001.pgm",
+                                                                                  ((535, 425, 197),))]
+    reasons = {ref: reason for _, _, ref, reason in skipped}
+    assert "circle outside the image" in reasons["mdb003"] and "malformed line" in reasons["mdb005"]
+    assert "image file missing" in reasons["mdb007"] and strata == {1: "mass", 2: "mass", 4: "other"}
+    np.testing.assert_array_equal(mias_lib.read_gray(root / "mdb001.pgm"), pixels / np.float32(65535))
     with pytest.raises(DataError, match="Info.txt"):
         build_dataset("mias", tmp_path, "train", 64)
 
