@@ -293,13 +293,13 @@ def _mias_sample(image: MiasImage) -> tuple[np.ndarray, list[np.ndarray], None]:
     return (*load_mias(image), None)
 
 
-def _build_mias(root: Path, split: str, size: tuple[int, int], *, split_seed: int = 0, fold: int | None = None,
-                folds: int = 5, cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
+def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normals: bool = True, split_seed: int = 0,
+                fold: int | None = None, folds: int = 5, cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
                 keep_aspect: bool = False, limit: int | None = None, verbose: bool = True, **common) -> Dataset:
     check_fold("mias", split, fold, folds)
     images, skipped, strata = read_mias(root)
     chosen = groups_of_split(strata, split, MIAS_FRACTIONS, split_seed, fold, folds)
-    images = [image for image in images if image.patient in chosen][:limit]
+    images = [image for image in images if image.patient in chosen and (include_normals or not image.normal)][:limit]
     skipped = [row for row in skipped if patient_of(row[2]) in chosen]  # each split lists its own
     cache_dir = cache_folder("mias", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)

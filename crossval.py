@@ -1,0 +1,184 @@
+"""Cross-validation by patient of the thesis' Table 2 decoders on real mammograms: Tables 2-3 with error bars (§5).
+
+    python crossval.py --dataset mias --data-root ../shared/data/mini-mias              # 3 decoders x 5 folds
+    python crossval.py --dataset folder --data-root DATA/mine --jobs 3 -- --epochs 50 --weights none
+    python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --device cuda --jobs 4
+
+For each decoder (--decoders: fusion, unet, unetplusplus) and each fold k of K (--folds, by patient: splits.py), one
+train.py run trains with the dataset's recipe (recipes.py) on the other folds and validates on fold k (--fold k/K),
+in <out-dir>/<decoder>/fold<k>/. Arguments after `--` go to every run unchanged (--epochs, --image-size, --weights,
+--amp, ...). A finished run (its final.json written) is not trained again; an interrupted one resumes from its last.pt,
+so the command can be run again until every run is done. --jobs runs that many at once (on one GPU too).
+
+A fold's score is its last epoch's validation on the held-out fold: no checkpoint is chosen on the images it is scored
+on (best.pt is, so it is not used here). The summary prints, per decoder, the Table 2 format with the mean and the
+standard deviation over folds of the per-image Dice and IoU (the thesis' statistic) and of the pooled ones, and a
+paired comparison of fusion against each other decoder on the same folds (per-fold differences, folds won); it writes
+<out-dir>/summary.json and <out-dir>/summary.png (charts.py: per-fold Dice of each decoder, every run's learning curve).
+Exit codes: 0 every run done; 1 some runs failed (their log is named; the others are summarised); 2 bad flags.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from charts import draw_crossval
+from recipes import PRESETS
+from runs import RunFolder
+from utils import ArgumentParser, UsageError, default_workers, run_command, write_json
+
+DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP Unet, (C) SMP Unet++
+SCORES = ("iou_mean_per_image", "dice_mean_per_image", "iou_pooled", "dice_pooled")
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="crossval.py", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 1)[1])
+    add = parser.add_argument
+    add("--dataset", required=True, choices=[name for name in PRESETS if name in ("cbis", "mias", "folder")],
+        help="a mammography dataset (data.py)")
+    add("--data-root", required=True, help="its folder, as for train.py")
+    add("--folds", type=int, default=5, help="folds, by patient (default: 5)")
+    add("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS, help="decoders compared (default: all "
+        "three of Table 2)")
+    add("--out-dir", help="where the runs and the summary go (default: runs/cv-<dataset>)")
+    add("--jobs", type=int, default=1, help="train.py runs at once (default: 1)")
+    add("train_args", nargs="*", metavar="-- TRAIN.PY FLAGS", help="flags for every run, after --")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------------ the runs
+def run_folder(out_dir: Path, decoder: str, fold: int) -> Path:
+    return out_dir / decoder / f"fold{fold}"
+
+
+def train_command(args, decoder: str, fold: int, folder: Path) -> list[str]:
+    """The train.py command of one run: fresh, or resumed from its last.pt after an interruption."""
+    command = [sys.executable, str(Path(__file__).parent / "train.py"), "--json", str(folder / "final.json")]
+    if (folder / "last.pt").is_file():
+        return command + ["--resume", str(folder / "last.pt"), *args.train_args]
+    overwrite = ["--overwrite"] if RunFolder(folder).holds_run() else []  # killed before its first checkpoint
+    return command + ["--dataset", args.dataset, "--data-root", args.data_root, "--decoder", decoder, "--fold",
+                      f"{fold}/{args.folds}", "--out-dir", str(folder), *overwrite, *args.train_args]
+
+
+def run_all(args, out_dir: Path) -> list[str]:
+    """Every run not yet finished, --jobs at a time, each logging to its folder's train.log; returns the failures."""
+    pending = [(decoder, fold) for decoder in args.decoders for fold in range(args.folds)
+               if not (run_folder(out_dir, decoder, fold) / "final.json").is_file()]
+    print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} runs to do, {args.jobs} "
+          f"at a time, in {out_dir}")
+    threads = max(1, default_workers() // args.jobs)  # CPU runs side by side share the cores instead of fighting
+    environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
+    running, failures = {}, []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            decoder, fold = pending.pop(0)
+            folder = run_folder(out_dir, decoder, fold)
+            folder.mkdir(parents=True, exist_ok=True)
+            log = open(folder / "train.log", "a")
+            command = train_command(args, decoder, fold, folder)
+            running[(decoder, fold)] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment),
+                                        log, time.time())
+            print(f"  started {decoder} fold {fold}: {' '.join(command[1:])}", flush=True)
+        for key, (process, log, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            folder = run_folder(out_dir, *key)
+            if process.returncode == 0:
+                print(f"  done {key[0]} fold {key[1]} in {time.time() - started:.0f}s", flush=True)
+            else:
+                failures.append(f"{key[0]} fold {key[1]} (exit {process.returncode}; see {folder / 'train.log'})")
+                print(f"  FAILED {failures[-1]}", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    return failures
+
+
+# --------------------------------------------------------------------------------------------------- the summary
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1) of the finite values; NaN where there are too few."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return (statistics.fmean(finite) if finite else math.nan,
+            statistics.stdev(finite) if len(finite) > 1 else math.nan)
+
+
+def summarise(args, out_dir: Path) -> tuple[dict, dict]:
+    """(summary for summary.json, learning curves per decoder and fold) from every run's final.json and log.jsonl."""
+    runs, curves = {}, {}
+    for decoder in args.decoders:
+        runs[decoder], curves[decoder] = [], []
+        for fold in range(args.folds):
+            folder = run_folder(out_dir, decoder, fold)
+            final = json.loads((folder / "final.json").read_text())["final"] if (folder / "final.json").is_file() \
+                else {}
+            runs[decoder].append({"fold": fold, **{key: final.get(key) for key in (*SCORES, "images")}})
+            curves[decoder].append(RunFolder(folder).read_log())
+    table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows]))) for key in SCORES}
+             for decoder, rows in runs.items()}
+    paired = {}
+    for other in (d for d in args.decoders if d != "fusion" and "fusion" in args.decoders):
+        differences = [None if None in (a["dice_mean_per_image"], b["dice_mean_per_image"]) else
+                       a["dice_mean_per_image"] - b["dice_mean_per_image"] for a, b in zip(runs["fusion"], runs[other])]
+        scored = [d for d in differences if d is not None]
+        paired[f"fusion vs {other}"] = dict(dice_differences=differences, mean=mean_and_std(scored)[0],
+                                            fusion_wins=sum(d > 0 for d in scored), other_wins=sum(d < 0 for d in scored),
+                                            ties=sum(d == 0 for d in scored))
+    summary = dict(dataset=args.dataset, data_root=args.data_root, folds=args.folds, train_args=args.train_args,
+                   runs=runs, table=table, paired=paired)
+    return summary, curves
+
+
+def print_summary(summary: dict) -> None:
+    """Table 2's format, mean ± std over folds, then the paired comparison."""
+    def cell(score: dict) -> str:
+        return "n/a" if math.isnan(score["mean"]) else f"{100 * score['mean']:.2f} ± {100 * score['std']:.2f}"
+
+    header = ["Architecture", "IoU (%)", "DICE (%)", "IoU pooled", "Dice pooled", "folds"]
+    body = [[decoder, *(cell(scores[key]) for key in SCORES),
+             str(sum(r["dice_mean_per_image"] is not None for r in summary["runs"][decoder]))]
+            for decoder, scores in summary["table"].items()]
+    widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+    print()
+    for line in [header] + body:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
+          "folds of each fold's last-epoch validation; IoU and DICE are means over images (the thesis' statistic), "
+          "pooled ones over all pixels of the fold.")
+    for name, pair in summary["paired"].items():
+        differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["dice_differences"])
+        print(f"{name}: Dice difference per fold {differences} points (mean {100 * pair['mean']:+.2f}); fusion wins "
+              f"{pair['fusion_wins']} of {len([d for d in pair['dice_differences'] if d is not None])} folds")
+
+
+def main(args) -> int:
+    if args.folds < 2 or args.jobs < 1:
+        raise UsageError(f"--folds {args.folds} and --jobs {args.jobs}: need at least 2 folds and 1 job")
+    forbidden = {"--dataset", "--data-root", "--decoder", "--fold", "--out-dir", "--resume", "--json", "--overwrite"}
+    clashes = sorted(forbidden & {flag.split("=")[0] for flag in args.train_args})
+    if clashes:
+        raise UsageError(f"{', '.join(clashes)} after --: crossval.py sets these for each run itself")
+    out_dir = Path(args.out_dir or f"runs/cv-{args.dataset}")
+    failures = run_all(args, out_dir)
+    summary, curves = summarise(args, out_dir)
+    print_summary(summary)
+    write_json(out_dir / "summary.json", summary)
+    draw_crossval(out_dir / "summary.png", summary["runs"], curves,
+                  title=f"{args.dataset}: Table 2 decoders, {args.folds}-fold cross-validation by patient")
+    print(f"\nwrote {out_dir / 'summary.json'} and {out_dir / 'summary.png'}")
+    if failures:
+        print(f"{len(failures)} run(s) failed: {'; '.join(failures)}; run the command again to resume them",
+              file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    arguments = get_args_parser().parse_args()
+    sys.exit(run_command("crossval.py", lambda: main(arguments), (UsageError,)))

@@ -1,0 +1,135 @@
+"""Your own data (folders.py, data.py's "folder") and the splits by group (splits.py): pairs by stem in images/ and
+masks/, 8/16-bit PNG, TIFF and DICOM images, binary and class-index masks, split.csv, skipped pairs, and the folds of
+a cross-validation, on folders the tests write themselves."""
+import csv
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+import splits
+from data import DataError, build_dataset
+
+SIZE = 32
+
+
+def mammogram(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright blob on a darker breast on the left: (image float in [0, 1], bool mask of the blob)."""
+    rows, cols = np.ogrid[:height, :width]
+    image = 0.2 + 0.3 * (cols < width * 0.7) + 0.05 * rng.random((height, width))
+    cy, cx = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 5, width // 2)
+    blob = (rows - cy) ** 2 + (cols - cx) ** 2 <= (min(height, width) // 6) ** 2
+    return np.clip(image + 0.4 * blob, 0, 1), blob
+
+
+def write_dicom(path, pixels: np.ndarray) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (pixels * 4095).round().astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """20 pairs in four formats (8-bit PNG, 16-bit PNG, TIFF, DICOM) with 0/255 or 0/1 masks, two patients' worth of
+    images per group, plus one image without a mask and one whose mask has another size."""
+    root, rng = tmp_path / "mine", np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(20):
+        image, blob = mammogram(rng, 60 + i, 50)
+        stem, kind = f"case{i:02d}", i % 4
+        if kind == 0:
+            Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "images" / f"{stem}.png")
+        elif kind == 1:
+            Image.fromarray((image * 65535).round().astype(np.uint16)).save(root / "images" / f"{stem}.png")
+        elif kind == 2:
+            Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "images" / f"{stem}.tif")
+        else:
+            write_dicom(root / "images" / f"{stem}.dcm", image)
+        scale = 255 if i % 2 else 1  # both mask conventions
+        Image.fromarray(blob.astype(np.uint8) * scale).save(root / "masks" / f"{stem}.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "orphan.png")  # no mask
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "odd.png")
+    Image.fromarray(np.zeros((41, 40), np.uint8)).save(root / "masks" / "odd.png")  # another size
+    return root
+
+
+def build(root, split, **options):
+    return build_dataset("folder", root, split, SIZE, in_channels=1, augment=False, verbose=False,
+                         cache_dir=root.parent / "cache", **options)
+
+
+def test_pairs_by_stem_in_every_format_with_a_seeded_split_and_the_skips_listed(folder):
+    train, val = build(folder, "train"), build(folder, "val")
+    assert sorted(train.ids + val.ids) == [f"case{i:02d}" for i in range(20)] and len(val) == 4  # 80/20
+    assert build(folder, "val").ids == val.ids  # seeded
+    assert build(folder, "val", split_seed=1).ids != val.ids
+    for dataset in (train, val):
+        for index in range(len(dataset)):
+            image, mask = dataset[index]
+            assert image.shape == (1, SIZE, SIZE) and set(mask.unique().tolist()) == {0, 1}  # 0/255 and 0/1 alike
+    skipped = {row["id"]: row["reason"] for split in ("train", "val")
+               for row in csv.DictReader(open(folder.parent / "cache" / f"skipped_{split}.csv"))}
+    assert skipped["orphan"].startswith("mask missing") and skipped["odd"].startswith("mask size mismatch")
+
+
+def test_split_csv_fixes_the_split_and_groups_stay_together(folder):
+    with open(folder / "split.csv", "w") as file:
+        file.write("file,group\n" + "".join(f"case{i:02d}.png,patient{i // 2}\n" for i in range(20)))
+    for seed in range(5):  # whatever the seed, both images of a patient are on one side
+        val = set(build(folder, "val", split_seed=seed).ids)
+        assert all((f"case{2 * p:02d}" in val) == (f"case{2 * p + 1:02d}" in val) for p in range(10))
+        assert len(val) == 4  # 2 of the 10 patients
+    rows = [f"case{i:02d}.png,{'test' if i < 3 else 'val' if i < 6 else 'train'}\n" for i in range(20)]
+    (folder / "split.csv").write_text("file,split\n" + "".join(rows))
+    assert build(folder, "test").ids == ["case00", "case01", "case02"]
+    assert build(folder, "val").ids == ["case03", "case04", "case05"] and len(build(folder, "train")) == 14
+
+
+def test_class_index_masks_for_a_multiclass_model_and_bad_values_named(folder):
+    for i in range(20):
+        labels = np.zeros((60 + i, 50), np.uint8)
+        labels[10:20, 5:15], labels[30:40, 20:30], labels[0:2, :] = 1, 2, 255  # two classes and an ignored band
+        Image.fromarray(labels).save(folder / "masks" / f"case{i:02d}.png")
+    dataset = build(folder, "train", num_classes=3)
+    assert dataset.num_classes == 3 and set(dataset[0][1].unique().tolist()) == {0, 1, 2, 255}
+    binary = build_dataset("folder", folder, "train", SIZE, in_channels=1, verbose=False,
+                           cache_dir=folder.parent / "binary")  # the same masks read as binary ones
+    with pytest.raises(DataError, match=rf"{binary.ids[0]}.png: mask values \[0, 1, 2, 255\]; a binary mask holds"):
+        binary[0]
+    with pytest.raises(DataError, match=r"values \[2\] are not classes 0-1"):
+        build_dataset("folder", folder, "train", SIZE, num_classes=2, verbose=False, cache_dir=folder.parent / "two")[0]
+
+
+def test_folds_partition_the_pool_by_group_and_the_test_split_stays_out(folder):
+    (folder / "split.csv").write_text("file,split,group\n" + "".join(
+        f"case{i:02d}.png,{'test' if i >= 18 else 'train'},p{i // 3}\n" for i in range(20)))
+    held_out = [build(folder, "val", fold=k, folds=3).ids for k in range(3)]
+    pool = sorted(stem for fold in held_out for stem in fold)
+    assert pool == [f"case{i:02d}" for i in range(18)]  # every image once; the test rows never in a fold
+    for k in range(3):
+        train = build(folder, "train", fold=k, folds=3).ids
+        assert sorted(train + held_out[k]) == pool and not set(train) & set(held_out[k])
+        assert not {int(s[4:]) // 3 for s in train} & {int(s[4:]) // 3 for s in held_out[k]}  # groups whole
+    with pytest.raises(DataError, match="fold 3 of 3"):
+        build(folder, "val", fold=3, folds=3)
+
+
+def test_groups_in_part_depends_on_the_group_ids_alone():
+    everyone = [f"p{i}" for i in range(50)]
+    val = splits.groups_in_part(everyone, 0, (0.2, 0.8), seed=0)
+    assert len(val) == 10 and splits.groups_in_part(list(reversed(everyone)) * 2, 0, (0.2, 0.8), seed=0) == val
+    folds = [splits.groups_of_split({g: g[-1] in "02468" for g in everyone}, "val", (), 0, k, 5) for k in range(5)]
+    assert sorted(g for fold in folds for g in fold) == sorted(everyone)
+    assert all(sum(g[-1] in "02468" for g in fold) == 5 for fold in folds)  # each stratum cut alike
