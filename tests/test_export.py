@@ -19,6 +19,16 @@ from predict import to_model_input  # noqa: E402
 TINY_DECODER = (16, 16, 16, 16, 16)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models at 64x64 gain nothing from a second thread, and where other jobs share the 2 cores two OpenMP
+    threads mostly wait for each other: this file took 11 s with one thread and 40-50 s with two, measured so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def save_checkpoint(path, **config) -> torch.nn.Module:
     """A train.py-shaped checkpoint of a tiny random model trained 'at 64x64'; returns the model in eval mode."""
     torch.manual_seed(0)
