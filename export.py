@@ -1,0 +1,261 @@
+"""Deployment of the Tables 2 and 4 models: a train.py checkpoint -> one ONNX file, checked by ONNX Runtime.
+
+Owns the exported graph's contract and the proof that it holds. In: images scaled to [0, 1], float32 (B, C, H, W),
+any batch, H and W multiples of 32; the model's normalisation is inside the graph. Out: float32 logits (B, K, H, W).
+The metadata_props carry the model_config, mean, std, that convention, the rule from logits to a mask and the
+checkpoint's epoch and metrics. Before the file appears, ONNX Runtime (CPU) and PyTorch run an image prepared as
+predict.py prepares it, at the training size (batch 1) and another (batch 2); a difference above TOLERANCE exits 1.
+
+    python export.py --checkpoint runs/cbis/best.pt --output model.onnx [--check-image scan.png] [--opset 17]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from checkpoints import CheckpointError, load_checkpoint
+from data import DataError, error_line, preprocess_mammogram, synthetic_mammogram, transform_voc
+# predict.py is being split: these two move to a library module, and this line is the only one to change.
+from predict import read_image_file, to_model_input
+
+# ONNX Runtime may differ from PyTorch by at most TOLERANCE x max(1, max |logit|). Measured here (2 CPU cores, torch
+# 2.14.1, onnxruntime 1.32.0, random weights, two sizes; table in README-export-section.md), the worst ratio of the
+# five thesis models is 1.8e-3 (Unet++, whose PyTorch float32 logits are as far from float64), then BiT's 2.5e-4
+# (ORT's float32 reductions in GroupNorm), the rest <= 2.2e-5. Export bugs simulated on the same models move logits by
+# >= 0.2 of their scale (align_corners=False, PixelShuffle in DCR order, no normalisation). 1e-2 is 5x above the
+# rounding and 20x below those.
+TOLERANCE = 1e-2
+DEFAULT_OPSET = 17
+OPSETS = range(11, 21)  # 11: the first whose Resize matches PyTorch's interpolation; 20: the TorchScript exporter's last
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+MISSING_ONNX = "export.py needs onnx and onnxruntime: pip install onnx onnxruntime"
+
+
+class UsageError(Exception):
+    """A bad flag, input file or output path: one line on stderr, exit code 2."""
+
+
+class CheckFailed(Exception):
+    """ONNX Runtime disagrees with PyTorch beyond TOLERANCE: one line on stderr, exit code 1, no output file."""
+
+
+class NormalisedModel(nn.Module):
+    """Images in [0, 1] (B, C, H, W) -> logits (B, K, H, W): the model with its normalisation inside the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(model.config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(model.config["std"], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def export_graph(wrapped: nn.Module, path: Path, opset: int) -> None:
+    """Trace `wrapped` into an ONNX file with dynamic batch, height and width.
+
+    The TorchScript exporter (dynamo=False), not torch 2.9+'s default dynamo exporter: both give correct dynamic
+    shapes here (align_corners Resize, PixelShuffle as DepthToSpace, BiT's var_mean, GroupNorm as the same
+    InstanceNormalization), but dynamo needs onnxscript and onnx_ir besides onnx and took 5x longer here (26 s vs
+    4.8 s for BiT + fusion with a tiny decoder). The TorchScript one is deprecated; when torch drops it, use
+    dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: 32 * Dim("h32"), 3: 32 * Dim("w32")},), pip install onnxscript.
+    """
+    example = torch.rand(2, wrapped.model.config["in_channels"], 64, 96)  # batch 2, H != W: nothing traced as 1 or H=W
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        # The deprecation notice is about the choice above. The TracerWarnings come from SegmentationModel.forward's
+        # input checks (multiple of 32), traced as the branch not taken; main's check at two sizes proves the graph.
+        # BiT's ConstantPad2d leaves a Slice with step -1 that is computed at run time instead of folded.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+
+
+def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) -> dict[str, str]:
+    """The metadata_props a user of the file needs: what to feed, what comes out, where it came from."""
+    binary = config["num_classes"] == 1
+    metadata = {
+        "model_config": json.dumps(config),
+        "mean": json.dumps(config["mean"]), "std": json.dumps(config["std"]),
+        "input": f"{INPUT_NAME}: float32 (B, {config['in_channels']}, H, W), "
+                 f"{'gray' if config['in_channels'] == 1 else 'RGB'} pixels scaled to [0, 1]; H and W multiples of "
+                 "32; (x - mean) / std is inside the graph",
+        "output": f"{OUTPUT_NAME}: float32 (B, {config['num_classes']}, H, W)",
+        "mask": "lesion where logit > 0, i.e. sigmoid > 0.5" if binary else "class = argmax over the K logits",
+        "training_image_size": json.dumps(list(image_size)),
+        "preprocessing": "data.preprocess_mammogram: resized, contrast stretched to the 0.5th-99.5th percentiles, "
+                         "breast on the left" if binary else "data.transform_voc: longer side fitted, black padding",
+    }
+    for key in ("epoch", "metric_name", "best_metric", "metrics"):
+        if checkpoint.get(key) is not None:
+            metadata[f"checkpoint_{key}"] = json.dumps(checkpoint[key])
+    return metadata
+
+
+def training_size(checkpoint: dict, num_classes: int, requested: int | None) -> tuple[int, int]:
+    """--image-size, else the size the checkpoint was trained at, else Table 1's 256 (binary) or 384 (VOC)."""
+    recorded = checkpoint["args"].get("image_size") if isinstance(checkpoint.get("args"), dict) else None
+    if requested is not None:
+        size, flag = (requested, requested), f"--image-size {requested}"
+    elif isinstance(recorded, int) or (isinstance(recorded, (list, tuple)) and len(recorded) == 2):
+        size = (recorded, recorded) if isinstance(recorded, int) else tuple(map(int, recorded))
+        flag = "the checkpoint's args.image_size"
+    else:
+        size, flag = (256, 256) if num_classes == 1 else (384, 384), "the default"
+    if min(size) < 32 or size[0] % 32 or size[1] % 32:
+        raise UsageError(f"{flag} {size[0]}x{size[1]}: sides must be positive multiples of 32 (pass --image-size)")
+    return size
+
+
+def check_pixels(path: str | None, binary: bool, seed: int = 0) -> tuple[np.ndarray, str]:
+    """An image as read_image_file returns it ((H, W) or (H, W, 3) in [0, 1]) and its name: --check-image, else a
+    synthetic mammogram for a binary model, a smooth random 'photo' with edges and noise for a multiclass one."""
+    if path is not None:
+        return read_image_file(Path(path))[0], path
+    rng = np.random.default_rng(seed)
+    if binary:
+        return synthetic_mammogram((640, 512), rng)[0], "a synthetic mammogram"
+    blobs = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((480, 360), Image.BICUBIC)
+    photo = np.asarray(blobs, dtype=np.float32) / 255
+    photo[100:220, 150:330] = rng.random(3)  # an object with sharp edges
+    return np.clip(photo + 0.03 * rng.standard_normal(photo.shape), 0, 1).astype(np.float32), "a random photo"
+
+
+def prepared_input(pixels: np.ndarray, size: tuple[int, int], config: dict) -> torch.Tensor:
+    """An image as read -> (C, H, W) in [0, 1] at `size` with the model's channels, as predict.predict_image feeds it:
+    a binary model's mammogram preprocessing (orient=True mirrors the breast to the left, as predict_image does after
+    orient=False so that it can undo the mirror), a multiclass model's VOC letterbox."""
+    if config["num_classes"] == 1:
+        gray = pixels if pixels.ndim == 2 else pixels @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+        image = torch.from_numpy(preprocess_mammogram(gray, [], size, orient=True)[0])[None]  # (1, H, W)
+    else:
+        rgb = Image.fromarray((np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+        canvas, _ = transform_voc(rgb, Image.new("L", rgb.size), size, None)
+        image = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)  # (3, H, W)
+    if image.shape[0] == 1 and config["in_channels"] == 3:  # gray feeds an RGB model as three equal channels
+        return image.expand(3, -1, -1).contiguous()
+    if image.shape[0] == 3 and config["in_channels"] == 1:  # RGB feeds a gray model as its luminance (PIL's "L")
+        return (image * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+    return image
+
+
+def compare(session, model: nn.Module, images: torch.Tensor) -> tuple[float, float, float]:
+    """ONNX Runtime on images in [0, 1] (B, C, H, W) vs PyTorch's own path (predict.to_model_input, then the model)
+    -> (max |logit difference|, max |logit|, fraction of mask pixels that differ)."""
+    with torch.no_grad():
+        expected = model(to_model_input(images, model.config)).numpy()  # (B, K, H, W)
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    if got.shape != expected.shape:  # before subtracting, which would broadcast (B, 1, H, W) against (B, K, H, W)
+        raise CheckFailed(f"ONNX Runtime returned logits {got.shape}, PyTorch {expected.shape}")
+    if expected.shape[1] == 1:
+        masks_differ = (got[:, 0] > 0) != (expected[:, 0] > 0)
+    else:
+        masks_differ = got.argmax(axis=1) != expected.argmax(axis=1)
+    return float(np.abs(got - expected).max()), float(np.abs(expected).max()), float(masks_differ.mean())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of argparse's usage block, like train.py and evaluate.py
+        print(f"export.py: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="checkpoint written by train.py; the model is rebuilt from the file alone")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
+    parser.add_argument("--check-image", metavar="FILE", help="DICOM, PNG, JPEG or PGM image to compare ONNX Runtime "
+                        "with PyTorch on (default: a synthetic mammogram or a random photo, seeded)")
+    parser.add_argument("--image-size", type=int, metavar="PIXELS", help="square side of the check, a multiple of 32 "
+                        "(default: the checkpoint's training size, else 256 binary / 384 multiclass)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                        help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1} (default: {DEFAULT_OPSET})")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --output file")
+    parser.epilog = "exit codes: 0 written; 1 ONNX Runtime disagrees with PyTorch (no file written); 2 bad input\n"
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    """Export, check, then move the file into place. User errors raise UsageError, CheckpointError or DataError."""
+    output = Path(args.output)
+    if output.is_dir():
+        raise UsageError(f"--output {output} is a folder; name the .onnx file to write")
+    if output.exists() and not args.force:
+        raise UsageError(f"--output {output} exists; pass --force to overwrite it")
+    if args.opset not in OPSETS:
+        raise UsageError(f"--opset {args.opset}: pass {OPSETS.start}-{OPSETS.stop - 1} (the TorchScript exporter's)")
+    if not output.parent.is_dir():
+        raise UsageError(f"--output {output}: the folder {output.parent} does not exist; create it first")
+    try:  # optional dependencies of this script only
+        import onnx
+        import onnxruntime
+    except ImportError:
+        raise UsageError(MISSING_ONNX) from None
+    model, checkpoint = load_checkpoint(args.checkpoint)
+    config = model.config
+    size = training_size(checkpoint, config["num_classes"], args.image_size)
+    second_size = (max(32, size[0] // 64 * 32), size[1] + 32)  # half the height, one step wider: another shape
+    pixels, source = check_pixels(args.check_image, binary=config["num_classes"] == 1)
+    first = prepared_input(pixels, size, config)[None]  # (1, C, H, W)
+    second = prepared_input(pixels, second_size, config)
+    second = torch.stack([second, second.flip(-2)])  # (2, C, H', W'): the image and its upside-down copy
+
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
+    try:
+        temporary.open("xb").close()  # "x": never clobber a file; unlike mkstemp's 0600, the umask's permissions
+    except OSError as error:
+        raise UsageError(f"--output {output}: cannot write in {output.parent} ({error.strerror})") from None
+    try:
+        export_graph(NormalisedModel(model).eval(), temporary, args.opset)
+        graph = onnx.load(temporary)
+        onnx.helper.set_model_props(graph, graph_metadata(config, checkpoint, size))
+        graph.doc_string = f"{config['encoder']} + {config['decoder']} exported from {Path(args.checkpoint).name}"
+        onnx.save(graph, temporary)
+        onnx.checker.check_model(str(temporary))
+        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        for images in (first, second):
+            diff, scale, differ = compare(session, model, images)
+            limit = TOLERANCE * max(1.0, scale)
+            batch, _, height, width = images.shape
+            print(f"check {height}x{width} batch {batch} on {source}: max |logit diff| {diff:.2e} (max |logit| "
+                  f"{scale:.3g}, limit {limit:.2e}), mask pixels that differ {100 * differ:.4f}%")
+            if not diff <= limit:  # NaN fails too
+                raise CheckFailed(f"{args.checkpoint}: ONNX Runtime differs from PyTorch by {diff:.3g} at {height}x"
+                                  f"{width}, above the limit {limit:.3g}; {output} was not written")
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, {config['encoder']} + "
+          f"{config['decoder']}, {config['in_channels']} -> {config['num_classes']} channels)")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse, run main(), and turn the errors a user can cause into one line on stderr and an exit code."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+        return 0
+    except CheckFailed as error:
+        code, message = 1, error_line(error)
+    except (UsageError, CheckpointError, DataError) as error:
+        code, message = 2, error_line(error)
+    print(f"export.py: error: {message}" if message != MISSING_ONNX else message, file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
