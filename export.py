@@ -23,9 +23,11 @@ import torch.nn as nn
 from PIL import Image
 
 from checkpoints import CheckpointError, load_checkpoint
-from data import DataError, error_line, preprocess_mammogram, synthetic_mammogram, transform_voc
-# predict.py is being split: these two move to a library module, and this line is the only one to change.
-from predict import read_image_file, to_model_input
+from data import DataError, preprocess_mammogram, transform_voc
+from inference import to_model_input
+from mammograms import read_image_file
+from synthetic import synthetic_mammogram
+from utils import ArgumentParser, UsageError, run_command
 
 # ONNX Runtime may differ from PyTorch by at most TOLERANCE x max(1, max |logit|). Measured here (2 CPU cores, torch
 # 2.14.1, onnxruntime 1.32.0, random weights, two sizes; table in README-export-section.md), the worst ratio of the
@@ -37,11 +39,7 @@ TOLERANCE = 1e-2
 DEFAULT_OPSET = 17
 OPSETS = range(11, 21)  # 11: the first whose Resize matches PyTorch's interpolation; 20: the TorchScript exporter's last
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-MISSING_ONNX = "export.py needs onnx and onnxruntime: pip install onnx onnxruntime"
-
-
-class UsageError(Exception):
-    """A bad flag, input file or output path: one line on stderr, exit code 2."""
+MISSING_ONNX = "needs onnx and onnxruntime: pip install onnx onnxruntime"
 
 
 class CheckFailed(Exception):
@@ -135,7 +133,7 @@ def check_pixels(path: str | None, binary: bool, seed: int = 0) -> tuple[np.ndar
 
 
 def prepared_input(pixels: np.ndarray, size: tuple[int, int], config: dict) -> torch.Tensor:
-    """An image as read -> (C, H, W) in [0, 1] at `size` with the model's channels, as predict.predict_image feeds it:
+    """An image as read -> (C, H, W) in [0, 1] at `size` with the model's channels, as inference.predict_image feeds it:
     a binary model's mammogram preprocessing (orient=True mirrors the breast to the left, as predict_image does after
     orient=False so that it can undo the mirror), a multiclass model's VOC letterbox."""
     if config["num_classes"] == 1:
@@ -153,7 +151,7 @@ def prepared_input(pixels: np.ndarray, size: tuple[int, int], config: dict) -> t
 
 
 def compare(session, model: nn.Module, images: torch.Tensor) -> tuple[float, float, float]:
-    """ONNX Runtime on images in [0, 1] (B, C, H, W) vs PyTorch's own path (predict.to_model_input, then the model)
+    """ONNX Runtime on images in [0, 1] (B, C, H, W) vs PyTorch's own path (inference.to_model_input, then the model)
     -> (max |logit difference|, max |logit|, fraction of mask pixels that differ)."""
     with torch.no_grad():
         expected = model(to_model_input(images, model.config)).numpy()  # (B, K, H, W)
@@ -167,14 +165,8 @@ def compare(session, model: nn.Module, images: torch.Tensor) -> tuple[float, flo
     return float(np.abs(got - expected).max()), float(np.abs(expected).max()), float(masks_differ.mean())
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of argparse's usage block, like train.py and evaluate.py
-        print(f"export.py: error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="export.py", description=__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="checkpoint written by train.py; the model is rebuilt from the file alone")
     parser.add_argument("--output", required=True, metavar="FILE", help="the .onnx file to write")
@@ -246,15 +238,8 @@ def main(args: argparse.Namespace) -> None:
 def cli(argv: list[str] | None = None) -> int:
     """Parse, run main(), and turn the errors a user can cause into one line on stderr and an exit code."""
     args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-        return 0
-    except CheckFailed as error:
-        code, message = 1, error_line(error)
-    except (UsageError, CheckpointError, DataError) as error:
-        code, message = 2, error_line(error)
-    print(f"export.py: error: {message}" if message != MISSING_ONNX else message, file=sys.stderr)
-    return code
+    return run_command("export.py", lambda: main(args), (UsageError, CheckpointError, DataError, CheckFailed),
+                       exit_codes={CheckFailed: 1})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime", reason="export.py's optional dependency
 
 import export  # noqa: E402 (after the skips: export.py imports them itself, lazily)
 from model import build_model  # noqa: E402
-from predict import to_model_input  # noqa: E402
+from inference import to_model_input  # noqa: E402
 
 TINY_DECODER = (16, 16, 16, 16, 16)
 
@@ -48,7 +48,7 @@ def run(argv, capsys) -> tuple[int, list[str]]:
 
 
 def assert_matches_pytorch(path, model, shapes):
-    """ONNX Runtime on random images of each shape vs the model after predict.to_model_input's normalisation."""
+    """ONNX Runtime on random images of each shape vs the model after inference.to_model_input's normalisation."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     for shape in shapes:
@@ -153,5 +153,5 @@ def test_usage_errors_are_one_line_naming_the_flag_and_exit_code_2(tmp_path, cap
 def test_missing_onnxruntime_is_one_line_with_the_pip_command(tmp_path, capsys, monkeypatch, unet_checkpoint):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
     code, errors = run(["--checkpoint", unet_checkpoint, "--output", tmp_path / "model.onnx"], capsys)
-    assert code == 2 and errors == ["export.py needs onnx and onnxruntime: pip install onnx onnxruntime"]
+    assert code == 2 and errors == ["export.py: error: needs onnx and onnxruntime: pip install onnx onnxruntime"]
     assert list(tmp_path.iterdir()) == []
