@@ -174,25 +174,49 @@ def atomic_write(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    file = None
     try:
-        with os.fdopen(descriptor, "wb") as file:
+        with os.fdopen(descriptor, "wb") as raw:
+            file = _RecordingFile(raw)
             if isinstance(content, (bytes, bytearray, memoryview)):
                 file.write(content)
             else:
                 content(file)
-            file.flush()
-            os.fsync(file.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; others (a team's shared cache) read as usual
         os.replace(temporary, path)
     except BaseException as error:
-        written = Path(temporary).stat().st_size if Path(temporary).exists() else 0
+        written = file.written if file else 0
         Path(temporary).unlink(missing_ok=True)
-        if _is_disk_full(error):
+        failed = file.error if file and file.error else error
+        if isinstance(failed, OSError) and failed.errno in (errno.ENOSPC, errno.EDQUOT):
             needed = max(size_hint or 0, written)
+            free = shutil.disk_usage(path.parent).free
             raise DiskFullError(errno.ENOSPC, f"no space left on {_mount_point(path.parent)} writing {path}, needed "
-                                f"about {needed / 2 ** 30:.2f} GB ({shutil.disk_usage(path.parent).free / 2 ** 30:.2f}"
-                                " GB free); free some space or write elsewhere") from None
+                                f"about {_size(needed)} ({_size(free)} free); free some space or write elsewhere"
+                                ) from None
         raise
+
+
+class _RecordingFile:
+    """A binary file that remembers why a write failed: torch.save reports a full disk only as "[enforce fail at
+    inline_container.cc] unexpected pos", so the OSError itself must be caught on its way through."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error, self.written = file, None, 0
+
+    def write(self, data) -> int:
+        try:
+            count = self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+        self.written += count
+        return count
+
+    def __getattr__(self, name: str):  # flush, tell, seek, ... as the file has them
+        return getattr(self.file, name)
 
 
 def write_json(path: str | os.PathLike, payload) -> None:
@@ -235,11 +259,8 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Pa
     return folder
 
 
-def _is_disk_full(error: BaseException) -> bool:
-    """ENOSPC, or torch.save's own wrapping of it ('[enforce fail at inline_container.cc] ... file write failed')."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(error, RuntimeError) and "inline_container" in str(error) and "write" in str(error)
+def _size(count: int) -> str:
+    return f"{count / 2 ** 30:.2f} GB" if count >= 2 ** 30 else f"{count / 2 ** 20:.1f} MB"
 
 
 def _mount_point(folder: Path) -> Path:
