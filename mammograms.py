@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -79,8 +80,14 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(f"{path}: pixel array of shape {pixels.shape}; expected a single 2-D image")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if pixels.dtype.kind == "f":  # float pixel data has no nominal range: use the image's own
-        stored = (float(pixels.min()), float(pixels.max()))
+    finite, bad = None, 0
+    if pixels.dtype.kind == "f":  # float pixel data has no nominal range: use the image's own finite one
+        finite = np.isfinite(pixels)
+        bad = pixels.size - int(np.count_nonzero(finite))
+        if bad == pixels.size:
+            raise DataError(f"{path}: all {bad} pixels are NaN or infinite; there is no image to read")
+        stored = (float(np.min(pixels, where=finite, initial=np.inf)),
+                  float(np.max(pixels, where=finite, initial=-np.inf)))
     else:  # the full range the stored bits can hold, so intensities keep their meaning across images
         bits = int(ds.get("BitsStored") or 8 * pixels.dtype.itemsize)
         stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if pixels.dtype.kind == "i" else (0, 2 ** bits - 1)
@@ -93,15 +100,21 @@ def _read_dicom(path: Path) -> np.ndarray:
     image *= scale
     image += offset
     np.clip(image, 0.0, 1.0, out=image)  # stored values beyond BitsStored (bad headers) must not leave [0, 1]
+    if bad:  # NaN would spread through every resize and percentile (an empty mask): show no data as the darkest
+        image[~finite] = 0.0
+        print(f"note: {path}: {bad} of {pixels.size} pixels are NaN or infinite; read as the image's darkest value",
+              file=sys.stderr)
     return image
 
 
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
     """Read one grayscale DICOM: rescale slope/intercept applied, MONOCHROME1 inverted, (H, W) float32 in [0, 1].
 
-    The stored range (0 .. 2**BitsStored - 1, or the signed range), after rescaling, maps onto [0, 1]. Not DICOM,
-    truncated, colour, several frames, no pixel data or a compressed syntax without a decoder raise DataError
-    naming the file; no other exception type escapes.
+    The stored range (0 .. 2**BitsStored - 1, or the signed range), after rescaling, maps onto [0, 1]; float pixel
+    data (FloatPixelData) has no nominal range, so its finite minimum and maximum map there, and NaN or infinite
+    pixels become the darkest value (a note on stderr counts them). Not DICOM, truncated, colour, several frames, no
+    pixel data, no finite pixel or a compressed syntax without a decoder raise DataError naming the file; no other
+    exception type escapes.
     """
     path = Path(path)
     try:

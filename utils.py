@@ -171,8 +171,12 @@ def atomic_write(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], 
     raises DiskFullError naming the file system and the size needed (size_hint, else what was written so far)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The temporary name is cut so that it fits wherever `path`'s own name does (255 bytes on most file systems).
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
     try:
+        umask = os.umask(0o022)  # read it back at once: os has no other way to tell
+        os.umask(umask)
+        os.fchmod(descriptor, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users; open() would not
         with os.fdopen(descriptor, "wb") as file:
             if isinstance(content, (bytes, bytearray, memoryview)):
                 file.write(content)
