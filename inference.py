@@ -5,19 +5,25 @@
   * image files   find_inputs (files and folders, DICOMs named otherwise found by their marker), read_image_file
                   (DICOM, PNG, JPEG, TIFF, PGM; 8 or 16 bit), predict_image (prepared like the model's training data),
                   write_prediction (<stem>_mask.png 0/255, <stem>_prob.png, <stem>_overlay.png at the input's size).
-  * the command   predict_files and run_prediction: what `python predict.py` (and `evaluate.py --input`) does.
+  * the command   predict_files and run_prediction: what `python predict.py` (and `evaluate.py --input`) does. A file
+                  that cannot be read or written, or a folder that cannot be listed, is one FAILED line on stderr and
+                  the others go on; the exit code is then 1.
 
 Each image is prepared like the model's training data: a binary (mammogram) model gets data.py's mammogram
 preprocessing (resized to the input size, intensities stretched between the 0.5th and 99.5th percentiles, mirrored
 so the breast faces left, and the prediction mirrored back); a multiclass (VOC) model gets VOC's letterbox. The logits
 are resized back to the original size. An RGB file given to a 1-channel model becomes its luminance (ITU-R 601, PIL's
-"L"); a gray file given to an RGB model is repeated over the three channels.
+"L"); a gray file given to an RGB model is repeated over the three channels. Labels come back as uint8 class
+indices (at most 255 classes), so a 12000 x 12000 scan's labels take 144 MB, not 1.15 GB.
 
     labels, probability = predict_image(model, read_image_file(Path("scan.dcm"))[0], (256, 256))
 """
 from __future__ import annotations
 
+import errno
+import io
 import math
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,15 +33,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from checkpoints import load_checkpoint
+from checkpoints import CheckpointError, load_checkpoint
 from data import DataError, fitted_size, preprocess_mammogram, transform_voc
 from mammograms import IMAGE_SUFFIXES, faces_right, is_dicom, read_image_file
 from metrics import predict_labels
 from panels import overlay, to_rgb8, voc_palette
 from recipes import PRESETS
-from utils import UsageError, autocast, check_output_folder, check_writable_file, error_line, median_seconds, write_json
+from utils import (UsageError, atomic_write, autocast, check_output_folder, check_writable_file, error_line,
+                   median_seconds, write_json)
 from voc import VOC_CLASSES
 
+MAX_CLASSES = 255  # labels are written as 8-bit class indices
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -164,13 +172,32 @@ def _output_name(path: Path) -> str:
     return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
 
 
-def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
+def report_failure(records: list[dict], source: str | os.PathLike, message: str) -> None:
+    """One input that failed: 'FAILED <message>' on stderr, and its record {"input", "error"} for --json."""
+    print(f"FAILED {message}", file=sys.stderr)
+    records.append(dict(input=str(source), error=message))
+
+
+def _files_under(folder: Path, failures: list[dict]) -> list[Path]:
+    """Every file below `folder`, symlinked folders not followed (as rglob); a subfolder that cannot be listed is
+    reported as a failure (rglob skips it in silence)."""
+    files, errors = [], []
+    for root, _, names in os.walk(folder, onerror=errors.append):
+        files += [Path(root) / name for name in names]
+    for error in sorted(errors, key=lambda error: str(error.filename)):
+        report_failure(failures, error.filename, f"{error.filename}: cannot list the folder "
+                                                 f"({error.strerror or error})")
+    return [file for file in files if file.is_file()]
+
+
+def find_inputs(inputs: list[str], output: Path, failures: list[dict] | None = None) -> list[tuple[Path, Path]]:
     """(image file, output base) per image: a file as given -> output/<stem>; a folder is searched recursively for
     IMAGE_SUFFIXES and DICOM files named otherwise -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
     that would share an output name keep their suffix in it (scan_dcm, scan_png), then a counter (scan_png_2).
+    A folder that cannot be listed is one FAILED line on stderr (report_failure, its record added to `failures`).
     Raises DataError when the output folder holds an input file, so that nothing beside an input (its ground-truth
     <stem>_mask.png, say) is overwritten, or when a folder holds no image outside the output folder."""
-    found, output = [], output.resolve()
+    found, output, failures = [], output.resolve(), [] if failures is None else failures
     for item in map(Path, inputs):
         if not item.is_dir():
             if item.exists() and output in item.resolve().parents:
@@ -178,7 +205,7 @@ def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
                                 "that no file beside the inputs is overwritten")
             found.append((item, output / _output_name(item)))  # a missing or unreadable file: reported when read
             continue
-        files = [file for file in sorted(item.rglob("*")) if file.is_file() and not file.name.startswith(".")
+        files = [file for file in sorted(_files_under(item, failures)) if not file.name.startswith(".")
                  and output not in file.resolve().parents]
         images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(file)]
         if not images and output in [item.resolve(), *item.resolve().parents]:
@@ -200,11 +227,14 @@ def find_inputs(inputs: list[str], output: Path) -> list[tuple[Path, Path]]:
 
 def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, int], *, tta: bool = False,
                   amp: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """An image as read -> (labels (H, W) int64, probability (H, W) float32) at the image's own size.
+    """An image as read -> (labels (H, W) uint8, probability (H, W) float32) at the image's own size.
 
     The probability is the lesion's for a binary model and the winning class's for a multiclass one. Preprocessing
     follows the model's training data (module docstring): mammogram preprocessing for a binary model, VOC's
-    letterbox for a multiclass one."""
+    letterbox for a multiclass one. At full size only the logits (K x 4 bytes a pixel), turned into the probability
+    in place, and the labels (1 byte a pixel) are held."""
+    if model.config["num_classes"] > MAX_CLASSES:
+        raise ValueError(f"{model.config['num_classes']} classes do not fit 8-bit labels (at most {MAX_CLASSES})")
     height, width = pixels.shape[:2]
     if model.config["num_classes"] == 1:
         gray = pixels if pixels.ndim == 2 else pixels @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
@@ -219,25 +249,61 @@ def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, i
         batch = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, h, w)
         logits = model_logits(model, batch, tta=tta, amp=amp)
         logits = logits_at_size(logits, (height, width), content=fitted_size((height, width), size))
-    probability = to_probabilities(logits)[0]  # (K, H, W)
-    confidence = probability[0] if probability.shape[0] == 1 else probability.max(dim=0).values
-    return predict_labels(logits)[0].cpu().numpy(), confidence.cpu().numpy()
+    labels = predict_labels(logits, dtype=torch.uint8)[0]  # (H, W)
+    scores = logits[0]  # (K, H, W), overwritten below
+    if scores.shape[0] == 1:
+        confidence = scores[0].sigmoid_()
+    else:  # the winning class's softmax probability: 1 / sum_k exp(logit_k - max logit)
+        confidence = scores.sub_(scores.amax(dim=0)).exp_().sum(dim=0).reciprocal_()
+    return labels.cpu().numpy(), confidence.cpu().numpy()
+
+
+def _pictures(pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray, num_classes: int):
+    """(kind, PIL image) of the three outputs, made one at a time: a 12000 x 12000 scan's overlay alone is 432 MB."""
+    labels = np.asarray(labels, dtype=np.uint8)  # no copy when predict_image made them
+    if num_classes == 1:
+        yield "mask", Image.fromarray(labels * np.uint8(255))  # 0/255: a 0/1 PNG looks all black
+    else:
+        mask = Image.fromarray(labels)
+        mask.putpalette(voc_palette().ravel().tolist())  # L -> P: pixel values stay the class indices
+        yield "mask", mask
+    scaled = confidence * np.float32(255)
+    yield "prob", Image.fromarray(np.round(scaled, out=scaled).astype(np.uint8))
+    del scaled
+    yield "overlay", Image.fromarray(overlay(pixels, labels, num_classes))
+
+
+def _why_not_written(error: OSError, path: Path) -> str:
+    """The reason a write failed, naming a file or folder that is in the way."""
+    if error.errno == errno.EISDIR:
+        return "a folder of that name is in the way"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):  # making its folder failed
+        blocking = next((parent for parent in path.parents if parent.is_file()), None)
+        if blocking is not None:
+            return f"{blocking} is a file where a folder must go"
+    return error.strerror or str(error)
 
 
 def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
                      num_classes: int) -> dict[str, str]:
-    """<base>_mask.png, <base>_prob.png and <base>_overlay.png at the image's size (module docstring)."""
-    base.parent.mkdir(parents=True, exist_ok=True)
-    paths = {kind: f"{base}_{kind}.png" for kind in ("mask", "prob", "overlay")}
-    palette = voc_palette()
-    if num_classes == 1:
-        Image.fromarray((labels * 255).astype(np.uint8)).save(paths["mask"])  # 0/255: a 0/1 PNG looks all black
-    else:
-        mask = Image.fromarray(labels.astype(np.uint8))
-        mask.putpalette(palette.ravel().tolist())  # L -> P: pixel values stay the class indices
-        mask.save(paths["mask"])
-    Image.fromarray(np.round(confidence * 255).astype(np.uint8)).save(paths["prob"])
-    Image.fromarray(overlay(pixels, labels, num_classes)).save(paths["overlay"])
+    """<base>_mask.png, <base>_prob.png and <base>_overlay.png at the image's size (module docstring).
+
+    Each PNG is encoded in memory, then written atomically (utils.atomic_write), so no partial or empty file is
+    ever left. If one cannot be written, those of this image already written are removed, so a half set is never
+    taken for a whole one, and OSError(errno, reason, the path that failed) is raised."""
+    kinds = ("mask", "prob", "overlay")
+    paths, written = {kind: f"{base}_{kind}.png" for kind in kinds}, []
+    try:
+        for kind, picture in _pictures(pixels, labels, confidence, num_classes):
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            atomic_write(paths[kind], buffer.getbuffer(), size_hint=buffer.tell())
+            written.append(paths[kind])
+    except OSError as error:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        failed = paths[kinds[len(written)]]
+        raise OSError(error.errno, _why_not_written(error, Path(failed)), failed) from error
     return paths
 
 
@@ -264,28 +330,32 @@ def describe_prediction(source: Path, labels: np.ndarray, confidence: np.ndarray
         line += "; EMPTY mask: no pixel above probability 0.5" if foreground == 0 else ""
     else:
         names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(c) for c in range(num_classes)]
-        shares = [f"{names[c]} {100 * np.count_nonzero(labels == c) / labels.size:.1f}%" for c in np.unique(labels)
-                  if c > 0]
+        counts = torch.bincount(torch.from_numpy(labels).ravel(), minlength=num_classes).tolist()  # one pass
+        shares = [f"{names[c]} {100 * count / labels.size:.1f}%" for c, count in enumerate(counts) if c > 0 and count]
         line += "; " + (", ".join(shares) or "background only")
     return record, line
 
 
 def predict_files(model: torch.nn.Module, inputs: list[str], output: Path, size: tuple[int, int], *, tta: bool,
                   amp: str) -> list[dict]:
-    """Predict every input, print one line per image (a file that failed: one line on stderr, and the others go
-    on), return one record each (with "error" for a failed one)."""
-    found = find_inputs(inputs, output)
-    if not found:
-        raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
+    """Predict every input, print one line per image, return one record each. A file that cannot be read or whose
+    outputs cannot be written, and a folder that cannot be listed, is one FAILED line on stderr and a record with
+    "error"; the others go on."""
     records = []
+    found = find_inputs(inputs, output, records)
+    if not found and not records:
+        raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
     for source, base in found:
         try:
             pixels, is_dicom, spacing = read_image_file(source)
             labels, confidence = predict_image(model, pixels, size, tta=tta, amp=amp)
-            paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"])
         except DataError as error:
-            print(f"FAILED {error_line(error)}", file=sys.stderr)
-            records.append(dict(input=str(source), error=error_line(error)))
+            report_failure(records, source, error_line(error))
+            continue
+        try:
+            paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"])
+        except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
+            report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
             continue
         record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
                                            spacing)
@@ -297,11 +367,15 @@ def predict_files(model: torch.nn.Module, inputs: list[str], output: Path, size:
 def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
                    tta: bool, amp: str, json_path: str | None) -> int:
     """The prediction command (predict.py, evaluate.py --input): the output folder and --json checked first, then
-    the model rebuilt from its checkpoint, every input predicted. Returns the exit code: 1 if any file failed."""
+    the model rebuilt from its checkpoint, every input predicted. Returns the exit code: 1 if any file could not be
+    read or written, any folder listed, or the --json report written (each one FAILED line on stderr)."""
     output_folder = check_output_folder(output)
     if json_path:
         check_writable_file(json_path, "--json")
     model, saved = load_checkpoint(checkpoint, device)
+    if model.config["num_classes"] > MAX_CLASSES:
+        raise CheckpointError(f"{checkpoint}: {model.config['num_classes']} classes; masks hold 8-bit class indices, "
+                              f"so prediction supports at most {MAX_CLASSES}")
     size = image_size_for({checkpoint: saved}, image_size)
     print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
           f"output(s), input {size[0]}x{size[1]} on {device}{', with --tta' if tta else ''}")
@@ -309,5 +383,9 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
     failed = sum("error" in record for record in records)
     print(f"{len(records) - failed} image(s) predicted into {output}{f', {failed} FAILED' if failed else ''}")
     if json_path:
-        write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta, files=records))
+        try:
+            write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta, files=records))
+        except OSError as error:  # checked before the run, but a disk can fill up during it
+            print(f"FAILED --json {json_path}: cannot write it ({error.strerror or error})", file=sys.stderr)
+            return 1
     return 1 if failed else 0

@@ -17,6 +17,7 @@ data.py turns what this file (and cbis.py, mias.py, folders.py for each kind of 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,14 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(f"{path}: pixel array of shape {pixels.shape}; expected a single 2-D image")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    if pixels.dtype.kind == "f":  # float pixel data has no nominal range: use the image's own
-        stored = (float(pixels.min()), float(pixels.max()))
+    finite, bad = None, 0
+    if pixels.dtype.kind == "f":  # float pixel data has no nominal range: use the image's own finite one
+        finite = np.isfinite(pixels)
+        bad = pixels.size - int(np.count_nonzero(finite))
+        if bad == pixels.size:
+            raise DataError(f"{path}: all {bad} pixels are NaN or infinite; there is no image to read")
+        stored = (float(np.min(pixels, where=finite, initial=np.inf)),
+                  float(np.max(pixels, where=finite, initial=-np.inf)))
     else:  # the full range the stored bits can hold, so intensities keep their meaning across images
         bits = int(ds.get("BitsStored") or 8 * pixels.dtype.itemsize)
         stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if pixels.dtype.kind == "i" else (0, 2 ** bits - 1)
@@ -89,15 +96,21 @@ def _read_dicom(path: Path) -> np.ndarray:
     image *= scale
     image += offset
     np.clip(image, 0.0, 1.0, out=image)  # stored values beyond BitsStored (bad headers) must not leave [0, 1]
+    if bad:  # NaN would spread through every resize and percentile (an empty mask): show no data as the darkest
+        image[~finite] = 0.0
+        print(f"note: {path}: {bad} of {pixels.size} pixels are NaN or infinite; read as the image's darkest value",
+              file=sys.stderr)
     return image
 
 
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
     """Read one grayscale DICOM: rescale slope/intercept applied, MONOCHROME1 inverted, (H, W) float32 in [0, 1].
 
-    The stored range (0 .. 2**BitsStored - 1, or the signed range), after rescaling, maps onto [0, 1]. Not DICOM,
-    truncated, colour, several frames, no pixel data or a compressed syntax without a decoder raise DataError
-    naming the file; no other exception type escapes.
+    The stored range (0 .. 2**BitsStored - 1, or the signed range), after rescaling, maps onto [0, 1]; float pixel
+    data (FloatPixelData) has no nominal range, so its finite minimum and maximum map there, and NaN or infinite
+    pixels become the darkest value (a note on stderr counts them). Not DICOM, truncated, colour, several frames, no
+    pixel data, no finite pixel or a compressed syntax without a decoder raise DataError naming the file; no other
+    exception type escapes.
     """
     path = Path(path)
     try:
@@ -173,7 +186,8 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
                 raise DataError(f"{path}: floating-point pixels have no known range; save 8- or 16-bit gray or RGB")
             if not mode.startswith("I"):
                 gray = mode in ("1", "L", "LA")
-                return np.asarray(file.convert("L" if gray else "RGB"), dtype=np.float32) / 255, False, None
+                eight = np.asarray(file.convert("L" if gray else "RGB"))
+                return np.divide(eight, 255, dtype=np.float32), False, None  # one float32 array: 4 bytes a pixel
             pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as 32-bit "I")
     except OSError as error:  # PIL's UnidentifiedImageError, truncated files
         raise DataError(f"{path}: cannot read the image ({error})") from error
@@ -181,7 +195,7 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
         raise DataError(f"{path}: {error}") from error
     if pixels.min() < 0 or pixels.max() > 65535:
         raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit gray or RGB")
-    return pixels.astype(np.float32) / 65535, False, None
+    return np.divide(pixels, 65535, dtype=np.float32), False, None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

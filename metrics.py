@@ -35,13 +35,14 @@ import torch.distributed as dist
 IGNORE_INDEX = 255  # target label that counts nowhere: Pascal VOC's, the same as losses.IGNORE_INDEX
 
 
-def predict_labels(logits: torch.Tensor) -> torch.Tensor:
-    """Logits (B, C, H, W) -> int64 labels (B, H, W): logit > 0 (sigmoid > 0.5) for C == 1, argmax for C > 1."""
+def predict_labels(logits: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """Logits (B, C, H, W) -> labels (B, H, W) of `dtype`: logit > 0 (sigmoid > 0.5) for C == 1, argmax for C > 1.
+    torch.uint8 takes an eighth of int64's memory (prediction on huge scans uses it; class indices up to 255)."""
     if logits.dim() != 4:
         raise ValueError(f"logits must have shape (B, C, H, W), got {tuple(logits.shape)}")
     if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()  # a logit of exactly 0 (probability 0.5) is background
-    return logits.argmax(dim=1)
+        return (logits[:, 0] > 0).to(dtype)  # a logit of exactly 0 (probability 0.5) is background
+    return logits.argmax(dim=1).to(dtype)
 
 
 def _check_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:

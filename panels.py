@@ -38,16 +38,24 @@ def voc_palette() -> np.ndarray:
     return palette
 
 
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """Float image in [0, 1], (H, W) or (H, W, 3) -> (H, W, 3) uint8."""
-    pixels = np.asarray(image, dtype=np.float32)
+def to_rgb8(image: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarray:
+    """Float image, (H, W) or (H, W, 3), its [low, high] shown as black..white (clipped) -> (H, W, 3) uint8.
+
+    Made a block of rows at a time, so no full-size float copy is ever held: scans can hold 10^8 pixels."""
+    pixels = np.asarray(image)
     if pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[2] != 3:
         raise ValueError(f"image must be (H, W) or (H, W, 3) in [0, 1], got shape {pixels.shape}")
-    scaled = np.clip(pixels, 0, 1)  # one float copy, then in place: scans can hold 10^8 pixels
-    scaled *= 255
-    scaled += 0.5
-    eight = scaled.astype(np.uint8)
-    return np.repeat(eight[:, :, None], 3, axis=2) if eight.ndim == 2 else eight  # (H, W) -> (H, W, 3)
+    offset, span = np.float32(low), np.float32(max(high - low, 1e-6))
+    rgb = np.empty((*pixels.shape[:2], 3), np.uint8)
+    for top in range(0, pixels.shape[0], 256):
+        block = pixels[top:top + 256].astype(np.float32)  # (rows, W) or (rows, W, 3)
+        block -= offset
+        block /= span
+        np.clip(block, 0, 1, out=block)
+        block *= 255
+        block += 0.5
+        rgb[top:top + 256] = block[:, :, None] if block.ndim == 2 else block  # gray -> three equal channels
+    return rgb
 
 
 def _tint(base: np.ndarray, where: np.ndarray, colour: tuple, alpha: float = 0.5) -> np.ndarray:
@@ -61,7 +69,7 @@ def mask_outline(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
 
     A thick outline is found on the labels shrunk by `thickness` (each block keeps its largest label, so a region
     smaller than a block still shows) and blown up again: a few passes over the image, whatever the thickness."""
-    labels8 = np.asarray(labels).astype(np.uint8)
+    labels8 = np.asarray(labels, dtype=np.uint8)  # no copy of uint8 labels: scans can hold 10^8 pixels
     height, width = labels8.shape
     small = labels8
     if thickness > 1:  # (H, W) -> (H/t, t, W/t, t) blocks -> their maxima
@@ -144,21 +152,19 @@ def write_panel(path: str | os.PathLike, image: np.ndarray, target: np.ndarray |
     canvas.save(path)
 
 
-def _for_display(pixels: np.ndarray) -> np.ndarray:
-    """Gray levels stretched between the 0.5th and 99.5th percentiles (raw mammograms are dim); RGB unchanged."""
+def _display_range(pixels: np.ndarray) -> tuple[float, float]:
+    """Gray levels shown black..white: the 0.5th and 99.5th percentiles (raw mammograms are dim); RGB: 0..1."""
     if pixels.ndim == 3:
-        return pixels
+        return 0.0, 1.0
     step = max(1, max(pixels.shape) // 1024)
     low, high = np.percentile(pixels[::step, ::step], (0.5, 99.5))
-    stretched = pixels - np.float32(low)
-    stretched /= np.float32(max(high - low, 1e-6))
-    return stretched  # to_rgb8 clips it to [0, 1]
+    return float(low), float(high)
 
 
 def overlay(pixels: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(H, W, 3) uint8: the image (stretched for display) with the outline of each predicted region drawn on it, in
     red for a binary model and in the class's VOC colour otherwise; lines about 1/512 of the longer side thick."""
-    picture = to_rgb8(_for_display(pixels))
+    picture = to_rgb8(pixels, *_display_range(pixels))
     edge = mask_outline(labels, thickness=max(1, round(max(labels.shape) / 512)))
     picture[edge] = LESION_COLOUR if num_classes == 1 else voc_palette()[labels[edge]]
     return picture

@@ -10,9 +10,13 @@ probability x 255) and <stem>_overlay.png (the mask's outline on the image). One
 area (pixels, % of the image, mm^2 when the DICOM has PixelSpacing or ImagerPixelSpacing) and the largest
 probability, so an "all black" mask is obvious. Folders are searched recursively; DICOMs named as PACS exports name
 them (IM0001, or by UID) are found by their DICM marker. The output folder must hold no input, so a ground-truth
-<stem>_mask.png beside a scan is never overwritten. `evaluate.py --input` runs this same command.
+<stem>_mask.png beside a scan is never overwritten. A file that cannot be read, an image whose outputs cannot be
+written (full disk, name too long, a file or folder in the way) or a folder that cannot be listed is one FAILED line
+on stderr, and the rest go on. Each PNG is written whole or not at all, and an image whose three PNGs could not all
+be written keeps none of this run's. `evaluate.py --input` runs this same command.
 
-Exit codes: 0 done; 1 some files could not be read or written (the others were); 2 bad flags or checkpoint.
+Exit codes: 0 done; 1 some files could not be read or written, or folders listed (the rest were done); 2 bad flags
+or checkpoint.
 """
 from __future__ import annotations
 

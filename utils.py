@@ -173,7 +173,8 @@ def atomic_write(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], 
     raises DiskFullError naming the file system and the size needed (size_hint, else what was written so far)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The temporary name is cut so that it fits wherever `path`'s own name does (255 bytes on most file systems).
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
     file = None
     try:
         with os.fdopen(descriptor, "wb") as raw:

@@ -1,28 +1,23 @@
 """evaluate.py as a command: metrics on synthetic data and a fake VOC tree (checked against the metric functions run
-directly on the same predictions), the comparison table, panels, prediction on PNG/JPEG/PGM/DICOM files (real
-mammograms from ../shared/data included) and the one-line errors. Models are small (narrow decoders, 64x64)."""
+directly on the same predictions), the comparison table, panels and the one-line errors. Prediction on files
+(evaluate.py --input, predict.py) is tested in test_predict.py. Models are small (narrow decoders, 64x64)."""
 import json
 import math
 import runpy
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from torch.utils.data import DataLoader
 
 import evaluate
-import inference
 import panels
 from checkpoints import CheckpointError, load_checkpoint
-from data import DataError, build_dataset, preprocess_mammogram
+from data import build_dataset
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
 from model import build_model
 from panels import write_panel
@@ -264,162 +259,6 @@ def test_voc_miou_at_original_resolution_matches_the_metric_functions(checkpoint
     first = next(p for p in result["panels"] if p.endswith(f"{ids[0]}.png"))
     assert Image.open(first).size == (3 * 60 * 3 + 2 * 4, Image.open(first).size[1])
     assert Image.open(first).size[1] > 45 * 3
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Prediction on files
-
-def write_dicom(path: Path, pixels: np.ndarray, spacing: tuple[float, float] | None) -> None:
-    """A minimal uncompressed 16-bit MONOCHROME2 DICOM written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "MG", "TEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if spacing is not None:
-        ds.PixelSpacing = [f"{spacing[0]}", f"{spacing[1]}"]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-def mammogram_like(height: int, width: int, seed: int) -> np.ndarray:
-    """A bright half-disc against the RIGHT edge (so the mammogram path must mirror it) plus a blob, in [0, 1]."""
-    rows, cols = np.mgrid[:height, :width]
-    breast = ((rows - height / 2) / (0.45 * height)) ** 2 + ((cols - width) / (0.6 * width)) ** 2 < 1
-    blob = ((rows - height / 2) ** 2 + (cols - 0.75 * width) ** 2) < (0.08 * height) ** 2
-    noise = np.random.default_rng(seed).uniform(0, 0.05, (height, width))
-    return np.clip(0.05 + 0.5 * breast + 0.3 * blob + noise, 0, 1)
-
-
-def reference_mask(model, gray: np.ndarray) -> np.ndarray:
-    """data.py's mammogram preprocessing (its own orientation rule), the model, mirrored back, resized: 0/1."""
-    oriented, _ = preprocess_mammogram(gray.astype(np.float32), [], (64, 64), orient=True)
-    plain, _ = preprocess_mammogram(gray.astype(np.float32), [], (64, 64), orient=False)
-    mirrored = not np.array_equal(oriented, plain)
-    x = (torch.from_numpy(oriented.copy())[None, None] - model.config["mean"][0]) / model.config["std"][0]
-    with torch.no_grad():
-        logits = model(x)
-    logits = logits.flip(-1) if mirrored else logits
-    return (F.interpolate(logits, size=gray.shape, mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
-
-
-def test_predict_folder_of_png_jpeg_pgm_dicom_with_a_broken_file(checkpoints, tmp_path, capsys):
-    scans = tmp_path / "scans"
-    (scans / "sub").mkdir(parents=True)
-    gray = mammogram_like(75, 101, 0)
-    Image.fromarray((gray * 255).round().astype(np.uint8)).save(scans / "gray.png")
-    Image.fromarray((gray * 65535).round().astype(np.uint16)).save(scans / "deep.png")
-    Image.fromarray((gray * 255).round().astype(np.uint8)).save(scans / "sub" / "film.pgm")
-    Image.fromarray(np.stack([gray * 255] * 3, axis=2).round().astype(np.uint8)).save(scans / "photo.jpg")
-    write_dicom(scans / "sub" / "scan.dcm", mammogram_like(90, 70, 1) * 4095, spacing=(0.1, 0.05))
-    write_dicom(scans / "plain.dcm", mammogram_like(40, 50, 2) * 4095, spacing=None)
-    (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing else")
-    out = tmp_path / "out"
-    exit_code = run("--checkpoint", checkpoints["unet"], "--input", scans, "--output", out,
-                    "--json", tmp_path / "p.json")
-    assert exit_code == 1  # one file failed, the others were written
-    captured = capsys.readouterr()
-    assert [line for line in captured.err.splitlines() if "broken.png" in line] == [
-        line for line in captured.err.splitlines() if line.startswith("FAILED")]
-    assert len(captured.err.splitlines()) == 1
-    expected_sizes = {"gray": (101, 75), "deep": (101, 75), "sub/film": (101, 75), "photo": (101, 75),
-                      "sub/scan": (70, 90), "plain": (50, 40)}
-    records = {Path(r["input"]).name: r for r in json.loads((tmp_path / "p.json").read_text())["files"]}
-    for stem, size in expected_sizes.items():
-        masks = [Image.open(out / f"{stem}_{kind}.png") for kind in ("mask", "prob", "overlay")]
-        assert all(image.size == size for image in masks), stem
-        mask = np.asarray(masks[0])
-        assert set(np.unique(mask)) <= {0, 255}
-        record = records[Path(stem).name + {"sub/scan": ".dcm", "plain": ".dcm", "sub/film": ".pgm",
-                                            "photo": ".jpg"}.get(stem, ".png")]
-        assert record["foreground_pixels"] == int((mask == 255).sum())
-        line = next(line for line in captured.out.splitlines() if line.startswith(record["input"]))
-        assert f"lesion {record['foreground_pixels']} px = {100 * (int((mask == 255).sum()) / mask.size):.2f}%" in line
-    assert records["scan.dcm"]["area_mm2"] == pytest.approx(records["scan.dcm"]["foreground_pixels"] * 0.005)
-    assert "mm^2 (PixelSpacing 0.1 x 0.05 mm)" in captured.out and "no pixel spacing in the DICOM" in captured.out
-    # The 8-bit PNG's mask is exactly what data.py's preprocessing + the model + resizing back give.
-    model = checkpoints["models"]["unet"]
-    png = np.asarray(Image.open(scans / "gray.png"), dtype=np.float32) / 255
-    assert np.array_equal(np.asarray(Image.open(out / "gray_mask.png")) == 255, reference_mask(model, png))
-
-
-def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, monkeypatch):
-    scans, out = tmp_path / "scans", tmp_path / "out"
-    for folder in ("a", "b"):
-        (scans / folder).mkdir(parents=True)
-        Image.fromarray(np.zeros((8, 8), np.uint8)).save(scans / folder / "scan.png")
-    write_dicom(scans / "a" / "scan.dcm", mammogram_like(20, 20, 0) * 4095, spacing=None)
-    write_dicom(scans / "b" / "IM000001", mammogram_like(20, 20, 0) * 4095, spacing=None)  # a PACS export's name
-    write_dicom(scans / "b" / "1.2.840.1.3", mammogram_like(20, 20, 0) * 4095, spacing=None)  # named by its UID
-    write_dicom(scans / "b" / "DICOMDIR", mammogram_like(20, 20, 0) * 4095, spacing=None)  # stands for the index
-    (scans / "b" / "NOTES").write_text("not an image")
-    # Files given one by one: same names from different folders never share an output.
-    files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
-    bases = [base.relative_to(out.resolve()) for _, base in inference.find_inputs(list(map(str, files)), out)]
-    assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
-    # A folder: subfolders kept, DICOMs named otherwise found by their marker, the index and the text left alone.
-    found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
-             for file, base in inference.find_inputs([str(scans)], out)}
-    assert found == {"a/scan.dcm": "a/scan_dcm", "a/scan.png": "a/scan_png", "b/IM000001": "b/IM000001",
-                     "b/1.2.840.1.3": "b/1.2.840.1.3", "b/scan.png": "b/scan"}
-    assert inference.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
-    # Nothing is written beside an input: the output folder may not hold one.
-    (scans / "a" / "scan_mask.png").write_bytes(b"the ground truth")
-    with pytest.raises(DataError, match="holds the input"):
-        inference.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
-    with pytest.raises(DataError, match="is the --output folder"):
-        inference.find_inputs([str(scans / "b")], scans / "b")
-    assert (scans / "a" / "scan_mask.png").read_bytes() == b"the ground truth"
-    # An image too large to decode safely is a one-line DataError, not a crash of the whole run.
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
-    with pytest.raises(DataError, match="scan.png: Image size"):
-        inference.read_image_file(scans / "a" / "scan.png")
-
-
-def test_tta_averages_the_probabilities_of_mirrored_inputs(checkpoints):
-    model = checkpoints["models"]["unet"]
-    images = torch.rand(2, 1, 64, 64)
-    with torch.no_grad():
-        x = (images - model.config["mean"][0]) / model.config["std"][0]
-        average = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(-2))).flip(-2)) / 2  # up-down mirror
-    logits = inference.model_logits(model, images, tta=True)
-    assert torch.allclose(torch.sigmoid(logits), average, atol=1e-6)
-    clear = (average - 0.5).abs() > 1e-5  # a probability within rounding of 0.5 may go either way
-    assert torch.equal(predict_labels(logits)[clear[:, 0]], (average > 0.5).long()[:, 0][clear[:, 0]])
-    assert torch.equal(inference.model_logits(model, images), model(x).detach())
-
-
-def test_predict_multiclass_writes_palette_masks(checkpoints, tmp_path, capsys):
-    photo = np.random.default_rng(5).integers(0, 256, (50, 90, 3), dtype=np.uint8)
-    Image.fromarray(photo).save(tmp_path / "street.jpg")
-    assert run("--checkpoint", checkpoints["voc"], "--input", tmp_path / "street.jpg", "--output", tmp_path / "o",
-               "--tta") == 0
-    mask = Image.open(tmp_path / "o" / "street_mask.png")
-    assert mask.mode == "P" and mask.size == (90, 50) and np.asarray(mask).max() <= 20
-    assert Image.open(tmp_path / "o" / "street_overlay.png").size == (90, 50)
-    assert "street.jpg: 90x50, foreground" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_predict_script_on_real_mammograms_reports_an_unreadable_file(checkpoints, tmp_path, cbis_sample, mias):
-    """python predict.py, as a user types it: CBIS-DDSM (512x512 PNG) and mini-MIAS (1024x1024) files, and one
-    broken file."""
-    (tmp_path / "bad.pgm").write_bytes(b"P5\n1024 1024\n255\n" + b"\x00" * 100)  # truncated
-    inputs = [cbis_sample / "Mass-Training_P_00001_LEFT_CC_FULL.png", mias / "images" / "mdb001.png",
-              tmp_path / "bad.pgm"]
-    done = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(checkpoints["unet"]), "--input",
-                           *map(str, inputs), "--output", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 1, done.stderr
-    assert done.stderr.count("\n") == 1 and "bad.pgm" in done.stderr and "Traceback" not in done.stderr
-    assert Image.open(tmp_path / "out" / "Mass-Training_P_00001_LEFT_CC_FULL_overlay.png").size == (512, 512)
-    assert Image.open(tmp_path / "out" / "mdb001_mask.png").size == (1024, 1024)
-    assert "2 image(s) predicted" in done.stdout and "1 FAILED" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------------
