@@ -26,9 +26,10 @@ import sys
 
 import torch
 
+from losses import WithLoss, build_loss
 from model import build_model
-from utils import (ArgumentParser, UsageError, check_writable_file, count_flops, count_parameters, environment,
-                   graph_latency, median_seconds, resolve_device, run_command, write_json)
+from utils import (ArgumentParser, UsageError, autocast, check_writable_file, count_flops, count_parameters,
+                   environment, graph_latency, median_seconds, resolve_device, run_command, write_json)
 
 # (label, build_model kwargs, input side, thesis #params in M, thesis FLOPS, thesis V100 inference time in s)
 THESIS_ROWS = [
@@ -65,15 +66,16 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192, re
 
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int, channels_last: bool,
               compile_model: bool, warmup: int, repeats: int) -> dict:
-    """Latency at batch 1, forward throughput and training-step throughput at batch_size for one model."""
+    """Latency at batch 1, forward throughput and training-step throughput at batch_size for one model. The training
+    step is train.py's: the model and Table 1's loss as one module (losses.WithLoss), AdamW with amsgrad; with
+    compile_model, train.py --compile's: that module under torch.compile, and fused AdamW on a GPU."""
     model = build_model(**kwargs).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     runner = torch.compile(model) if compile_model else model
     if precision not in PRECISION_NAMES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {precision!r}")
-    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    in_channels = model.config["in_channels"]
+    in_channels, num_classes = model.config["in_channels"], model.config["num_classes"]
 
     def batch(n):
         return torch.randn(n, in_channels, side, side, device=device).to(memory_format=memory_format)
@@ -82,7 +84,7 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     one, many = batch(1), batch(batch_size)
 
     def forward(x):  # autocast's weight cache off: a CUDA graph must not capture a cast made outside it
-        with torch.no_grad(), torch.autocast(**autocast, cache_enabled=False):
+        with torch.no_grad(), autocast(device, precision, cache_enabled=False):
             runner(x)
 
     latency = median_seconds(lambda: forward(one), device=device, warmup=warmup, repeats=repeats)
@@ -95,13 +97,17 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     forward_seconds = median_seconds(lambda: forward(many), device=device, warmup=warmup, repeats=repeats)
 
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True)  # thesis Table 1's optimiser
-    target = torch.randint(0, 2, (batch_size, model.config["num_classes"], side, side), device=device).float()
+    loss = "jaccard+focal_tversky" if num_classes == 1 else "ce+focal_tversky"  # Table 1
+    step = WithLoss(model, build_loss(loss, num_classes))
+    step = torch.compile(step) if compile_model else step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True,
+                                  fused=compile_model and device.type == "cuda")
+    target = torch.randint(0, max(2, num_classes), (batch_size, side, side), device=device)
 
     def train_step():
-        with torch.autocast(**autocast):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(runner(many).float(), target)
-        loss.backward()
+        with autocast(device, precision):
+            loss_value, _ = step(many, target)
+        loss_value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

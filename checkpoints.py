@@ -7,9 +7,9 @@ ever runs:
   optimizer, scheduler, scaler, rng   what an exact --resume needs
   epoch, step, best_metric, metric_name, metrics, args (train.py's flags as a dict), versions
   log           the epoch records up to this one (runs.py rebuilds log.jsonl from them)
-training_checkpoint builds it, save_checkpoint writes it atomically (utils.atomic_write: a reader or a killed run never
-meets half a file), read_checkpoint and load_checkpoint read it; best.pt is a hard link to the last.pt it was when it
-was best (share_file).
+training_checkpoint builds it and restore_training_state puts its training state back; save_checkpoint writes it
+atomically (utils.atomic_write: a reader or a killed run never meets half a file); read_checkpoint and load_checkpoint
+read it; best.pt is a hard link to the last.pt it was when it was best (share_file).
 
     model, checkpoint = load_checkpoint("runs/cbis/best.pt")   # model in eval mode, rebuilt from model_config
 """
@@ -46,6 +46,19 @@ def training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
             "epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "best_metric": best_metric,
             "metric_name": metric_name, "metrics": metrics, "args": args, "versions": versions(), "log": list(log)}
+
+
+def restore_training_state(checkpoint: dict, optimizer: torch.optim.Optimizer, scheduler, scaler, *, lr: float,
+                           milestones: list[int], factors: list[float]) -> None:
+    """training_checkpoint's inverse for --resume: the optimizer, scaler and RNG as they were, the schedule at its
+    epoch with the run's learning rates (the checkpoint's, unless --lr or --schedule was given again)."""
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(dict(checkpoint["scheduler"], base_lrs=[lr], lr_lambdas=[
+        {"milestones": milestones, "factors": factors}]))
+    optimizer.param_groups[0]["lr"] = lr * scheduler.lr_lambdas[0](checkpoint["epoch"] + 1)
+    if checkpoint["scaler"]:  # empty unless saved with fp16
+        scaler.load_state_dict(checkpoint["scaler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
 
 
 def tensor_bytes(value) -> int:

@@ -84,8 +84,8 @@ def run_all(args, out_dir: Path) -> list[str]:
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "train.log", "a")
             command = train_command(args, decoder, fold, folder)
-            running[(decoder, fold)] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment),
-                                        log, time.time())
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            running[(decoder, fold)] = (process, log, time.time())
             print(f"  started {decoder} fold {fold}: {' '.join(command[1:])}", flush=True)
         for key, (process, log, started) in list(running.items()):
             if process.poll() is None:
@@ -129,8 +129,8 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
                        a["dice_mean_per_image"] - b["dice_mean_per_image"] for a, b in zip(runs["fusion"], runs[other])]
         scored = [d for d in differences if d is not None]
         paired[f"fusion vs {other}"] = dict(dice_differences=differences, mean=mean_and_std(scored)[0],
-                                            fusion_wins=sum(d > 0 for d in scored), other_wins=sum(d < 0 for d in scored),
-                                            ties=sum(d == 0 for d in scored))
+                                            fusion_wins=sum(d > 0 for d in scored),
+                                            other_wins=sum(d < 0 for d in scored), ties=sum(d == 0 for d in scored))
     summary = dict(dataset=args.dataset, data_root=args.data_root, folds=args.folds, train_args=args.train_args,
                    runs=runs, table=table, paired=paired)
     return summary, curves

@@ -294,8 +294,9 @@ def _mias_sample(image: MiasImage) -> tuple[np.ndarray, list[np.ndarray], None]:
 
 
 def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normals: bool = True, split_seed: int = 0,
-                fold: int | None = None, folds: int = 5, cache_dir: str | None = None, orient: bool = True, crop_breast: bool = False,
-                keep_aspect: bool = False, limit: int | None = None, verbose: bool = True, **common) -> Dataset:
+                fold: int | None = None, folds: int = 5, cache_dir: str | None = None, orient: bool = True,
+                crop_breast: bool = False, keep_aspect: bool = False, limit: int | None = None, verbose: bool = True,
+                **common) -> Dataset:
     check_fold("mias", split, fold, folds)
     images, skipped, strata = read_mias(root)
     chosen = groups_of_split(strata, split, MIAS_FRACTIONS, split_seed, fold, folds)

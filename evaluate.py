@@ -34,11 +34,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from checkpoints import CheckpointError, load_checkpoint
-from data import DataError, build_dataset
+from data import DataError, build_dataset, cache_folder
 from inference import image_size_for, inference_seconds, predict_dataset_batch, run_prediction
 from metrics import ConfusionMatrix, build_metrics
 from panels import write_panel
 from recipes import PRESETS
+from runners import BACKENDS, fast_model
 from utils import (AMP_DTYPES, ArgumentParser, UsageError, check_writable_file, count_flops, count_parameters,
                    default_workers, resolve_device, run_command, write_json)
 from voc import VOC_CLASSES, read_voc_label
@@ -53,11 +54,12 @@ HEAVY_ENTRIES = ("model", "optimizer", "scheduler", "scaler", "rng")  # checkpoi
 
 @dataclass
 class Candidate:
-    """One checkpoint under evaluation."""
+    """One checkpoint under evaluation: its model, and the runner that predicts with it (runners.fast_model)."""
     path: str
     name: str
     model: torch.nn.Module
     checkpoint: dict
+    runner: torch.nn.Module | None = None
 
     @property
     def architecture(self) -> str:
@@ -81,10 +83,11 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
                                                for j in range(len(images))]
         for candidate, metric, scores in zip(candidates, metrics, voc_scores):
             if targets is None:
-                labels = predict_dataset_batch(candidate.model, images, None, tta=tta, amp=amp)
+                labels = predict_dataset_batch(candidate.runner, images, None, tta=tta, amp=amp)
                 metric.update(labels, masks.to(labels.device))
                 continue
-            labels = predict_dataset_batch(candidate.model, images, [t.shape for t in targets], tta=tta, amp=amp)
+            labels = predict_dataset_batch(candidate.runner, images, [t.shape for t in targets], tta=tta,
+                                            amp=amp)
             for pred, target in zip(labels, targets):
                 target = torch.from_numpy(target).to(pred.device)[None]  # (1, h, w)
                 metric.update(pred[None], target)
@@ -135,7 +138,7 @@ def write_panels(folder: Path, cases: list[tuple[str, int]], candidates: list[Ca
                 shown = np.asarray(original.convert("RGB"), dtype=np.float32) / 255  # (h, w, 3) original size
             target = read_voc_label(voc[1][index]).astype(np.int64)
             sizes = [target.shape]
-        predictions = [(c.name, predict_dataset_batch(c.model, batch, sizes, tta=tta, amp=amp)[0].cpu().numpy())
+        predictions = [(c.name, predict_dataset_batch(c.runner, batch, sizes, tta=tta, amp=amp)[0].cpu().numpy())
                        for c in candidates]
         ranks[kind] += 1
         safe_id = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.ids[index])
@@ -190,7 +193,7 @@ def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: s
               if binary else "mIoU at the original sizes")
     print(f"{scored}. FLOPS in the thesis' convention: GFLOPs / 4 (benchmark.py) for one "
           f"{'x'.join(map(str, input_shape))} input; inference time = median of {runs} forward passes at batch 1 on "
-          f"{device}, after warm-up, without --tta.")
+          f"{device}, as prediction runs the model (runners.py), after warm-up, without --tta.")
 
 
 def disagreements(ids: list[str], names: list[str], scores: np.ndarray, count: int) -> list[dict]:
@@ -233,6 +236,8 @@ def get_args_parser() -> ArgumentParser:
         "ordinary cases to DIR")
     add("--timing-runs", type=int, default=10, metavar="N", help="forward passes timed for the inference-time column, "
         "after warm-up (default: 10; 0 skips timing)")
+    add("--backend", choices=BACKENDS, default="auto", help="how the models run (runners.py): auto = a CUDA graph on "
+        "a GPU, ONNX Runtime on a CPU when installed, else eager (default: auto)")
     add("--input", nargs="+", metavar="FILE_OR_DIR", help="predict these files or folders instead (as predict.py)")
     add("--output", metavar="DIR", help="where --input's masks, probability maps and overlays go (as predict.py)")
     return parser
@@ -262,7 +267,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.input is not None:
         return run_prediction(args.checkpoint[0], args.input, args.output, image_size=args.image_size, device=device,
-                              tta=args.tta, amp=args.amp, json_path=args.json)
+                              tta=args.tta, amp=args.amp, json_path=args.json, backend=args.backend)
     return evaluate_checkpoints(args, device)
 
 
@@ -288,6 +293,9 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         check_writable_file(args.json, "--json")
     candidates = load_candidates(args.checkpoint, device)
     size = image_size_for({c.name: c.checkpoint for c in candidates}, args.image_size, args.dataset)
+    for candidate in candidates:  # the path prediction takes too (runners.py): the same logits, faster
+        candidate.runner = fast_model(candidate.model, device, backend=args.backend, checkpoint=candidate.path,
+                                      cache=cache_folder("onnx", candidate.path), size=size)
     channels = 3 if args.dataset == "voc" else 1  # raw [0, 1] pixels; each model converts and normalises them
     num_classes = candidates[0].model.config["num_classes"]
     options = {"num_classes": num_classes} if args.dataset == "folder" else {}  # a folder's masks follow the model
@@ -315,7 +323,7 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         rows.append(dict(name=candidate.name, checkpoint=candidate.path, architecture=candidate.architecture,
                          model_config=candidate.model.config, epoch=candidate.checkpoint.get("epoch"), metrics=summary,
                          params=count_parameters(candidate.model), flops=flops, thesis_flops_g=flops / 4 / 1e9,
-                         inference_s=inference_seconds(candidate.model, example, amp=args.amp, runs=args.timing_runs),
+                         inference_s=inference_seconds(candidate.runner, example, amp=args.amp, runs=args.timing_runs),
                          **{f"per_image_{'dice' if binary else 'miou'}": dict(zip(dataset.ids, per_image))}))
     print()
     print_table([dict(r, **r["metrics"]) for r in rows], binary=binary, device=str(device), runs=args.timing_runs,

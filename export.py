@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from PIL import Image
 from checkpoints import CheckpointError, load_checkpoint
 from data import DataError, preprocess_mammogram, transform_voc
 from inference import to_model_input
+from runners import NormalisedModel, export_graph
 from mammograms import read_image_file
 from synthetic import synthetic_mammogram
 from utils import ArgumentParser, UsageError, run_command
@@ -37,49 +37,13 @@ from utils import ArgumentParser, UsageError, run_command
 # rounding and 20x below those.
 TOLERANCE = 1e-2
 DEFAULT_OPSET = 17
-OPSETS = range(11, 21)  # 11: the first whose Resize matches PyTorch's interpolation; 20: the TorchScript exporter's last
+OPSETS = range(11, 21)  # 11: the first whose Resize matches PyTorch's interpolation; 20: the TorchScript exporter's
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 MISSING_ONNX = "needs onnx and onnxruntime: pip install onnx onnxruntime"
 
 
 class CheckFailed(Exception):
     """ONNX Runtime disagrees with PyTorch beyond TOLERANCE: one line on stderr, exit code 1, no output file."""
-
-
-class NormalisedModel(nn.Module):
-    """Images in [0, 1] (B, C, H, W) -> logits (B, K, H, W): the model with its normalisation inside the graph."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(model.config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(model.config["std"], dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model((images - self.mean) / self.std)
-
-
-def export_graph(wrapped: nn.Module, path: Path, opset: int) -> None:
-    """Trace `wrapped` into an ONNX file with dynamic batch, height and width.
-
-    The TorchScript exporter (dynamo=False), not torch 2.9+'s default dynamo exporter: both give correct dynamic
-    shapes here (align_corners Resize, PixelShuffle as DepthToSpace, BiT's var_mean, GroupNorm as the same
-    InstanceNormalization), but dynamo needs onnxscript and onnx_ir besides onnx and took 5x longer here (26 s vs
-    4.8 s for BiT + fusion with a tiny decoder). The TorchScript one is deprecated; when torch drops it, use
-    dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: 32 * Dim("h32"), 3: 32 * Dim("w32")},), pip install onnxscript.
-    """
-    example = torch.rand(2, wrapped.model.config["in_channels"], 64, 96)  # batch 2, H != W: nothing traced as 1 or H=W
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        # The deprecation notice is about the choice above. The TracerWarnings come from SegmentationModel.forward's
-        # input checks (multiple of 32), traced as the branch not taken; main's check at two sizes proves the graph.
-        # BiT's ConstantPad2d leaves a Slice with step -1 that is computed at run time instead of folded.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
 
 
 def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) -> dict[str, str]:
@@ -212,7 +176,7 @@ def main(args: argparse.Namespace) -> None:
     except OSError as error:
         raise UsageError(f"--output {output}: cannot write in {output.parent} ({error.strerror})") from None
     try:
-        export_graph(NormalisedModel(model).eval(), temporary, args.opset)
+        export_graph(NormalisedModel(model).eval(), temporary, args.opset, in_channels=config["in_channels"])
         graph = onnx.load(temporary)
         onnx.helper.set_model_props(graph, graph_metadata(config, checkpoint, size))
         graph.doc_string = f"{config['encoder']} + {config['decoder']} exported from {Path(args.checkpoint).name}"

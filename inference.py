@@ -25,6 +25,7 @@ import io
 import math
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -34,11 +35,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from checkpoints import CheckpointError, load_checkpoint
-from data import DataError, fitted_size, preprocess_mammogram, transform_voc
+from data import DataError, cache_folder, fitted_size, preprocess_mammogram, transform_voc
 from mammograms import IMAGE_SUFFIXES, faces_right, is_dicom, read_image_file
 from metrics import predict_labels
 from panels import overlay, to_rgb8, voc_palette
 from recipes import PRESETS
+from runners import fast_model
 from utils import (UsageError, atomic_write, autocast, check_output_folder, check_writable_file, error_line,
                    median_seconds, write_json)
 from voc import VOC_CLASSES
@@ -225,8 +227,19 @@ def find_inputs(inputs: list[str], output: Path, failures: list[dict] | None = N
     return unique
 
 
+def timed_logits(model: torch.nn.Module, batch: torch.Tensor, tta: bool, amp: str, timer: Counter | None):
+    """model_logits, its seconds added to timer["model"] (the GPU waited for, so they are the model's own)."""
+    start = time.perf_counter()
+    logits = model_logits(model, batch, tta=tta, amp=amp)
+    if timer is not None:
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)
+        timer["model"] += time.perf_counter() - start
+    return logits
+
+
 def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, int], *, tta: bool = False,
-                  amp: str = "none") -> tuple[np.ndarray, np.ndarray]:
+                  amp: str = "none", timer: Counter | None = None) -> tuple[np.ndarray, np.ndarray]:
     """An image as read -> (labels (H, W) uint8, probability (H, W) float32) at the image's own size.
 
     The probability is the lesion's for a binary model and the winning class's for a multiclass one. Preprocessing
@@ -241,13 +254,13 @@ def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, i
         prepared, _ = preprocess_mammogram(gray, [], size, orient=False)
         mirrored = faces_right(prepared)  # preprocess_mammogram's rule, applied so the mirror can be undone below
         batch = torch.from_numpy(np.ascontiguousarray(prepared[:, ::-1] if mirrored else prepared))[None, None]
-        logits = model_logits(model, batch, tta=tta, amp=amp)  # (1, 1, h, w), breast on the left
+        logits = timed_logits(model, batch, tta, amp, timer)  # (1, 1, h, w), breast on the left
         logits = logits_at_size(logits.flip(-1) if mirrored else logits, (height, width))
     else:
         rgb = Image.fromarray(to_rgb8(pixels))
         canvas, _ = transform_voc(rgb, Image.new("L", rgb.size), size, None)
         batch = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, h, w)
-        logits = model_logits(model, batch, tta=tta, amp=amp)
+        logits = timed_logits(model, batch, tta, amp, timer)
         logits = logits_at_size(logits, (height, width), content=fitted_size((height, width), size))
     labels = predict_labels(logits, dtype=torch.uint8)[0]  # (H, W)
     scores = logits[0]  # (K, H, W), overwritten below
@@ -341,19 +354,26 @@ def predict_files(model: torch.nn.Module, inputs: list[str], output: Path, size:
     """Predict every input, print one line per image, return one record each. A file that cannot be read or whose
     outputs cannot be written, and a folder that cannot be listed, is one FAILED line on stderr and a record with
     "error"; the others go on."""
-    records = []
+    records, seconds = [], Counter()  # seconds: where the time goes, per stage
     found = find_inputs(inputs, output, records)
     if not found and not records:
         raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
+    started = time.perf_counter()
     for source, base in found:
         try:
+            tick = time.perf_counter()
             pixels, is_dicom, spacing = read_image_file(source)
-            labels, confidence = predict_image(model, pixels, size, tta=tta, amp=amp)
+            seconds["read"] += time.perf_counter() - tick
+            tick, model_before = time.perf_counter(), seconds["model"]
+            labels, confidence = predict_image(model, pixels, size, tta=tta, amp=amp, timer=seconds)
+            seconds["prepare"] += time.perf_counter() - tick - (seconds["model"] - model_before)
         except DataError as error:
             report_failure(records, source, error_line(error))
             continue
         try:
+            tick = time.perf_counter()
             paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"])
+            seconds["write"] += time.perf_counter() - tick
         except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
             report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
             continue
@@ -361,11 +381,17 @@ def predict_files(model: torch.nn.Module, inputs: list[str], output: Path, size:
                                            spacing)
         print(f"{line} -> {paths['mask']}")
         records.append(dict(record, **paths))
+    total, done = time.perf_counter() - started, sum("error" not in record for record in records)
+    if done:
+        shares = ", ".join(f"{stage} {100 * seconds[stage] / total:.0f}%" for stage in ("read", "prepare", "model",
+                                                                                      "write"))
+        print(f"{done} image(s) in {total:.1f}s = {done / total:.2f} images/s ({shares}; model "
+              f"{1000 * seconds['model'] / done:.1f} ms per image)")
     return records
 
 
 def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
-                   tta: bool, amp: str, json_path: str | None) -> int:
+                   tta: bool, amp: str, json_path: str | None, backend: str = "auto") -> int:
     """The prediction command (predict.py, evaluate.py --input): the output folder and --json checked first, then
     the model rebuilt from its checkpoint, every input predicted. Returns the exit code: 1 if any file could not be
     read or written, any folder listed, or the --json report written (each one FAILED line on stderr)."""
@@ -377,8 +403,11 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
         raise CheckpointError(f"{checkpoint}: {model.config['num_classes']} classes; masks hold 8-bit class indices, "
                               f"so prediction supports at most {MAX_CLASSES}")
     size = image_size_for({checkpoint: saved}, image_size)
+    model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=cache_folder("onnx", checkpoint),
+                       size=size)
     print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
-          f"output(s), input {size[0]}x{size[1]} on {device}{', with --tta' if tta else ''}")
+          f"output(s), input {size[0]}x{size[1]} on {device} ({type(model).__name__})"
+          f"{', with --tta' if tta else ''}")
     records = predict_files(model, inputs, output_folder, size, tta=tta, amp=amp)
     failed = sum("error" in record for record in records)
     print(f"{len(records) - failed} image(s) predicted into {output}{f', {failed} FAILED' if failed else ''}")

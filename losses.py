@@ -270,6 +270,19 @@ class CombinedLoss(nn.Module):
         return " + ".join(f"{self.weights[name]:g}*{name}" for name in self.parts)
 
 
+class WithLoss(nn.Module):
+    """A model and its criterion as one module, (images, target) -> (loss, {term: value}): what train.py runs, so that
+    DistributedDataParallel and torch.compile see the whole training forward, and the loss's passes over the full-
+    resolution logits can fuse with the model's last layers."""
+
+    def __init__(self, model: nn.Module, criterion: CombinedLoss):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return self.criterion.forward_with_terms(self.model(images), target)
+
+
 def build_loss(spec: str, num_classes: int, *, distributed: bool = False) -> CombinedLoss:
     """Parses "jaccard+focal_tversky", "ce+focal_tversky", "0.5*dice+bce", ... into a CombinedLoss (paper defaults).
 

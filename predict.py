@@ -25,6 +25,7 @@ import sys
 from checkpoints import CheckpointError
 from inference import run_prediction
 from mammograms import DataError
+from runners import BACKENDS
 from utils import AMP_DTYPES, ArgumentParser, UsageError, resolve_device, run_command
 
 
@@ -45,13 +46,16 @@ def get_args_parser() -> ArgumentParser:
                         "probabilities are computed in fp32 (default: none)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N "
                         "(default: auto)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how the model runs (runners.py): auto = "
+                        "a CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else eager (default: auto)")
     parser.add_argument("--json", metavar="FILE", help="also write one record per image (areas, outputs) to FILE")
     return parser
 
 
 def main(args) -> int:
     return run_prediction(args.checkpoint, args.input, args.output, image_size=args.image_size,
-                          device=resolve_device(args.device), tta=args.tta, amp=args.amp, json_path=args.json)
+                          device=resolve_device(args.device), tta=args.tta, amp=args.amp, json_path=args.json,
+                          backend=args.backend)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import shutil
 from pathlib import Path
 
 from checkpoints import read_checkpoint, save_checkpoint, share_file
-from utils import UsageError, atomic_write
+from utils import UsageError, atomic_write, write_json
 
 try:
     import fcntl  # POSIX; elsewhere runs are not locked
@@ -91,6 +91,18 @@ class RunFolder:
         self._lock_file.write(f"pid {os.getpid()}\n")
         self._lock_file.flush()
 
+    def start(self, *, overwrite: bool, checkpoint: dict | None, resume: str | None, records: list[dict],
+              config: dict) -> None:
+        """Lock the folder, clear an old run on --overwrite, bring the log back to the weights a resumed run starts
+        from (each epoch once, up to the checkpoint's), write config.json."""
+        self.lock()
+        if overwrite:
+            self.clear()
+        if checkpoint:
+            self.keep_newer_last(checkpoint, resume)
+            self.write_log(records)
+        write_json(self.path / "config.json", config)
+
     def clear(self) -> None:
         """--overwrite: remove the old run's files (only the files a run writes; nothing else in the folder)."""
         for name in RUN_FILES:
@@ -132,16 +144,16 @@ class RunFolder:
             records = [r for r in source.read_log() if r.get("epoch", -1) <= checkpoint["epoch"]]
         return list(records)
 
-    def keep_newer_last(self, checkpoint: dict, resume: str) -> str | None:
+    def keep_newer_last(self, checkpoint: dict, resume: str) -> None:
         """When resuming from a checkpoint older than this folder's last.pt (an earlier best.pt, say), move that
-        last.pt aside as last-epoch<N>.pt instead of overwriting it; returns the note to print, or None."""
+        last.pt aside as last-epoch<N>.pt instead of overwriting it, and say so."""
         last = self.path / "last.pt"
         if not last.exists() or os.path.samefile(last, resume):  # best.pt is a hard link to last.pt when newest
-            return None
+            return
         newer = read_checkpoint(last, needs=("epoch",), flag="--resume", mmap=True)["epoch"]
         if newer <= checkpoint["epoch"]:
-            return None
+            return
         kept = self.path / f"last-epoch{newer}.pt"
         os.replace(last, kept)
-        return (f"note: resuming from epoch {checkpoint['epoch']}, older than {last} (epoch {newer}), which is kept "
-                f"as {kept}")
+        print(f"note: resuming from epoch {checkpoint['epoch']}, older than {last} (epoch {newer}), which is kept as "
+              f"{kept}")

@@ -27,31 +27,33 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_checkpoint, read_checkpoint, save_checkpoint,
-                         share_file, training_checkpoint)
+from checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_checkpoint, read_checkpoint,
+                         restore_training_state, training_checkpoint)
 from data import DataError, EpochSampler, SeededItems, build_dataset
-from losses import build_loss
+from losses import WithLoss, build_loss
 from metrics import all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
 from panels import write_dataset_panels
 from recipes import PRESETS, SOURCE, PiecewiseConstant, apply_recipe
 from runs import RunFolder
 from utils import (AMP_DTYPES, ArgumentParser, AutocastReplica, DiskFullError, Progress, UsageError, autocast,
-                   check_writable_file, default_workers, device_name, git_commit, resolve_device, run_command,
-                   versions, write_json)
+                   check_writable_file, default_workers, device_name, git_commit, init_distributed, resolve_device,
+                   run_command, to_device, versions, write_json)
 
 FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")  # its network
 NON_FINITE_EXIT = 3
 
 
 class NonFiniteLoss(Exception):
-    """The loss became NaN or infinite: one line naming the epoch and step, exit code 3."""
+    """The loss became NaN or infinite: one line naming the epoch and step, exit code 3 (last.pt is the last good)."""
+
+
+def preset(key: str) -> str:
+    """The defaults of a flag, one per recipe, for its --help."""
+    return "default: " + ", ".join(f"{name} {PRESETS[name][key]}" for name in PRESETS)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    def preset(key: str) -> str:
-        return "default: " + ", ".join(f"{name} {PRESETS[name][key]}" for name in PRESETS)
-
     p = ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0], add_help=add_help,
                        epilog=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
@@ -61,10 +63,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "checkpoint's")
     add("--data-root", help="dataset folder (cbis: the NBIA download and its CSVs; mias: Info.txt and images; folder: "
         "images/ and masks/; voc: holds VOCdevkit)")
-    add("--fold", metavar="K/N", help="cross-validation: validate on fold K of N (0-based; by patient), train on the "
-        "others (default: the dataset's own split)")
-    add("--cache-dir", help="folder for the preprocessed mammograms (default: $UNET_FUSION_CACHE, else "
-        "~/.cache/unet-fusion/<dataset>-<hash>)")
+    add("--fold", metavar="K/N", help="cross-validation: validate on fold K of N, by patient (crossval.py)")
+    add("--cache-dir", help="folder of the preprocessed mammograms (default: data.cache_folder's)")
     add("--encoder", choices=["resnet34", "bit_r50x1"], help=f"Table 1 'Encoder'; {preset('encoder')}")
     add("--decoder", choices=["fusion", "unet", "unetplusplus"], help="fusion = §4.2 (row A of Tables 2-4), unet / "
         f"unetplusplus = the SMP baselines (rows B, C); {preset('decoder')}")
@@ -94,7 +94,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         f"{preset('augment')}")
     add("--amp", choices=list(AMP_DTYPES), help="autocast precision, a gradient scaler only "
         "for fp16 (default: none, as far as we know the thesis' V100s ran fp32; bf16 is fast and safe on A100/H100)")
-    add("--compile", action="store_true", help="torch.compile the model")
+    add("--compile", action="store_true", help="the fast path on a GPU: the training step (model and loss) under "
+        "torch.compile, and fused AdamW (README, \"Speed\": what each measured)")
     add("--data-parallel", action="store_true", help="nn.DataParallel over all visible GPUs of one process (the "
         "thesis trained on 4 V100s, §4.3, without saying how); torchrun (DDP) is faster")
     add("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (default: off)")
@@ -123,11 +124,11 @@ def main(args) -> dict:
     model = build_network(args, checkpoint, rank, device)
     train_set, val_set, train_loader, val_loader = build_loaders(args, model.config, rank, world, device)
     criterion = build_loss(args.loss, model.config["num_classes"], distributed=world > 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  amsgrad=True)  # Table 1 "Optimizer": AdamW with amsgrad
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, amsgrad=True,
+                                  fused=args.compile and device.type == "cuda")  # Table 1: AdamW with amsgrad
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PiecewiseConstant(args.milestones, args.lr_factors))
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    net, eval_net = wrap_for_devices(model, args, world, device)
+    step, eval_net = wrap_for_devices(model, criterion, args, world, device)
     metric_name = "dice_mean_per_image" if model.config["num_classes"] == 1 else "mean_iou"  # README, "Metrics"
     if args.eval_only:  # the --resume checkpoint's validation metrics
         summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set))
@@ -139,7 +140,7 @@ def main(args) -> dict:
     start_epoch, best, records = 0, None, []
     if checkpoint:
         start_epoch, best, records = restore(checkpoint, optimizer, scheduler, scaler, args, metric_name, changed, log)
-    folder = start_run_folder(args, rank, world, device, checkpoint, records, log)
+    folder = open_run_folder(args, rank, world, device, checkpoint, records)
     state = functools.partial(training_checkpoint, model, optimizer, scheduler, scaler, metric_name=metric_name,
                               steps_per_epoch=len(train_loader), args=vars(args))  # checkpoints.py: the format
     if rank == 0 and checkpoint is None:  # the starting point: a run killed during epoch 0 leaves a loadable last.pt
@@ -156,7 +157,7 @@ def main(args) -> dict:
         train_loader.sampler.set_epoch(epoch)
         epoch_start, lr = time.time(), optimizer.param_groups[0]["lr"]
         try:
-            losses = train_one_epoch(net, criterion, optimizer, scaler, train_loader, device, epoch, amp=args.amp,
+            losses = train_one_epoch(step, optimizer, scaler, train_loader, device, epoch, amp=args.amp,
                                      clip_grad=args.clip_grad, progress=progress)
         except NonFiniteLoss as error:
             kept = f"epoch {epoch - 1}" if epoch > 0 else "the starting weights"
@@ -218,12 +219,9 @@ def resolve_args(args) -> list[str]:
 
 
 def setup_device(args) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment variables; initialises the process group."""
-    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank, world, local_rank = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    device = resolve_device(args.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)  # an index, for set_device and DDP
+    """(rank, world size, device), the process group initialised (utils.init_distributed), after the checks of the
+    flags that need the device."""
+    torchrun, device = "RANK" in os.environ, resolve_device(args.device)
     problems = [(args.amp == "fp16" and device.type != "cuda", "--amp fp16 needs a CUDA GPU; on the CPU use bf16 or "
                                                                "none"),
                 (args.sync_bn and device.type != "cuda", "--sync-bn needs CUDA GPUs"),
@@ -236,12 +234,7 @@ def setup_device(args) -> tuple[int, int, torch.device]:
     for failed, message in problems:
         if failed:
             raise UsageError(message)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # every batch has one shape: time cuDNN's algorithms once, keep the best
-    if torchrun:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return (rank, world, device) if torchrun else (0, 1, device)
+    return init_distributed(device)
 
 
 def build_network(args, checkpoint: dict | None, rank: int, device: torch.device) -> nn.Module:
@@ -313,19 +306,37 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
     return train_set, val_set, train_loader, val_loader
 
 
-def wrap_for_devices(model: nn.Module, args, world: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(network to train, network to validate): SyncBN, torch.compile, DDP or DataParallel as the flags ask. Each
-    rank validates its own shard without DDP's wrapper, whose forward would wait for the others."""
+def wrap_for_devices(model: nn.Module, criterion: nn.Module, args, world: int,
+                     device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """(training step: (images, masks) -> (loss, terms), network to validate) with SyncBN, DDP or DataParallel and
+    torch.compile as the flags ask. Each rank validates its own shard without DDP's wrapper, whose forward would wait
+    for the others; --compile compiles after DDP wraps, so gradients travel while the backward pass runs."""
     net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if args.sync_bn and world > 1 else model
-    net = eval_net = torch.compile(net) if args.compile else net
+    step, eval_net = WithLoss(net, criterion), net
     if world > 1:
         # SMP's Unet++ keeps an scSE block on its last level, which has no skip for it to attend: its parameters
         # get no gradient, and DDP must be told to expect that.
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
-                                                  find_unused_parameters=model.config["decoder"] == "unetplusplus")
-    elif args.data_parallel:
-        net = eval_net = nn.DataParallel(AutocastReplica(net, args.amp))
-    return net, eval_net
+        step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   find_unused_parameters=model.config["decoder"] == "unetplusplus")
+    elif args.data_parallel:  # the replicas compute the logits, the loss sees the whole gathered batch
+        eval_net = nn.DataParallel(AutocastReplica(net, args.amp))
+        step = WithLoss(eval_net, criterion)
+    if args.compile:
+        step, eval_net = torch.compile(step), torch.compile(eval_net)
+    return step, eval_net
+
+
+def open_run_folder(args, rank: int, world: int, device, checkpoint: dict | None, records: list) -> RunFolder:
+    """The run's folder (runs.py), and on rank 0 its lock, a log that matches the weights, and config.json."""
+    folder = RunFolder.choose(args.out_dir, os.path.join("runs", args.dataset), resume=args.resume,
+                              overwrite=args.overwrite)
+    args.out_dir = str(folder.path)  # as run: config.json and the checkpoints say where it went
+    if rank == 0:
+        config = {"args": vars(args), "versions": versions(), "git_commit": git_commit(), "world_size": world,
+                  "device": device_name(device), "effective_batch_size": args.batch_size * world}
+        folder.start(overwrite=args.overwrite, checkpoint=checkpoint, resume=args.resume, records=records,
+                     config=config)
+    return folder
 
 
 def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric_name: str, changed: list[str], log) -> tuple:
@@ -333,14 +344,8 @@ def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric_name: s
     start_epoch = checkpoint["epoch"] + 1
     if start_epoch >= args.epochs:
         raise UsageError(f"{args.resume} already finished epoch {start_epoch - 1}; pass --epochs > {start_epoch}")
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    # The schedule is the run's (the checkpoint's unless --lr or --schedule was given again).
-    scheduler.load_state_dict(dict(checkpoint["scheduler"], base_lrs=[args.lr], lr_lambdas=[
-        {"milestones": args.milestones, "factors": args.lr_factors}]))
-    optimizer.param_groups[0]["lr"] = args.lr * scheduler.lr_lambdas[0](start_epoch)
-    if checkpoint["scaler"]:  # empty unless saved with fp16
-        scaler.load_state_dict(checkpoint["scaler"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
+    restore_training_state(checkpoint, optimizer, scheduler, scaler, lr=args.lr, milestones=args.milestones,
+                           factors=args.lr_factors)
     log(f"resumed {args.resume} (epoch {checkpoint['epoch']})" + ("; changed: " * bool(changed)) + ", ".join(changed))
     best = checkpoint["best_metric"]
     if checkpoint.get("metric_name") != metric_name:  # an older file chose best.pt by another score
@@ -350,44 +355,19 @@ def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric_name: s
     return start_epoch, best, RunFolder.records_at_resume(checkpoint, args.resume)
 
 
-def start_run_folder(args, rank: int, world: int, device: torch.device, checkpoint: dict | None, records: list[dict],
-                     log) -> RunFolder:
-    """The run's folder (runs.py), locked by rank 0, with config.json and a log.jsonl that matches the weights."""
-    folder = RunFolder.choose(args.out_dir, os.path.join("runs", args.dataset), resume=args.resume,
-                              overwrite=args.overwrite)
-    args.out_dir = str(folder.path)  # as run: config.json and the checkpoints say where it went
-    if rank == 0:
-        folder.lock()
-        if args.overwrite:
-            folder.clear()
-        if checkpoint:
-            note = folder.keep_newer_last(checkpoint, args.resume)
-            if note:
-                log(note)
-            folder.write_log(records)  # each epoch once, up to the checkpoint's
-        run = {"args": vars(args), "versions": versions(), "git_commit": git_commit(), "world_size": world,
-               "device": device_name(device), "effective_batch_size": args.batch_size * world}
-        write_json(folder.path / "config.json", run)
-    return folder
-
-
 # --------------------------------------------------------------------------------------------- training loop
-def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device):
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return (images.to(device, non_blocking=True, memory_format=memory_format), masks.to(device, non_blocking=True))
-
-
-def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: int, *, amp: str, clip_grad: float,
+def train_one_epoch(step, optimizer, scaler, loader, device, epoch: int, *, amp: str, clip_grad: float,
                     progress: Progress) -> dict:
-    """One pass over the training set; returns the mean loss and the mean of each of its terms."""
-    model.train()
+    """One pass over the training set with `step` ((images, masks) -> (loss, terms)); returns the mean loss and the
+    mean of each of its terms."""
+    step.train()
     world = dist.get_world_size() if dist.is_initialized() else 1
     totals, tick = {}, time.time()
     for i, (images, masks) in enumerate(loader):
         data_time = time.time() - tick  # waiting for the loader: > 0 means the workers cannot keep up
         images, masks = to_device(images, masks, device)
         with autocast(device, amp):
-            loss, terms = criterion.forward_with_terms(model(images), masks)  # the loss computes in float32
+            loss, terms = step(images, masks)  # the loss computes in float32
         logged = torch.stack([loss.detach(), *(t.detach() for t in terms.values())])
         if world > 1:  # every rank must learn of a NaN on any rank, or the others hang in the next all-reduce
             dist.all_reduce(logged)
@@ -401,7 +381,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: 
         scaler.scale(loss).backward()
         if clip_grad > 0:
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            nn.utils.clip_grad_norm_(step.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
         for name, value in values.items():

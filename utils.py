@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -56,6 +57,29 @@ def resolve_device(name: str | None) -> torch.device:
 def autocast(device: torch.device, amp: str, **options) -> torch.autocast:
     """torch.autocast for --amp none | bf16 | fp16 (none: disabled, so the model runs in fp32)."""
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != "none", **options)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment variables only (RANK, WORLD_SIZE, LOCAL_RANK), the
+    process group initialised (NCCL on GPUs, gloo on CPUs); (0, 1, device) in a single process. A CUDA device without
+    an index becomes the process' LOCAL_RANK GPU, made current, with cuDNN's benchmark mode: every batch of a run has
+    one shape, so cuDNN times its algorithms once and keeps the fastest."""
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world, local_rank = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = device if device.index is not None else torch.device("cuda", local_rank)  # for set_device and DDP
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    if not torchrun:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch onto the device, images channels_last on a GPU (faster convolutions), without blocking the host."""
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=memory_format), masks.to(device, non_blocking=True)
 
 
 class AutocastReplica(nn.Module):

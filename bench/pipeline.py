@@ -1,0 +1,81 @@
+"""Prediction on a folder as a user runs it (predict.py's pipeline: read, prepare, model, write), per backend, side by
+side in one run, and the model's time per image against its CUDA graph time: the card's own time for the batch.
+
+The thesis' ResNet-34 + fusion model (random weights; a checkpoint written here), N synthetic 1024x1024 mammograms
+written as 16-bit PNGs here, `inference.run_prediction` once per backend (runners.py: eager, graph on a GPU,
+onnxruntime on a CPU when installed). Prints images/s, where the time goes, and model ms per image / graph ms.
+
+    python bench/pipeline.py [--images 24] [--device cuda] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from inference import run_prediction  # noqa: E402
+from model import build_model  # noqa: E402
+from synthetic import synthetic_mammogram  # noqa: E402
+from utils import autocast, environment, graph_latency, median_seconds, resolve_device  # noqa: E402
+
+
+def main(args: argparse.Namespace) -> None:
+    device = resolve_device(args.device)
+    print(environment(device))
+    torch.manual_seed(0)
+    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1).eval()
+    results = dict(environment=environment(device), images=args.images, rows=[])
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        checkpoint = folder / "model.pt"
+        torch.save({"model": model.state_dict(), "model_config": model.config, "args": {"image_size": 256}},
+                   checkpoint)
+        (folder / "scans").mkdir()
+        for index in range(args.images):
+            image = synthetic_mammogram((1024, 1024), np.random.default_rng(index))[0]
+            Image.fromarray((image * 65535).astype(np.uint16)).save(folder / "scans" / f"scan{index:03d}.png")
+        backends = ["eager", "graph"] if device.type == "cuda" else ["eager", "onnxruntime"]
+        for backend in backends:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):  # one line per image: keep only the summary
+                run_prediction(str(checkpoint), [str(folder / "scans")], str(folder / f"out-{backend}"),
+                               image_size=None, device=device, tta=False, amp=args.amp, json_path=None,
+                               backend=backend)
+            summary = next(line for line in printed.getvalue().splitlines() if "images/s" in line)
+            results["rows"].append(dict(backend=backend, summary=summary))
+            print(f"{backend:<12} {summary}", flush=True)
+        if device.type == "cuda":  # the card's own time for the model, as bench/gpu.sh's speed table measures it
+            model = model.to(device)
+            x = torch.rand(1, 1, 256, 256, device=device)
+
+            def forward(batch):
+                with torch.no_grad(), autocast(device, args.amp, cache_enabled=False):
+                    model(batch)
+
+            results["graph_ms"] = 1e3 * graph_latency(forward, x, device=device, warmup=5, repeats=50)
+            results["eager_ms"] = 1e3 * median_seconds(lambda: forward(x), device=device, warmup=5, repeats=50)
+            print(f"model alone, batch 1: eager {results['eager_ms']:.2f} ms, CUDA graph {results['graph_ms']:.2f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=24, help="synthetic 1024x1024 mammograms to predict")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
+    return parser
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

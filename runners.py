@@ -1,0 +1,193 @@
+"""How a trained model runs for prediction (thesis Tables 2 and 4's "inference time", for users): the same masks, at
+the hardware's speed rather than Python's.
+
+  * GraphedModel       on a CUDA GPU, the forward captured once per input shape as a CUDA graph and replayed: batch-1
+                       prediction then takes the card's own time instead of Python's time to launch each of a few
+                       hundred kernels (three times faster for the thesis model on an H200; README, "On a GPU").
+  * OnnxRuntimeModel   on a CPU, the model exported to ONNX (export_graph; cached beside the preprocessed images, keyed
+                       by the checkpoint) and run by ONNX Runtime, when it is installed (requirements-dev.txt).
+  * fast_model         the path a device uses by default (--backend auto), each measured against the others by
+                       bench/cpu_predict.py and bench/gpu.sh; every path's logits are checked against the eager model's
+                       before it is used, and a path that cannot be used falls back to the eager model with a note.
+Each wraps the model with the same interface: `.config`, `.parameters()`, and a call from normalised images (B, C,
+H, W) to logits (B, K, H, W).
+
+    model = fast_model(model, device, backend="auto", checkpoint="runs/cbis/best.pt")
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+BACKENDS = ("auto", "eager", "graph", "onnxruntime", "channels_last")
+CPU_AUTO = "eager"  # bench/cpu_predict.py measures every CPU path side by side; the README's CPU table says why
+ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, justified by measurement in the README ("Export to ONNX")
+
+
+class GraphedModel(nn.Module):
+    """The model's forward on a CUDA GPU, in eval mode without gradients, captured as a CUDA graph once per input
+    shape (and autocast setting) and replayed; anywhere else, or past MAX_SHAPES shapes, the plain forward."""
+
+    MAX_SHAPES = 4  # a graph holds its own memory: a few shapes (a batch, the last smaller one, TTA) at most
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.config, self.graphs = model, model.config, {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cuda" or torch.is_grad_enabled() or self.model.training:
+            return self.model(x)
+        amp = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), *amp)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x, *amp) if len(self.graphs) < self.MAX_SHAPES else None
+        if self.graphs[key] is None:
+            return self.model(x)
+        graph, static_input, static_output = self.graphs[key]
+        static_input.copy_(x)
+        graph.replay()
+        return static_output.clone()  # the next replay overwrites the static output
+
+    def _capture(self, x: torch.Tensor, amp_enabled: bool, amp_dtype: torch.dtype):
+        """(graph, its input, its output), or None (the plain forward from then on) where capture fails."""
+        static_input = x.clone(memory_format=torch.preserve_format)
+        # Autocast's cache of cast weights would live outside the graph and be freed under it: off while capturing.
+        cast = dict(device_type="cuda", enabled=amp_enabled, dtype=amp_dtype, cache_enabled=False)
+        try:
+            side = torch.cuda.Stream(x.device)
+            side.wait_stream(torch.cuda.current_stream(x.device))
+            with torch.cuda.stream(side), torch.autocast(**cast):
+                for _ in range(3):  # warm-up off the graph: cuDNN chooses its algorithms here
+                    self.model(static_input)
+            torch.cuda.current_stream(x.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.autocast(**cast):
+                static_output = self.model(static_input)
+            return graph, static_input, static_output
+        except RuntimeError as error:  # an operation that cannot be captured: say so once, run eagerly
+            print(f"note: CUDA graph capture failed ({str(error).splitlines()[0]}); running the model eagerly",
+                  file=sys.stderr)
+            return None
+
+
+class NormalisedModel(nn.Module):
+    """Images in [0, 1] (B, C, H, W) -> logits (B, K, H, W): the model with its normalisation inside (export.py)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(model.config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(model.config["std"], dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def export_graph(module: nn.Module, path: str | os.PathLike, opset: int = 17, *, in_channels: int) -> None:
+    """Trace `module` (eval mode) into an ONNX file with dynamic batch, height and width.
+
+    The TorchScript exporter (dynamo=False), not torch 2.9+'s default dynamo exporter: both give correct dynamic
+    shapes here (align_corners Resize, PixelShuffle as DepthToSpace, BiT's var_mean, GroupNorm as the same
+    InstanceNormalization), but dynamo needs onnxscript and onnx_ir besides onnx and took 5x longer here (26 s vs
+    4.8 s for BiT + fusion with a tiny decoder). The TorchScript one is deprecated; when torch drops it, use
+    dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: 32 * Dim("h32"), 3: 32 * Dim("w32")},), pip install onnxscript.
+    """
+    example = torch.rand(2, in_channels, 64, 96)  # batch 2, H != W: nothing traced as 1 or as square
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        # The deprecation notice is about the choice above. The TracerWarnings come from SegmentationModel.forward's
+        # input checks (multiple of 32), traced as the branch not taken; callers check the graph at two sizes.
+        # BiT's ConstantPad2d leaves a Slice with step -1 that is computed at run time instead of folded.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
+                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+
+
+class OnnxRuntimeModel(nn.Module):
+    """The model through ONNX Runtime on the CPU: normalised images (B, C, H, W) -> float32 logits (B, K, H, W)."""
+
+    def __init__(self, model: nn.Module, path: Path):
+        super().__init__()
+        import onnxruntime  # optional: only this path needs it
+
+        self.model, self.config = model, model.config  # kept for .parameters() (the device) and the config
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch would use
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run(None, {"image": x.detach().float().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+
+def _onnx_file(model: nn.Module, checkpoint: str, cache: Path) -> Path:
+    """The cached export of this checkpoint (keyed by its path, size and mtime, and the torch version)."""
+    stat = Path(checkpoint).stat()
+    key = f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{torch.__version__}"
+    path = cache / f"{Path(checkpoint).stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.onnx"
+    if not path.is_file():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            print(f"exporting {checkpoint} to ONNX for ONNX Runtime (once; cached as {path})", flush=True)
+            export_graph(model, temporary, in_channels=model.config["in_channels"])
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return path
+
+
+def _agrees(fast: nn.Module, model: nn.Module, size: tuple[int, int]) -> float:
+    """The largest logit difference between a path and the eager model on a seeded input, in units of
+    max(1, max |logit|); export.py's tolerance applies."""
+    x = torch.randn(1, model.config["in_channels"], *size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = model(x), fast(x)
+    return float((got - expected).abs().max() / max(1.0, float(expected.abs().max())))
+
+
+def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto", checkpoint: str | None = None,
+               cache: Path | None = None, size: tuple[int, int] = (256, 256)) -> nn.Module:
+    """The model wrapped for the fastest path on `device` that computes its logits (module docstring). auto: a CUDA
+    graph on a GPU; on a CPU, ONNX Runtime when it is installed and a checkpoint to cache the export by is given,
+    else the eager model. Refused paths (onnxruntime missing, logits off by more than ONNX_TOLERANCE) fall back to
+    the eager model with a note."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    model.eval()
+    if backend == "auto":
+        backend = "graph" if device.type == "cuda" else CPU_AUTO
+    if backend == "graph":
+        return GraphedModel(model)
+    if backend == "channels_last":
+        return model.to(memory_format=torch.channels_last)
+    if backend != "onnxruntime":
+        return model
+    if device.type != "cpu" or not _has_onnxruntime() or checkpoint is None or cache is None:
+        print("note: --backend onnxruntime needs the CPU, `pip install onnxruntime onnx` and a checkpoint; running "
+              "the model eagerly", file=sys.stderr)
+        return model
+    fast = OnnxRuntimeModel(model, _onnx_file(model, checkpoint, cache))
+    difference = _agrees(fast, model, size)
+    if not difference <= ONNX_TOLERANCE:
+        print(f"note: ONNX Runtime's logits differ by {difference:.2g} of their scale; running the model eagerly",
+              file=sys.stderr)
+        return model
+    return fast
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnx  # noqa: F401  the exporter writes through it
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
