@@ -19,9 +19,9 @@ if [[ ! -f "$mias/Info.txt" ]]; then
   echo "crossval_mias.sh: no mini-MIAS at $mias (Info.txt, images/, masks/); pass its folder" >&2
   exit 2
 fi
-if [[ "${DRY_RUN:-0}" == 1 ]]; then  # the same command on the CPU: 2 folds, 1 epoch, 32x32, a few images
-  flags=(--folds 2 --jobs 2 -- --device cpu --epochs 1 --image-size 32 --batch-size 4 --limit 8 --workers 0
-         --decoder-channels 16,16,16,16,16 --weights none --panels 0)
+if [[ "${DRY_RUN:-0}" == 1 ]]; then  # the same command on the CPU: two decoders, 2 folds, 1 epoch, 32x32, 8 images
+  flags=(--folds 2 --jobs 2 --decoders fusion unet -- --device cpu --epochs 1 --image-size 32 --batch-size 4
+         --limit 8 --workers 0 --decoder-channels 16,16,16,16,16 --weights none --panels 0)
 else
   flags=(--folds 5 --jobs 5 -- --device cuda --amp bf16 --weights "${WEIGHTS:-none}" --workers 2 --panels 2)
 fi

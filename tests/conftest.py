@@ -4,6 +4,7 @@ is absent; everything else the tests need they write themselves."""
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -31,3 +32,13 @@ def cbis_csvs() -> Path:
 def cbis_sample() -> Path:
     """Two real CBIS-DDSM mammograms with their masks, as 8-bit PNGs."""
     return shared("cbis-ddsm-sample")
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the tests' CPUs are shared with other jobs, where OpenMP's threads wait for each other
+    (5x slower here), and one- and two-process runs then compute each image the same way."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

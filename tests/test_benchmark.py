@@ -5,8 +5,10 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import benchmark
 import utils
@@ -64,17 +66,46 @@ def test_main_writes_the_model_table_as_json_and_refuses_flags_that_measure_noth
             benchmark.main(benchmark.get_args_parser().parse_args(argv))
 
 
+def write_toy_mias(root) -> None:
+    """A mini-MIAS of eight 64x64 images (four women), Info.txt's circles and two outline masks: enough for a dry
+    run's two folds, on any machine."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng, rows = np.random.default_rng(0), []
+    for number in range(1, 9):
+        ref, image = f"mdb{number:03d}", (rng.random((64, 64)) * 80).astype(np.uint8)
+        image[:, :40] += 60  # the breast on the left
+        if number % 3:  # a mass: a bright disc
+            yy, xx = np.ogrid[:64, :64]
+            disc = (yy - 30) ** 2 + (xx - 20) ** 2 <= 36
+            image[disc] = 220
+            rows.append(f"{ref} G CIRC B 20 34 6")
+            if number % 2:
+                Image.fromarray(disc.astype(np.uint8) * 255).save(root / "masks" / f"{ref}.png")
+        else:
+            rows.append(f"{ref} G NORM")
+        Image.fromarray(image).save(root / "images" / f"{ref}.png")
+    (root / "Info.txt").write_text("\n".join(rows) + "\n")
+
+
 @pytest.mark.slow
 def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
     """bench/gpu.sh is run only where a GPU is at hand, and seldom: its dry run takes every step on the CPU at toy
     sizes, so a renamed flag or a broken step shows up here first."""
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1"))
+    write_toy_mias(tmp_path / "mias")
+    results = tmp_path / "results"
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(results), str(tmp_path / "mias")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1", CV_RUNS=str(tmp_path / "cv")))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "failed" not in done.stdout
-    speed = json.loads((tmp_path / "speed.json").read_text())
+    summary = json.loads((results / "crossval-mias" / "summary.json").read_text())
+    assert set(summary["table"]) == {"fusion", "unet"} and summary["folds"] == 2
+    assert all(run["images"] for runs in summary["runs"].values() for run in runs)  # every fold scored
+    assert (results / "crossval-mias" / "summary.png").stat().st_size > 0
+    assert [row["backend"] for row in json.loads((results / "pipeline.json").read_text())["rows"]][0] == "eager"
+    speed = json.loads((results / "speed.json").read_text())
     assert [(row["model"], row["precision"]) for row in speed["speed"]] == [("Table 2 (B) SMP Unet, ResNet-34", "fp32")]
-    peer = json.loads((tmp_path / "peer_fp32.json").read_text())  # SMP is a test requirement
+    peer = json.loads((results / "peer.json").read_text())  # SMP is a test requirement
     assert peer["max_abs_output_difference"] < 1e-4  # the two networks compute the same thing
     assert all(peer[f"{who}_{what}_s"] > 0 for who in ("ours", "smp") for what in ("forward", "train_step"))
-    assert torch.load(tmp_path / "train_smoke" / "last.pt", weights_only=True)["epoch"] == 0

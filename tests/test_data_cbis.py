@@ -16,6 +16,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
 import cbis
+from helpers import write_dicom
 import data
 import mammograms
 from data import DataError, build_dataset, read_dicom
@@ -24,35 +25,6 @@ MASS_HEADER = ["patient_id", "breast_density", "left or right breast", "image vi
                "abnormality type", "mass shape", "mass margins", "assessment", "pathology", "subtlety",
                "image file path", "cropped image file path", "ROI mask file path"]
 SHAPE = (96, 64)  # (rows, columns) of every fake full mammogram
-
-
-def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                slope: float | None = None, intercept: float | None = None, frames: bool = False) -> Path:
-    """A Secondary Capture DICOM as CBIS-DDSM ships them (implicit VR little endian, uncompressed)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    if frames:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.Rows, ds.Columns = pixels.shape[-2:] if pixels.ndim == 2 or frames else pixels.shape[:2]
-    ds.SamplesPerPixel = 3 if pixels.ndim == 3 and not frames else 1
-    if ds.SamplesPerPixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = "RGB" if ds.SamplesPerPixel == 3 else photometric
-    ds.BitsAllocated = 8 * pixels.dtype.itemsize
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    if slope is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    ds.PixelData = pixels.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import splits
+from helpers import write_dicom
 from data import DataError, build_dataset
 
 SIZE = 32
@@ -23,20 +24,6 @@ def mammogram(rng: np.random.Generator, height: int, width: int) -> tuple[np.nda
     cy, cx = rng.integers(height // 4, 3 * height // 4), rng.integers(width // 5, width // 2)
     blob = (rows - cy) ** 2 + (cols - cx) ** 2 <= (min(height, width) // 6) ** 2
     return np.clip(image + 0.4 * blob, 0, 1), blob
-
-
-def write_dicom(path, pixels: np.ndarray) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (pixels * 4095).round().astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture
@@ -56,7 +43,7 @@ def folder(tmp_path):
         elif kind == 2:
             Image.fromarray((image * 255).round().astype(np.uint8)).save(root / "images" / f"{stem}.tif")
         else:
-            write_dicom(root / "images" / f"{stem}.dcm", image)
+            write_dicom(root / "images" / f"{stem}.dcm", (image * 4095).round().astype(np.uint16), bits_stored=12)
         scale = 255 if i % 2 else 1  # both mask conventions
         Image.fromarray(blob.astype(np.uint8) * scale).save(root / "masks" / f"{stem}.png")
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "orphan.png")  # no mask

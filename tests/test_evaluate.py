@@ -21,25 +21,14 @@ from data import build_dataset
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
 from model import build_model
 from panels import write_panel
+from helpers import save_checkpoint
 from utils import UsageError, count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: one intra-op thread avoids OpenMP oversubscription (5x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def save_checkpoint(path: Path, model, *, prefix: str = "", **extra) -> Path:
-    state = {prefix + key: value for key, value in model.state_dict().items()}
-    torch.save(dict(model=state, model_config=model.config, **extra), path)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

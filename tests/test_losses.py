@@ -8,10 +8,10 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import losses
+from helpers import run_processes
 from losses import IGNORE_INDEX, build_loss
 
 REGION_LOSSES = ["jaccard", "dice", "tversky", "focal_tversky"]
@@ -342,15 +342,7 @@ def _losses_on_rank(rank, world_size, store_path, out_dir):
 
 
 def test_distributed_losses_equal_one_process_on_the_whole_batch(tmp_path):
-    context = mp.start_processes(_losses_on_rank, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2,
-                                 join=False, start_method="fork")
-    for _ in range(120):  # 60 s at most; a hang must fail the test, not the CI run
-        if context.join(timeout=0.5):
-            break
-    else:
-        for process in context.processes:
-            process.terminate()
-        pytest.fail("the gloo processes did not finish in 60 s")
+    run_processes(_losses_on_rank, (2, str(tmp_path / "store"), str(tmp_path)), 2)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     for name, (num_classes, variant, make) in DDP_CASES.items():
         images, target = sharded_batch(num_classes, variant)

@@ -26,24 +26,14 @@ from checkpoints import CheckpointError
 from data import DataError, fitted_size, preprocess_mammogram, read_dicom, transform_voc
 from metrics import predict_labels
 from model import build_model
+from helpers import save_checkpoint, write_dicom
 from panels import to_rgb8
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two cores shared with other jobs: one intra-op thread avoids OpenMP oversubscription (5x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def save_checkpoint(path: Path, model, **extra) -> Path:
-    torch.save(dict(model=model.state_dict(), model_config=model.config, **extra), path)
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -87,22 +77,9 @@ def no_partial_files(folder: Path) -> bool:
 # ---------------------------------------------------------------------------------------------------------------------
 # Prediction on files
 
-def write_dicom(path: Path, pixels: np.ndarray, spacing: tuple[float, float] | None) -> None:
-    """A minimal uncompressed 16-bit MONOCHROME2 DICOM written with pydicom."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "MG", "TEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if spacing is not None:
-        ds.PixelSpacing = [f"{spacing[0]}", f"{spacing[1]}"]
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+def scan_dicom(path: Path, height: int, width: int, seed: int, spacing: tuple[float, float] | None = None) -> None:
+    """mammogram_like as a 12-bit DICOM, with PixelSpacing when given."""
+    write_dicom(path, (mammogram_like(height, width, seed) * 4095).astype(np.uint16), bits_stored=12, spacing=spacing)
 
 
 def mammogram_like(height: int, width: int, seed: int) -> np.ndarray:
@@ -134,8 +111,8 @@ def test_predict_folder_of_png_jpeg_pgm_dicom_with_a_broken_file(checkpoints, tm
     Image.fromarray((gray * 65535).round().astype(np.uint16)).save(scans / "deep.png")
     Image.fromarray((gray * 255).round().astype(np.uint8)).save(scans / "sub" / "film.pgm")
     Image.fromarray(np.stack([gray * 255] * 3, axis=2).round().astype(np.uint8)).save(scans / "photo.jpg")
-    write_dicom(scans / "sub" / "scan.dcm", mammogram_like(90, 70, 1) * 4095, spacing=(0.1, 0.05))
-    write_dicom(scans / "plain.dcm", mammogram_like(40, 50, 2) * 4095, spacing=None)
+    scan_dicom(scans / "sub" / "scan.dcm", 90, 70, 1, spacing=(0.1, 0.05))
+    scan_dicom(scans / "plain.dcm", 40, 50, 2)
     (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing else")
     out = tmp_path / "out"
     exit_code = run("--checkpoint", checkpoints["unet"], "--input", scans, "--output", out,
@@ -171,10 +148,10 @@ def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, 
     for folder in ("a", "b"):
         (scans / folder).mkdir(parents=True)
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(scans / folder / "scan.png")
-    write_dicom(scans / "a" / "scan.dcm", mammogram_like(20, 20, 0) * 4095, spacing=None)
-    write_dicom(scans / "b" / "IM000001", mammogram_like(20, 20, 0) * 4095, spacing=None)  # a PACS export's name
-    write_dicom(scans / "b" / "1.2.840.1.3", mammogram_like(20, 20, 0) * 4095, spacing=None)  # named by its UID
-    write_dicom(scans / "b" / "DICOMDIR", mammogram_like(20, 20, 0) * 4095, spacing=None)  # stands for the index
+    scan_dicom(scans / "a" / "scan.dcm", 20, 20, 0)
+    scan_dicom(scans / "b" / "IM000001", 20, 20, 0)  # a PACS export's name
+    scan_dicom(scans / "b" / "1.2.840.1.3", 20, 20, 0)  # named by its UID
+    scan_dicom(scans / "b" / "DICOMDIR", 20, 20, 0)  # stands for the index
     (scans / "b" / "NOTES").write_text("not an image")
     # Files given one by one: same names from different folders never share an output.
     files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]

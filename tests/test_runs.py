@@ -17,12 +17,7 @@ TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-ch
         "--panels", "0", "--print-freq", "100", "--workers", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def epochs_logged(folder) -> list[int]:

@@ -26,12 +26,6 @@ TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-ch
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run_main(argv: list[str]) -> dict:

@@ -1,0 +1,63 @@
+"""What several test files need: DICOM files written with pydicom, checkpoints as train.py writes them (the model and
+its model_config), and gloo processes that must not hang CI. Test files import it as `helpers` (pytest puts the tests'
+folder on the path)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+                slope: float | None = None, intercept: float | None = None, frames: bool = False,
+                spacing: tuple[float, float] | None = None) -> Path:
+    """A Secondary Capture DICOM as CBIS-DDSM ships them (implicit VR little endian, uncompressed) of integer
+    `pixels`: (H, W) gray, (H, W, 3) RGB, or (N, H, W) with frames=True; optional rescale and PixelSpacing (mm)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MG"
+    if frames:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.Rows, ds.Columns = pixels.shape[-2:] if pixels.ndim == 2 or frames else pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if pixels.ndim == 3 and not frames else 1
+    if ds.SamplesPerPixel == 3:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = "RGB" if ds.SamplesPerPixel == 3 else photometric
+    ds.BitsAllocated = 8 * pixels.dtype.itemsize
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if spacing is not None:
+        ds.PixelSpacing = [f"{spacing[0]}", f"{spacing[1]}"]
+    ds.PixelData = pixels.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def save_checkpoint(path: Path, model, *, prefix: str = "", **extra) -> Path:
+    """The model as a checkpoint with its model_config (weight names under `prefix`, as DDP or compile save them)."""
+    state = {prefix + key: value for key, value in model.state_dict().items()}
+    torch.save(dict(model=state, model_config=model.config, **extra), path)
+    return path
+
+
+def run_processes(function, args: tuple, processes: int) -> None:
+    """function(rank, *args) in `processes` forked processes; a hang fails the test after 60 s instead of CI."""
+    context = mp.start_processes(function, args=args, nprocs=processes, join=False, start_method="fork")
+    for _ in range(120):
+        if context.join(timeout=0.5):
+            return
+    for process in context.processes:
+        process.terminate()
+    pytest.fail(f"the {processes} gloo processes did not finish in 60 s")
