@@ -134,6 +134,7 @@ def _onnx_file(model: nn.Module, checkpoint: str, cache: Path) -> Path:
     key = f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{torch.__version__}"
     path = cache / f"{Path(checkpoint).stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.onnx"
     if not path.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             print(f"exporting {checkpoint} to ONNX for ONNX Runtime (once; cached as {path})", flush=True)

@@ -1,0 +1,56 @@
+"""runners.py: each path prediction can take gives the eager model's logits, and a path that cannot be used falls back
+to the eager model in one line. (The CUDA graph itself is exercised by bench/gpu.sh on a GPU; here it must pass
+everything through untouched.)"""
+import sys
+
+import pytest
+import torch
+
+import runners
+from helpers import save_checkpoint
+from model import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runners")
+    torch.manual_seed(0)
+    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1, decoder_channels=(16,) * 5).eval()
+    return model, save_checkpoint(folder / "tiny.pt", model, args=dict(image_size=64)), folder
+
+
+def test_eager_channels_last_and_graph_on_a_cpu_give_the_eager_logits(tiny):
+    model, _, _ = tiny
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        expected = model(x)
+        for backend in ("eager", "channels_last", "graph", "auto"):
+            runner = runners.fast_model(model, torch.device("cpu"), backend=backend)
+            assert runner.config == model.config and next(runner.parameters()).device.type == "cpu"
+            torch.testing.assert_close(runner(x), expected, rtol=1e-4, atol=1e-4)
+    assert isinstance(runners.fast_model(model, torch.device("cpu"), backend="graph"), runners.GraphedModel)
+    assert runners.GraphedModel(model).graphs == {}  # nothing is captured off a GPU
+    with pytest.raises(ValueError, match="backend"):
+        runners.fast_model(model, torch.device("cpu"), backend="tensorrt")
+
+
+def test_onnxruntime_is_checked_cached_and_falls_back_when_missing(tiny, monkeypatch, capsys):
+    pytest.importorskip("onnxruntime", reason="the ONNX Runtime path's optional dependency: pip install onnx onnxruntime")
+    model, checkpoint, folder = tiny
+    runner = runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+                                cache=folder / "cache", size=(64, 64))
+    assert isinstance(runner, runners.OnnxRuntimeModel) and "exporting" in capsys.readouterr().out
+    x = torch.randn(1, 1, 64, 128)  # another size than the check's: the graph's axes are dynamic
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), model(x), rtol=1e-3, atol=1e-3)
+    exported = list((folder / "cache").glob("*.onnx"))
+    assert len(exported) == 1
+    runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+                       cache=folder / "cache", size=(64, 64))
+    assert "exporting" not in capsys.readouterr().out  # the cached export is used again
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    fallback = runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+                                  cache=folder / "cache")
+    assert fallback is model and "running the model eagerly" in capsys.readouterr().err
