@@ -1,17 +1,21 @@
-"""Our baseline U-Net (thesis Table 2, row B) against segmentation_models_pytorch's Unet on the same machine.
+"""Our baseline U-Nets (thesis Table 2 row B, Table 4 row B) and BiT encoder against segmentation_models_pytorch
+and timm on the same machine.
 
-Both models hold the same weights (SMP's state dict loaded into ours), and are timed alternately, forward at batch 1
-and the training step (forward, backward, AdamW) at --batch-size, so that drifting clocks or a busy neighbour hit
-both alike; the order flips every round. On a GPU the batch-1 forward is also timed replayed as a CUDA graph, the
-card's own time without Python's launch cost. Ours must not be slower. segmentation_models_pytorch is needed by
-this script only (requirements-dev.txt).
+Pairs (--models): resnet34 = our Unet vs SMP's Unet("resnet34") at 256x256; bit = our ResNetV2Encoder vs timm's
+resnetv2_50x1_bit features, and our Unet vs SMP's Unet("tu-resnetv2_50x1_bit"), at 384x384. Both models of a pair
+hold the same weights (theirs loaded into ours), and are timed alternately, forward at batch 1 and the training step
+(forward, backward, AdamW) at --batch-size, so that drifting clocks or a busy neighbour hit both alike; the order
+flips every round. On a GPU the batch-1 forward is also timed replayed as a CUDA graph, the card's own time without
+Python's launch cost. Ours must not be slower. segmentation_models_pytorch and timm are needed by this script only
+(requirements-dev.txt).
 
-    python bench/peer_smp.py [--device cuda] [--amp bf16] [--rounds 5] [--json FILE]
+    python bench/peer_smp.py [--device cuda] [--amp bf16] [--models resnet34 bit] [--rounds 5] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -20,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from benchmark import environment, graph_latency, median_seconds, resolve_device  # noqa: E402
-from model import build_model  # noqa: E402
+from model import ResNetV2Encoder, build_model  # noqa: E402
 
 
 def smp_to_ours(key: str) -> str:
@@ -29,21 +33,47 @@ def smp_to_ours(key: str) -> str:
     return key.replace(".attention.sSE.", ".sse.")
 
 
-def main(args: argparse.Namespace) -> None:
-    import segmentation_models_pytorch as smp
+def timm_bit_to_ours(key: str) -> str:
+    """timm's resnetv2_50x1_bit features (as SMP's tu- encoder wraps them) -> model.py's names, which follow the .npz:
+    stem_conv -> root.conv, stages_0.blocks.0 -> body.block1.unit01, norm1 -> gn1, downsample.conv -> downsample."""
+    key = key.replace("encoder.model.", "encoder.").replace("stem_conv.", "root.conv.")
+    key = re.sub(r"stages_(\d)\.blocks\.(\d+)\.", lambda m: f"body.block{int(m[1]) + 1}.unit{int(m[2]) + 1:02d}.", key)
+    return re.sub(r"\.norm(\d)\.", r".gn\1.", key.replace(".downsample.conv.", ".downsample."))
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise SystemExit(f"peer_smp.py: {error}") from None
-    torch.backends.cudnn.benchmark = True  # fixed shapes, as in benchmark.py
-    theirs = smp.Unet("resnet34", encoder_weights=None, classes=1).to(device)
-    ours = build_model("resnet34", "unet", num_classes=1).to(device)
-    ours.load_state_dict({smp_to_ours(k): v for k, v in theirs.state_dict().items()})
+
+def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    """(ours, theirs, classes) holding the same weights; classes 0 means an encoder, trained on its features' mean."""
+    import segmentation_models_pytorch as smp
+    import timm
+
+    if name == "Unet, ResNet-34":
+        theirs = smp.Unet("resnet34", encoder_weights=None, classes=1)
+        ours, classes = build_model("resnet34", "unet", num_classes=1), 1
+    elif name == "BiT-R50x1 encoder":
+        theirs, ours, classes = timm.create_model("resnetv2_50x1_bit", features_only=True), ResNetV2Encoder(3), 0
+    else:  # "Unet, BiT-R50x1"
+        theirs = smp.Unet("tu-resnetv2_50x1_bit", encoder_weights=None, classes=21)
+        ours, classes = build_model("bit_r50x1", "unet", num_classes=21), 21
+    ours.load_state_dict({timm_bit_to_ours(smp_to_ours(k)): v for k, v in theirs.state_dict().items()})  # strict
+    return ours, theirs, classes
+
+
+def loss_of(out, classes: int, target: torch.Tensor) -> torch.Tensor:
+    """BCE for 1 class, cross-entropy for more; for an encoder the mean of its five feature maps (strides 2 to 32)."""
+    if classes == 0:
+        return sum(f.float().mean() for f in out[-5:])
+    if classes == 1:
+        return torch.nn.functional.binary_cross_entropy_with_logits(out.float(), target[:, None].float())
+    return torch.nn.functional.cross_entropy(out.float(), target)
+
+
+def time_pair(ours, theirs, classes: int, side: int, args: argparse.Namespace, device: torch.device) -> dict:
+    """Median seconds over rounds of each measure, for both models, timed alternately (order flipped every round);
+    "rounds" keeps every round's time."""
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
-    one = torch.randn(1, 3, args.size, args.size, device=device)
-    batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
-    target = torch.randint(0, 2, (args.batch_size, 1, args.size, args.size), device=device).float()
+    one = torch.randn(1, 3, side, side, device=device)
+    batch = torch.randn(args.batch_size, 3, side, side, device=device)
+    target = torch.randint(0, max(classes, 2), (args.batch_size, side, side), device=device)
 
     def forward(model, x=one):  # autocast's cache off, as CUDA graph capture needs
         model.eval()
@@ -56,18 +86,18 @@ def main(args: argparse.Namespace) -> None:
         def step():
             model.train()
             with torch.autocast(**autocast):
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch).float(), target)
+                loss = loss_of(model(batch), classes, target)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return step
 
-    steps = {"ours": make_train_step(ours), "smp": make_train_step(theirs)}
-    models = {"ours": ours, "smp": theirs}
+    steps = {"ours": make_train_step(ours), "theirs": make_train_step(theirs)}
+    models = {"ours": ours, "theirs": theirs}
     measures = ("forward_s", "train_step_s") + (("graph_forward_s",) if device.type == "cuda" else ())
     timings = {f"{name}_{what}": [] for name in models for what in measures}
-    for round_index in range(args.rounds):  # alternate: ours, smp, smp, ours, ours, smp, ...
-        for name in (["ours", "smp"] if round_index % 2 == 0 else ["smp", "ours"]):
+    for round_index in range(args.rounds):  # alternate: ours, theirs, theirs, ours, ours, theirs, ...
+        for name in (["ours", "theirs"] if round_index % 2 == 0 else ["theirs", "ours"]):
             model = models[name]
             timings[f"{name}_forward_s"].append(
                 median_seconds(lambda: forward(model), device=device, warmup=1, repeats=args.repeats))
@@ -76,16 +106,38 @@ def main(args: argparse.Namespace) -> None:
             if device.type == "cuda":
                 timings[f"{name}_graph_forward_s"].append(graph_latency(
                     lambda x: forward(model, x), one, device=device, warmup=1, repeats=args.repeats))
-    result = {k: statistics.median(v) for k, v in timings.items()}
-    result.update(environment=environment(device), size=args.size, batch_size=args.batch_size, amp=args.amp,
-                  smp_version=smp.__version__)
-    print(result["environment"], f"| SMP {smp.__version__} | {args.size}x{args.size}, amp {args.amp}")
-    rows = [("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")]
+    return {**{k: statistics.median(v) for k, v in timings.items()}, "rounds": timings}
+
+
+# --models name -> (pair, its thesis input side): Table 2 at 256x256, Table 4 at 384x384
+PAIRS = {"resnet34": [("Unet, ResNet-34", 256)], "bit": [("BiT-R50x1 encoder", 384), ("Unet, BiT-R50x1", 384)]}
+
+
+def main(args: argparse.Namespace) -> None:
+    import segmentation_models_pytorch as smp
+    import timm
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"peer_smp.py: {error}") from None
+    torch.backends.cudnn.benchmark = True  # fixed shapes, as in benchmark.py
+    result = dict(environment=environment(device), batch_size=args.batch_size, amp=args.amp,
+                  smp_version=smp.__version__, timm_version=timm.__version__, rows=[])
+    print(result["environment"], f"| SMP {smp.__version__}, timm {timm.__version__} | amp {args.amp}")
+    units = [("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")]
     if device.type == "cuda":
-        rows.insert(1, ("graph_forward", "ms at batch 1, replayed as a CUDA graph"))
-    for what, unit in rows:
-        a, b = result[f"ours_{what}_s"] * 1e3, result[f"smp_{what}_s"] * 1e3
-        print(f"{what:<13} ours {a:9.2f}  smp {b:9.2f}  {unit}  (ours / smp = {a / b:.3f})")
+        units.insert(1, ("graph_forward", "ms at batch 1, replayed as a CUDA graph"))
+    for label, side in [pair for name in args.models for pair in PAIRS[name]]:
+        side = args.size or side
+        ours, theirs, classes = build_pair(label)
+        row = time_pair(ours.to(device), theirs.to(device), classes, side, args, device)
+        result["rows"].append(dict(pair=label, size=side, **row))
+        print(f"{label}, {side}x{side} (theirs: {'timm' if classes == 0 else 'SMP'})")
+        for what, unit in units:
+            a, b = row[f"ours_{what}_s"] * 1e3, row[f"theirs_{what}_s"] * 1e3
+            print(f"  {what:<13} ours {a:9.2f}  theirs {b:9.2f}  {unit}  (ours / theirs = {a / b:.3f})")
+        del ours, theirs
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
@@ -96,7 +148,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N "
                         "(default: auto)")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
-    parser.add_argument("--size", type=int, default=256, help="input side in pixels (thesis: 256)")
+    parser.add_argument("--models", nargs="+", default=["resnet34", "bit"], choices=list(PAIRS),
+                        help="pairs to time: resnet34 (Unet) and/or bit (encoder, Unet) (default: both)")
+    parser.add_argument("--size", type=int, default=None, help="input side in pixels for every pair (default: the "
+                        "thesis' side of each, 256 for ResNet-34, 384 for BiT)")
     parser.add_argument("--batch-size", type=int, default=4, help="batch of the training step")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median over rounds is shown")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per round (median)")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import benchmark
-from bench.peer_smp import smp_to_ours
+from bench.peer_smp import smp_to_ours, timm_bit_to_ours
 import model as model_lib
 from fusion import FusionDecoder, FusionLayer, SEBlock
 from model import WeightsError, build_model, load_encoder_weights
@@ -168,6 +168,19 @@ def test_bit_npz_that_does_not_fit_is_rejected_by_name(tmp_path):
     np.savez(path, **{k: v for k, v in arrays.items() if "block4" not in k})
     with pytest.raises(WeightsError, match="does not fit the bit_r50x1 encoder"):
         load_encoder_weights(model_lib.ResNetV2Encoder(3), "bit_r50x1", str(path))
+
+
+def test_bit_unet_with_timm_names_mapped_matches_smp_tu_encoder():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    reference = smp.Unet("tu-resnetv2_50x1_bit", encoder_weights=None, classes=3)
+    randomise(reference, seed=4)
+    ours = build_model("bit_r50x1", "unet", num_classes=3)
+    ours.load_state_dict({timm_bit_to_ours(smp_to_ours(k)): v for k, v in reference.state_dict().items()})
+    reference.eval(), ours.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got, want = ours(x), reference(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()  # random norms grow the logits to ~1e5
 
 
 # ---------------------------------------------------------------------------------------- weights: download
