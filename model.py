@@ -115,11 +115,23 @@ class ResNetEncoder(nn.Module):
 class StdConv2d(nn.Conv2d):
     """Convolution with weight standardisation: each filter gets zero mean, unit variance at every forward (BiT)."""
 
+    _cache = None  # (alias of the weight, its version, standardised weight): a plain attribute, not in state_dict
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
-        w = (w - mean) / torch.sqrt(var + 1e-10)  # eps as in Google's bit_pytorch
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        # layer_norm over each filter's (in, kh, kw) is (w - mean) / sqrt(var + eps), biased variance: Google's
+        # bit_pytorch formula (eps 1e-10 as there) in one fused op and backward, a third of var_mean + sub + div.
+        w, cache = self.weight, self._cache
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() or w.is_inference():
+            self._cache = None  # training, or a traced/compiled graph: standardise the weight itself, keep no copy
+            return F.conv2d(x, F.layer_norm(w, w.shape[1:], eps=1e-10), self.bias, self.stride, self.padding,
+                            self.dilation, self.groups)
+        # No autograd (no_grad, inference_mode): the result is a function of the weight alone, so it is reused until
+        # the weight changes. Every in-place write through the parameter (load_state_dict's copy_, optimizer steps,
+        # edits under no_grad) bumps its version; a new tensor (.to(), `.data = t`) is not is_set_to the alias, whose
+        # reference keeps the old memory from being reused at the same address. Writes through `.data` bump nothing.
+        if cache is None or cache[1] != w._version or not cache[0].is_set_to(w):
+            cache = self._cache = (w.detach(), w._version, F.layer_norm(w, w.shape[1:], eps=1e-10))
+        return F.conv2d(x, cache[2], self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class PreActBottleneck(nn.Module):
@@ -138,11 +150,11 @@ class PreActBottleneck(nn.Module):
             self.downsample = StdConv2d(in_channels, out_channels, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.gn1(x))
+        out = F.relu(self.gn1(x), inplace=True)  # in place, as timm: GroupNorm's backward needs its input only
         shortcut = x if self.downsample is None else self.downsample(out)  # projection sees the pre-activated input
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.gn2(out)))
-        out = self.conv3(F.relu(self.gn3(out)))
+        out = self.conv2(F.relu(self.gn2(out), inplace=True))
+        out = self.conv3(F.relu(self.gn3(out), inplace=True))
         return out + shortcut
 
 
