@@ -1,5 +1,6 @@
 """The network (model.py, fusion.py): encoders against independent implementations, weight files in their published
 layouts, the thesis' parameter and FLOP counts, and the model's input checks."""
+import copy
 import json
 import urllib.error
 
@@ -216,10 +217,10 @@ def test_std_conv_cache_stays_out_of_the_state_dict_and_survives_deepcopy():
     with torch.no_grad():
         want = encoder(torch.ones(1, 1, 32, 32))[-1]
     assert encoder.root.conv._cache is not None and list(encoder.state_dict()) == keys
-    copy = __import__("copy").deepcopy(encoder)
+    twin = copy.deepcopy(encoder)
     with torch.no_grad():
-        copy.root.conv.weight.zero_()  # the copy's weights are its own: its cache must follow them, not the original's
-        assert copy(torch.ones(1, 1, 32, 32))[1].abs().max() == 0
+        twin.root.conv.weight.zero_()  # the copy's weights are its own: its cache must follow them, not the original's
+        assert twin(torch.ones(1, 1, 32, 32))[1].abs().max() == 0
         assert torch.equal(encoder(torch.ones(1, 1, 32, 32))[-1], want)
 
 
