@@ -157,6 +157,18 @@ def state_dict_from_smp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {ours(key): value for key, value in state.items()}
 
 
+def state_dict_from_timm_bit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's resnetv2_50x1_bit features (as SMP's tu- encoder wraps them) under model.py's names, which follow the
+    .npz: stem_conv -> root.conv, stages_0.blocks.0 -> body.block1.unit01, norm1 -> gn1, downsample.conv ->
+    downsample."""
+    def ours(key: str) -> str:
+        key = key.replace("encoder.model.", "encoder.").replace("stem_conv.", "root.conv.")
+        key = re.sub(r"stages_(\d)\.blocks\.(\d+)\.", lambda m: f"body.block{int(m[1]) + 1}.unit{int(m[2]) + 1:02d}.",
+                     key)
+        return re.sub(r"\.norm(\d)\.", r".gn\1.", key.replace(".downsample.conv.", ".downsample."))
+    return {ours(key): value for key, value in state.items()}
+
+
 def model_from_checkpoint(checkpoint: dict, path: str | os.PathLike) -> torch.nn.Module:
     """build_model(**model_config) with the checkpoint's weights loaded, on the CPU."""
     config = dict(checkpoint["model_config"])

@@ -1,16 +1,13 @@
 """The network: encoders, their pretrained weights, the baseline decoders and the segmentation model (thesis §4.2-4.3).
 
-  * ResNetEncoder, ResNetV2Encoder  ResNet-34 and BiT ResNetV2-50x1 (Table 1), named as torchvision's and Google's
-    weight files, which load one to one; load_encoder_weights downloads and caches them, or reads a local file.
-  * UNetDecoder, UNetPlusPlusDecoder  segmentation_models_pytorch's Unet and Unet++ decoders (baselines B and C).
-  * SegmentationModel / build_model   encoder + decoder + 3x3 head; `.config` rebuilds the model from a checkpoint.
-The proposed decoder (SE fusion, §4.2, Fig. 5-6) lives in fusion.py. Every encoder returns six feature maps at strides
-1-32 (the first is the input itself) and names their widths `out_channels`, SMP's convention.
+ResNetEncoder and ResNetV2Encoder (Table 1) are named as torchvision's and Google's weight files, which load one to
+one (load_encoder_weights downloads and caches them); UNetDecoder and UNetPlusPlusDecoder are SMP's (baselines B
+and C); SegmentationModel / build_model join an encoder, a decoder (the proposed one is fusion.py's) and a 3x3 head,
+and `.config` rebuilds the model. Every encoder returns six feature maps at strides 1-32 (the first is the
+input itself), their widths in `out_channels`, SMP's convention. Imports only torch (numpy for BiT .npz files): copy
+it with fusion.py; alone it builds the two baselines.
 
-    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1, weights="imagenet")
-    logits = model(torch.randn(2, 1, 256, 256))  # (2, 1, 256, 256)
-
-Imports only torch (numpy to read BiT .npz files). Copy it with fusion.py; alone it builds the two baselines.
+    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1, weights="imagenet")  # (B, 1, H, W) logits
 """
 from __future__ import annotations
 
@@ -21,10 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Where "imagenet" and the other named weights come from. ResNet-34: "imagenet" is torchvision's IMAGENET1K_V1 file,
-# the one SMP's baselines load; "imagenet-timm" is the file timm's resnet34 loaded in 2022 (same layer names), which
-# §4.3's "pretrained encoders from TIMM" may mean. BiT: Google's .npz files; "imagenet" is the distilled ImageNet-1k
-# R50x1 of the thesis' reference [38], "imagenet21k" the BiT-M upstream model.
+# The named weights. ResNet-34: "imagenet" is torchvision's IMAGENET1K_V1 file, SMP's baselines' one; "imagenet-timm"
+# the file timm's resnet34 loaded in 2022, which §4.3's "pretrained encoders from TIMM" may mean. BiT: Google's .npz
+# files, "imagenet" the distilled ImageNet-1k R50x1 of the thesis' reference [38], "imagenet21k" BiT-M's upstream.
 WEIGHT_URLS = {
     "resnet34": {"imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth",
                  "imagenet-timm": "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
@@ -33,8 +29,7 @@ WEIGHT_URLS = {
                   "imagenet21k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
                   "imagenet21k-ft1k": "https://storage.googleapis.com/bit_models/BiT-M-R50x1-ILSVRC2012.npz"},
 }
-# The input normalisation each encoder was pretrained with, on images scaled to [0, 1]. A 1-channel model takes the
-# mean of the RGB statistics (default_normalisation); adapt_first_conv folds the difference into its first layer.
+# Each encoder's pretraining normalisation of [0, 1] images; a 1-channel model takes the means (default_normalisation).
 INPUT_NORMALISATION = {
     "resnet34": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision ImageNet
     "bit_r50x1": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # BiT: inputs in [-1, 1]
@@ -100,11 +95,21 @@ class ResNetEncoder(nn.Module):
 class StdConv2d(nn.Conv2d):
     """Convolution with weight standardisation: each filter gets zero mean, unit variance at every forward (BiT)."""
 
+    _cache = None  # (alias of the weight, its version, standardised weight): a plain attribute, not in state_dict
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # layer_norm over each filter's (in, kh, kw) is Google's (w - mean) / sqrt(var + 1e-10), biased variance, in
+        # one fused op and backward: a third of the time of var_mean, sub and div.
         w = self.weight
-        var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
-        w = (w - mean) / torch.sqrt(var + 1e-10)  # eps as in Google's bit_pytorch
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling() or w.is_inference():
+            self._cache = None  # training, or a traced/compiled graph: standardise the weight itself, keep no copy
+            return self._conv_forward(x, F.layer_norm(w, w.shape[1:], eps=1e-10), self.bias)
+        # Without autograd the result depends on the weight alone, so it is reused until the weight changes: an
+        # in-place write (load_state_dict, an optimizer step) bumps its version, and a new tensor (.to(), .data = t)
+        # is not is_set_to the alias kept here, whose reference stops the old memory being reused at the same address.
+        if self._cache is None or self._cache[1] != w._version or not self._cache[0].is_set_to(w):
+            self._cache = (w.detach(), w._version, F.layer_norm(w, w.shape[1:], eps=1e-10))
+        return self._conv_forward(x, self._cache[2], self.bias)
 
 
 class PreActBottleneck(nn.Module):
@@ -122,11 +127,11 @@ class PreActBottleneck(nn.Module):
             in_channels, out_channels, 1, stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.gn1(x))
+        out = F.relu(self.gn1(x), inplace=True)  # in place, as timm: GroupNorm's backward needs its input only
         shortcut = x if self.downsample is None else self.downsample(out)  # projection sees the pre-activated input
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.gn2(out)))
-        out = self.conv3(F.relu(self.gn3(out)))
+        out = self.conv2(F.relu(self.gn2(out), inplace=True))
+        out = self.conv3(F.relu(self.gn3(out), inplace=True))
         return out + shortcut
 
 
@@ -173,10 +178,10 @@ def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
     import numpy as np  # only needed for BiT weights
 
     with np.load(path) as arrays:
-        arrays = {key: arrays[key] for key in arrays.files if key.startswith("resnet/")}
+        arrays = {key[len("resnet/"):]: arrays[key] for key in arrays.files if key.startswith("resnet/")}
     state = {}
     for key, array in arrays.items():
-        parts, value = key[len("resnet/"):].split("/"), torch.from_numpy(array)
+        parts, value = key.split("/"), torch.from_numpy(array)
         if value.ndim == 4:
             value = value.permute(3, 2, 0, 1)  # (kh, kw, in, out) -> (out, in, kh, kw)
         leaf = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}[parts[-1]]
@@ -194,21 +199,18 @@ def _state_dict_from_npz(path: str) -> dict[str, torch.Tensor]:
 
 def default_normalisation(encoder: str, in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) of the model's input: the encoder's pretraining statistics, averaged over RGB for 1 channel."""
-    rgb_mean, rgb_std = INPUT_NORMALISATION[encoder]
-    if in_channels == 3:
-        return rgb_mean, rgb_std
-    return (round(sum(rgb_mean) / 3, 4),) * in_channels, (round(sum(rgb_std) / 3, 4),) * in_channels
+    mean, std = INPUT_NORMALISATION[encoder]
+    return (mean, std) if in_channels == 3 else ((round(sum(mean) / 3, 4),) * in_channels,
+                                                 (round(sum(std) / 3, 4),) * in_channels)
 
 
 def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int, *,
                      rgb: tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3),
                      gray: tuple[float, float] = (0.0, 1.0), bn_mean_key: str | None = None) -> None:
-    """Make RGB first-layer kernels fit a 1-channel input. rgb = (mean, std) the RGB weights were trained with,
-    gray = (mean, std) the 1-channel model normalises with. Kernel c is scaled by gray std / std[c] and the three are
-    summed; the constant left by the different means, sum_c (gray mean - mean[c]) / std[c] * sum(W_c), comes off
-    BatchNorm's running mean (bn_mean_key). For ResNet-34 the 1-channel model then computes exactly what the RGB model
-    computes on the gray image replicated to three channels, away from the zero-padded border. BiT normalises every
-    channel alike and standardises its weights, so there the match holds up to one positive scale per filter."""
+    """Make RGB first-layer kernels fit a 1-channel input normalised with gray = (mean, std); rgb = (mean, std) of the
+    RGB weights. Kernel c is scaled by gray std / std[c] and the three are summed; the constant the means leave,
+    sum_c (gray mean - mean[c]) / std[c] * sum(W_c), comes off BatchNorm's running mean (bn_mean_key). README,
+    "Pretrained weights": exact for ResNet-34 away from the border; for BiT up to one positive scale per filter."""
     weight = state[key]
     if weight.shape[1] == in_channels:
         return
@@ -227,10 +229,8 @@ def adapt_first_conv(state: dict[str, torch.Tensor], key: str, in_channels: int,
 
 def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *, mean: Sequence[float] | None = None,
                          std: Sequence[float] | None = None) -> list[str]:
-    """Load "imagenet" (or another named file of WEIGHT_URLS[name]) or a local .pth/.npz into `encoder`. Downloads
-    go through torch.hub's cache ($TORCH_HOME/hub/checkpoints), so each file is fetched once. mean/std: the model's
-    input normalisation (default: default_normalisation), which a 1-channel encoder's first layer is adapted to.
-    Returns the checkpoint keys deliberately left out (the classifier), so callers can see nothing else was."""
+    """Load "imagenet" (or another file of WEIGHT_URLS[name], fetched once into torch.hub's cache) or a local .pth or
+    .npz into `encoder`, a 1-channel first layer adapted to the model's mean/std; returns the keys left out."""
     known = WEIGHT_URLS[name]
     if weights in known:
         url = known[weights]
@@ -391,17 +391,6 @@ BASELINE_DECODERS = {"unet": UNetDecoder, "unetplusplus": UNetPlusPlusDecoder}
 
 
 # ------------------------------------------------------------------------------------------------- the model
-def _smp_init(decoder: nn.Module, head: nn.Module) -> None:
-    """SMP's initialisation: decoder convs Kaiming-uniform (fan_in), the head Xavier-uniform (BN starts as identity)."""
-    for m in decoder.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    nn.init.xavier_uniform_(head.weight)
-    nn.init.zeros_(head.bias)
-
-
 class SegmentationModel(nn.Module):
     """Encoder -> decoder -> 3x3 convolution to one logit per class and pixel (no activation)."""
 
@@ -409,7 +398,13 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.head = nn.Conv2d(decoder.out_channels, num_classes, 3, padding=1)
-        _smp_init(decoder, self.head)
+        for m in decoder.modules():  # SMP's initialisation: decoder convs Kaiming-uniform (fan_in), head Xavier
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
         self.config = config  # plain build_model kwargs: build_model(**model.config) rebuilds this architecture
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -424,11 +419,8 @@ def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes:
                 weights: str | None = None, mean: tuple | None = None, std: tuple | None = None,
                 **decoder_options) -> SegmentationModel:
     """Build encoder + decoder + head. weights: None (random), "imagenet" (download once), or a .pth/.npz path.
-
-    decoder_options go to the decoder: `decoder_channels` for all three, `attention` for unet/unetplusplus,
-    `se_reduction` for fusion. `mean`/`std` override the encoder's input normalisation (kept in `model.config`, so
-    data code and evaluate.py never guess it).
-    """
+    decoder_options: `decoder_channels` for all three, `attention` for unet/unetplusplus, `se_reduction` for fusion.
+    `mean`/`std` override the encoder's input normalisation, kept in `model.config` so no other code guesses it."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {sorted(ENCODERS)}")
     if decoder not in ("fusion", *BASELINE_DECODERS):

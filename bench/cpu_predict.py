@@ -36,7 +36,8 @@ ROWS = {  # label: (build_model kwargs, input side)
 
 def paths_of(model: torch.nn.Module, folder: Path) -> dict:
     """name -> (runner, seconds of its first-use cost)."""
-    runners = {"eager": (model, 0.0), "channels_last": (copy.deepcopy(model).to(memory_format=torch.channels_last), 0.0)}
+    channels_last = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    runners = {"eager": (model, 0.0), "channels_last": (channels_last, 0.0)}
     compiled = torch.compile(model)
     start = time.perf_counter()
     with torch.no_grad():

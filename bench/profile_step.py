@@ -61,7 +61,8 @@ def main(args: argparse.Namespace) -> None:
     events = [e for e in profiler.key_averages() if e.device_type.name == ("CUDA" if device.type == "cuda" else "CPU")]
     times = Counter()
     for event in events:
-        times[kind_of(event.key)] += event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        on_device = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        times[kind_of(event.key)] += on_device
     total = sum(times.values())
     print(environment(device), f"| {args.model}, batch {args.batch_size}, {args.amp}, compile={args.compile}")
     print(f"per step: {total / args.steps / 1e3:.2f} ms of kernels")

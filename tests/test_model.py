@@ -1,6 +1,7 @@
 """The network (model.py, fusion.py): encoders against independent implementations, weight files in their published
 layouts, the thesis' parameter and FLOP counts, and the model's input checks."""
 import ast
+import copy
 import importlib.util
 import json
 import sys
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 import benchmark
 import model as model_lib
-from checkpoints import state_dict_from_smp
+from checkpoints import state_dict_from_smp, state_dict_from_timm_bit
 from fusion import DEFAULT_WIDTHS, FusionDecoder, FusionLayer, SEBlock
 from model import WeightsError, build_model, load_encoder_weights
 
@@ -174,6 +175,72 @@ def test_bit_npz_that_does_not_fit_is_rejected_by_name(tmp_path):
     np.savez(path, **{k: v for k, v in arrays.items() if "block4" not in k})
     with pytest.raises(WeightsError, match="does not fit the bit_r50x1 encoder"):
         load_encoder_weights(model_lib.ResNetV2Encoder(3), "bit_r50x1", str(path))
+
+
+def standardised_conv(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The BiT formula written out in float64, independently of StdConv2d: (w - mean) / sqrt(var + 1e-10) per filter."""
+    w = conv.weight.detach().double()
+    w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.var(dim=(1, 2, 3), unbiased=False, keepdim=True) + 1e-10).sqrt()
+    return F.conv2d(x.double(), w, None, conv.stride, conv.padding)
+
+
+def test_std_conv_reuses_its_standardised_weight_without_autograd_until_the_weight_changes():
+    torch.manual_seed(0)
+    conv, x = model_lib.StdConv2d(8, 16, 3, padding=1, bias=False), torch.randn(2, 8, 12, 12)
+    check = lambda: torch.testing.assert_close(conv(x).double(), standardised_conv(conv, x), rtol=1e-5, atol=1e-5)
+    trained = conv(x)  # autograd on: computed from the weight, nothing kept
+    assert conv._cache is None and trained.requires_grad
+    conv.eval()
+    with torch.no_grad():
+        assert torch.equal(conv(x), trained)
+        kept = conv._cache[2]
+        check()
+        assert conv._cache[2] is kept  # reused, not recomputed
+    with torch.inference_mode():
+        assert torch.equal(conv(x), trained) and conv._cache[2] is kept
+
+    other = model_lib.StdConv2d(8, 16, 3, padding=1, bias=False)
+    conv.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        check()
+        torch.testing.assert_close(conv(x), other(x))
+    conv.train()  # a training step, then eval again
+    optimizer = torch.optim.AdamW(conv.parameters(), lr=0.1, amsgrad=True)
+    conv(x).square().mean().backward()
+    optimizer.step()
+    conv.eval()
+    with torch.no_grad():
+        check()
+        conv.weight[3].mul_(-2.0)  # an in-place edit of one filter under no_grad
+        check()
+        conv.to(torch.float64)  # a new tensor (same values): recomputed, in the new dtype
+        assert conv(x.double()).dtype == torch.float64 and conv._cache[2].dtype == torch.float64
+
+
+def test_std_conv_cache_stays_out_of_the_state_dict_and_survives_deepcopy():
+    encoder = model_lib.ResNetV2Encoder(1, blocks=(1, 1, 1, 1)).eval()
+    keys = list(encoder.state_dict())
+    with torch.no_grad():
+        want = encoder(torch.ones(1, 1, 32, 32))[-1]
+    assert encoder.root.conv._cache is not None and list(encoder.state_dict()) == keys
+    twin = copy.deepcopy(encoder)
+    with torch.no_grad():
+        twin.root.conv.weight.zero_()  # the copy's weights are its own: its cache must follow them, not the original's
+        assert twin(torch.ones(1, 1, 32, 32))[1].abs().max() == 0
+        assert torch.equal(encoder(torch.ones(1, 1, 32, 32))[-1], want)
+
+
+def test_bit_unet_with_timm_names_mapped_matches_smp_tu_encoder():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    reference = smp.Unet("tu-resnetv2_50x1_bit", encoder_weights=None, classes=3)
+    randomise(reference, seed=4)
+    ours = build_model("bit_r50x1", "unet", num_classes=3)
+    ours.load_state_dict(state_dict_from_timm_bit(state_dict_from_smp(reference.state_dict())))
+    reference.eval(), ours.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        got, want = ours(x), reference(x)
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()  # random norms grow the logits to ~1e5
 
 
 # ---------------------------------------------------------------------------------------- weights: download

@@ -37,7 +37,7 @@ def test_eager_channels_last_and_graph_on_a_cpu_give_the_eager_logits(tiny):
 
 
 def test_onnxruntime_is_checked_cached_and_falls_back_when_missing(tiny, monkeypatch, capsys):
-    pytest.importorskip("onnxruntime", reason="the ONNX Runtime path's optional dependency: pip install onnx onnxruntime")
+    pytest.importorskip("onnxruntime", reason="the ONNX Runtime path's optional dependency: pip install onnxruntime")
     model, checkpoint, folder = tiny
     runner = runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                                 cache=folder / "cache", size=(64, 64))
