@@ -43,8 +43,7 @@ def main(args: argparse.Namespace) -> None:
         for index in range(args.images):
             image = synthetic_mammogram((1024, 1024), np.random.default_rng(index))[0]
             Image.fromarray((image * 65535).astype(np.uint16)).save(folder / "scans" / f"scan{index:03d}.png")
-        backends = ["eager", "graph"] if device.type == "cuda" else ["eager", "onnxruntime"]
-        for backend in backends:
+        for backend in args.backends or (["eager", "graph"] if device.type == "cuda" else ["eager", "onnxruntime"]):
             printed = io.StringIO()
             with contextlib.redirect_stdout(printed):  # one line per image: keep only the summary
                 run_prediction(str(checkpoint), [str(folder / "scans")], str(folder / f"out-{backend}"),
@@ -73,6 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=24, help="synthetic 1024x1024 mammograms to predict")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
+    parser.add_argument("--backends", nargs="+", help="runners.py's paths to time (default: eager and graph on a GPU, "
+                        "eager and onnxruntime on a CPU)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows to FILE")
     return parser
 
