@@ -236,8 +236,8 @@ def get_args_parser() -> ArgumentParser:
         "ordinary cases to DIR")
     add("--timing-runs", type=int, default=10, metavar="N", help="forward passes timed for the inference-time column, "
         "after warm-up (default: 10; 0 skips timing)")
-    add("--backend", choices=BACKENDS, default="auto", help="how the models run (runners.py): auto = a CUDA graph on "
-        "a GPU, ONNX Runtime on a CPU when installed, else eager (default: auto)")
+    add("--backend", choices=BACKENDS, default="auto", help="how the models run (runners.py); auto: a CUDA graph on a "
+        "GPU; on a CPU the eager model for --dataset, the fastest path for --input, as predict.py (default: auto)")
     add("--input", nargs="+", metavar="FILE_OR_DIR", help="predict these files or folders instead (as predict.py)")
     add("--output", metavar="DIR", help="where --input's masks, probability maps and overlays go (as predict.py)")
     return parser
@@ -293,9 +293,13 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         check_writable_file(args.json, "--json")
     candidates = load_candidates(args.checkpoint, device)
     size = image_size_for({c.name: c.checkpoint for c in candidates}, args.image_size, args.dataset)
-    for candidate in candidates:  # the path prediction takes too (runners.py): the same logits, faster
-        candidate.runner = fast_model(candidate.model, device, backend=args.backend, checkpoint=candidate.path,
-                                      cache=cache_folder("onnx", candidate.path), size=size)
+    # The table's numbers come from the model itself: a CUDA graph replays its very kernels, ONNX Runtime would round
+    # otherwise, so auto means a graph on a GPU and the eager model on a CPU here (predict.py's auto is the fastest).
+    backend = args.backend if args.backend != "auto" else "graph" if device.type == "cuda" else "eager"
+    for candidate in candidates:
+        cache = cache_folder("onnx", candidate.path) if backend == "onnxruntime" else None
+        candidate.runner = fast_model(candidate.model, device, backend=backend, checkpoint=candidate.path, cache=cache,
+                                      size=size)
     channels = 3 if args.dataset == "voc" else 1  # raw [0, 1] pixels; each model converts and normalises them
     num_classes = candidates[0].model.config["num_classes"]
     options = {"num_classes": num_classes} if args.dataset == "folder" else {}  # a folder's masks follow the model

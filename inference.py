@@ -390,6 +390,18 @@ def predict_files(model: torch.nn.Module, inputs: list[str], output: Path, size:
     return records
 
 
+def onnx_cache(checkpoint: str, device: torch.device) -> Path | None:
+    """Where a CPU keeps the checkpoint's ONNX export (runners.py); None, with a note, where no cache can be written
+    (the model then runs in PyTorch)."""
+    if device.type != "cpu":
+        return None
+    try:
+        return cache_folder("onnx", checkpoint)
+    except DataError as error:
+        print(f"note: {error_line(error)}; predicting without ONNX Runtime", file=sys.stderr)
+        return None
+
+
 def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
                    tta: bool, amp: str, json_path: str | None, backend: str = "auto") -> int:
     """The prediction command (predict.py, evaluate.py --input): the output folder and --json checked first, then
@@ -403,7 +415,7 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
         raise CheckpointError(f"{checkpoint}: {model.config['num_classes']} classes; masks hold 8-bit class indices, "
                               f"so prediction supports at most {MAX_CLASSES}")
     size = image_size_for({checkpoint: saved}, image_size)
-    model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=cache_folder("onnx", checkpoint),
+    model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=onnx_cache(checkpoint, device),
                        size=size)
     print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
           f"output(s), input {size[0]}x{size[1]} on {device} ({type(model).__name__})"

@@ -47,7 +47,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N "
                         "(default: auto)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how the model runs (runners.py): auto = "
-                        "a CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else eager (default: auto)")
+                        "a CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else channels_last (default: "
+                        "auto)")
     parser.add_argument("--json", metavar="FILE", help="also write one record per image (areas, outputs) to FILE")
     return parser
 

@@ -6,9 +6,11 @@ the hardware's speed rather than Python's.
                        hundred kernels (three times faster for the thesis model on an H200; README, "On a GPU").
   * OnnxRuntimeModel   on a CPU, the model exported to ONNX (export_graph; cached beside the preprocessed images, keyed
                        by the checkpoint) and run by ONNX Runtime, when it is installed (requirements-dev.txt).
-  * fast_model         the path a device uses by default (--backend auto), each measured against the others by
-                       bench/cpu_predict.py and bench/gpu.sh; every path's logits are checked against the eager model's
-                       before it is used, and a path that cannot be used falls back to the eager model with a note.
+  * fast_model         the path a device uses by default (--backend auto): a CUDA graph on a GPU; on a CPU, ONNX
+                       Runtime when it is installed (1.5x eager's speed on 2 cores, the export cached after a first
+                       use of a few seconds), else channels_last (1.2x), as bench/cpu_predict.py measured side by side.
+                       ONNX Runtime's logits are checked against the eager model's before it is used, and a path that
+                       cannot be used falls back to the eager model with a note.
 Each wraps the model with the same interface: `.config`, `.parameters()`, and a call from normalised images (B, C,
 H, W) to logits (B, K, H, W).
 
@@ -26,7 +28,6 @@ import torch
 import torch.nn as nn
 
 BACKENDS = ("auto", "eager", "graph", "onnxruntime", "channels_last")
-CPU_AUTO = "eager"  # bench/cpu_predict.py measures every CPU path side by side; the README's CPU table says why
 ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, justified by measurement in the README ("Export to ONNX")
 
 
@@ -157,14 +158,15 @@ def _agrees(fast: nn.Module, model: nn.Module, size: tuple[int, int]) -> float:
 def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto", checkpoint: str | None = None,
                cache: Path | None = None, size: tuple[int, int] = (256, 256)) -> nn.Module:
     """The model wrapped for the fastest path on `device` that computes its logits (module docstring). auto: a CUDA
-    graph on a GPU; on a CPU, ONNX Runtime when it is installed and a checkpoint to cache the export by is given,
-    else the eager model. Refused paths (onnxruntime missing, logits off by more than ONNX_TOLERANCE) fall back to
-    the eager model with a note."""
+    graph on a GPU; on a CPU, ONNX Runtime when it is installed and a checkpoint and cache folder to keep the export
+    in are given, else channels_last. Refused paths (onnxruntime missing, logits off by more than ONNX_TOLERANCE)
+    fall back to the eager model with a note."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     model.eval()
-    if backend == "auto":
-        backend = "graph" if device.type == "cuda" else CPU_AUTO
+    if backend == "auto":  # measured side by side by bench/cpu_predict.py (README, "Prediction on a CPU")
+        backend = "graph" if device.type == "cuda" else "onnxruntime" if _has_onnxruntime() and checkpoint and \
+            cache else "channels_last"
     if backend == "graph":
         return GraphedModel(model)
     if backend == "channels_last":

@@ -16,6 +16,16 @@ def shared(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """Every cache the code under test writes (preprocessed images, ONNX exports) goes to a temporary folder, never to
+    the user's ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("UNET_FUSION_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def mias() -> Path:
     """The real mini-MIAS sample: Info.txt, images/mdbNNN.png (76 images) and masks/ (55 mass outlines)."""
