@@ -30,8 +30,9 @@ run() {  # run a step under a time limit, keep its output, and remember a failur
 
 if [[ "${DRY_RUN:-0}" == 1 ]]; then  # the same steps, on the CPU, one small model and toy sizes
   device=cpu; batch=1; amp=(none); timing=(--warmup 0 --repeats 1); rows=("Table 2 (B)")
-  peer=(--size 64 --rounds 1 --repeats 1 --models resnet34); pipeline=(--images 2 --backends eager)
-  profile=(--batch-size 1 --steps 1 --image-size 64)
+  peer=(--size 64 --rounds 1 --repeats 1 --models resnet34)
+  pipeline=(--images 2 --backends eager --narrow --scan-size 256 --image-size 64)
+  profile=(--batch-size 1 --steps 1 --image-size 64 --narrow)
   compiled=false
 else
   device=cuda; batch=16; amp=(none bf16); timing=(--warmup 10 --repeats 20); rows=("Table 2 (A)" "Table 4 (A)")

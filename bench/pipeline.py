@@ -1,8 +1,8 @@
 """Prediction on a folder as a user runs it (predict.py's pipeline: read, prepare, model, write), per backend, side by
 side in one run, and the model's time per image against its CUDA graph time: the card's own time for the batch.
 
-The thesis' ResNet-34 + fusion model (random weights; a checkpoint written here), N synthetic 1024x1024 mammograms
-written as 16-bit PNGs here, `inference.run_prediction` once per backend (runners.py: eager, graph on a GPU,
+The thesis' ResNet-34 + fusion model (random weights; a checkpoint written here), N synthetic mammograms (1024x1024
+as mini-MIAS') written as 16-bit PNGs here, `inference.run_prediction` once per backend (runners.py: eager, graph on a GPU,
 onnxruntime on a CPU when installed). Prints images/s, where the time goes, and model ms per image / graph ms.
 
     python bench/pipeline.py [--images 24] [--device cuda] [--json FILE]
@@ -32,16 +32,17 @@ def main(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     print(environment(device))
     torch.manual_seed(0)
-    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1).eval()
+    widths = {"decoder_channels": (16,) * 5} if args.narrow else {}  # the dry run's toy size
+    model = build_model("resnet34", "fusion", num_classes=1, in_channels=1, **widths).eval()
     results = dict(environment=environment(device), images=args.images, rows=[])
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         checkpoint = folder / "model.pt"
-        torch.save({"model": model.state_dict(), "model_config": model.config, "args": {"image_size": 256}},
-                   checkpoint)
+        torch.save({"model": model.state_dict(), "model_config": model.config,
+                    "args": {"image_size": args.image_size}}, checkpoint)
         (folder / "scans").mkdir()
         for index in range(args.images):
-            image = synthetic_mammogram((1024, 1024), np.random.default_rng(index))[0]
+            image = synthetic_mammogram((args.scan_size, args.scan_size), np.random.default_rng(index))[0]
             Image.fromarray((image * 65535).astype(np.uint16)).save(folder / "scans" / f"scan{index:03d}.png")
         for backend in args.backends or (["eager", "graph"] if device.type == "cuda" else ["eager", "onnxruntime"]):
             printed = io.StringIO()
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> None:
             print(f"{backend:<12} {summary}", flush=True)
         if device.type == "cuda":  # the card's own time for the model, as bench/gpu.sh's speed table measures it
             model = model.to(device)
-            x = torch.rand(1, 1, 256, 256, device=device)
+            x = torch.rand(1, 1, args.image_size, args.image_size, device=device)
 
             def forward(batch):
                 with torch.no_grad(), autocast(device, args.amp, cache_enabled=False):
@@ -69,7 +70,10 @@ def main(args: argparse.Namespace) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=24, help="synthetic 1024x1024 mammograms to predict")
+    parser.add_argument("--images", type=int, default=24, help="synthetic mammograms to predict")
+    parser.add_argument("--scan-size", type=int, default=1024, help="their side in pixels (mini-MIAS': 1024)")
+    parser.add_argument("--image-size", type=int, default=256, help="the model's input side (Table 1: 256)")
+    parser.add_argument("--narrow", action="store_true", help="a narrow decoder, for a dry run")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
     parser.add_argument("--backends", nargs="+", help="runners.py's paths to time (default: eager and graph on a GPU, "

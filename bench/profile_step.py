@@ -36,7 +36,8 @@ def main(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True
     kwargs, side, loss = MODELS[args.model]
     side = args.image_size or side
-    model = build_model(**kwargs).to(device, memory_format=torch.channels_last)
+    widths = {"decoder_channels": (16,) * 5} if args.narrow else {}  # the dry run's toy size
+    model = build_model(**kwargs, **widths).to(device, memory_format=torch.channels_last)
     step = WithLoss(model, build_loss(loss, kwargs["num_classes"]))
     step = torch.compile(step) if args.compile else step
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, fused=args.compile)
@@ -80,6 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=["none", "bf16"], default="bf16")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--image-size", type=int, help="input side (default: the thesis' for the model)")
+    parser.add_argument("--narrow", action="store_true", help="a narrow decoder, for a dry run")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25, help="kernels listed")
     parser.add_argument("--compile", action="store_true", help="as train.py --compile: compiled step, fused AdamW")

@@ -337,7 +337,7 @@ def test_synthetic_loads_with_two_workers():
 
 @pytest.mark.slow
 def test_a_short_run_on_real_mammograms_learns_the_real_outlines(mias, tmp_path, one_thread):
-    """A few epochs on 8 real mini-MIAS masses (64x64, their pixel outlines) end far above what predicting all
+    """30 epochs on 8 real mini-MIAS masses (64x64, their pixel outlines) end far above what predicting all
     background scores on the same images: the real masks reach the loss aligned with their pixels, in the pipeline
     train.py runs. What it does not show is generalisation: that is the cross-validation's (crossval.py), a GPU job."""
     torch.manual_seed(0)
@@ -349,9 +349,9 @@ def test_a_short_run_on_real_mammograms_learns_the_real_outlines(mias, tmp_path,
                         sampler=EpochSampler(images, 1, 0, shuffle=True, seed=0))
     step = WithLoss(model, build_loss("jaccard+focal_tversky", 1))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, amsgrad=True)  # Table 1's optimiser
-    progress = Progress(steps=len(loader), epochs=45, print_freq=100, enabled=False, world=1,
+    progress = Progress(steps=len(loader), epochs=30, print_freq=100, enabled=False, world=1,
                         device=torch.device("cpu"))
-    for epoch in range(45):
+    for epoch in range(30):
         loader.sampler.set_epoch(epoch)
         train.train_one_epoch(step, optimizer, torch.amp.GradScaler("cpu", enabled=False), loader,
                               torch.device("cpu"), epoch, amp="none", clip_grad=0.0, progress=progress)
@@ -359,4 +359,4 @@ def test_a_short_run_on_real_mammograms_learns_the_real_outlines(mias, tmp_path,
     summary = train.evaluate(model, scored, torch.device("cpu"), "none", 1, len(images))
     floor = all_background_scores((masks for _, masks in scored), 1)
     assert floor["dice_mean_per_image"] == 0.0 and summary["images"] == 8
-    assert summary["dice_mean_per_image"] > 0.3 and summary["dice_pooled"] > 0.6, summary  # here: 0.53 and 0.92
+    assert summary["dice_mean_per_image"] > 0.25 and summary["dice_pooled"] > 0.4, summary  # here: 0.45 and 0.68
