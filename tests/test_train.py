@@ -66,15 +66,20 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
 def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
     built, build_dataset = {}, train.build_dataset
 
+    class Built(Exception):
+        """Both splits are built: main() stops here, before any training."""
+
     def spy(name, root, split, image_size, **options):
-        built[split] = dataset = build_dataset(name, root, split, image_size, **options)
-        return dataset
+        built[split] = build_dataset(name, root, split, image_size, **options)
+        if split == "train":
+            raise Built
+        return built[split]
 
     monkeypatch.setattr(train, "build_dataset", spy)
-    run_main([*TINY, "--epochs", "1", "--no-augment", "--out-dir", str(tmp_path / "plain")])
-    assert built["train"].augment is False and built["val"].augment is False
-    run_main([*TINY, "--epochs", "1", "--out-dir", str(tmp_path / "augmented")])
-    assert built["train"].augment is True and built["val"].augment is False
+    for flags, augmented in ((["--no-augment"], False), ([], True)):
+        with pytest.raises(Built):
+            run_main([*TINY, "--epochs", "1", *flags, "--out-dir", str(tmp_path)])
+        assert built["train"].augment is augmented and built["val"].augment is False
 
 
 def test_piecewise_schedule_steps_at_the_milestones_and_survives_a_state_dict_round_trip():
