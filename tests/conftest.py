@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import save_checkpoint
+from model import build_model
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -52,3 +55,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))  # narrow decoders keep the models of the tests fast
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Checkpoints of small models for evaluate and predict: two binary 1-channel ones (the second saved through DDP +
+    torch.compile, its weight names prefixed) and a 21-class RGB one."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    unet = build_model("resnet34", "unet", num_classes=1, in_channels=1, **SMALL)
+    fusion = build_model("resnet34", "fusion", num_classes=1, in_channels=1, **SMALL)
+    voc = build_model("resnet34", "unet", num_classes=21, in_channels=3, **SMALL)
+    args = dict(image_size=64, dataset="synthetic")
+    return dict(unet=save_checkpoint(folder / "unet.pt", unet, args=args, epoch=7),
+                fusion=save_checkpoint(folder / "fusion.pt", fusion, prefix="module._orig_mod.", args=args),
+                voc=save_checkpoint(folder / "voc.pt", voc, args=dict(image_size=64, dataset="voc")),
+                models=dict(unet=unet.eval(), fusion=fusion.eval(), voc=voc.eval()))

@@ -11,9 +11,8 @@ import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_files
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
+from pydicom.uid import JPEGLSLossless
 
 import cbis
 from helpers import write_dicom

@@ -4,11 +4,8 @@ a cross-validation, on folders the tests write themselves."""
 import csv
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 import splits
 from helpers import write_dicom

@@ -19,31 +19,14 @@ import panels
 from checkpoints import CheckpointError, load_checkpoint
 from data import build_dataset
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
-from model import build_model
 from panels import write_panel
 from helpers import save_checkpoint
 from utils import UsageError, count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """Two binary 1-channel models (the second saved through DDP + torch.compile) and a 21-class RGB model."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    unet = build_model("resnet34", "unet", num_classes=1, in_channels=1, **SMALL)
-    fusion = build_model("resnet34", "fusion", num_classes=1, in_channels=1, **SMALL)
-    voc = build_model("resnet34", "unet", num_classes=21, in_channels=3, **SMALL)
-    args = dict(image_size=64, dataset="synthetic")
-    return dict(unet=save_checkpoint(folder / "unet.pt", unet, args=args, epoch=7),
-                fusion=save_checkpoint(folder / "fusion.pt", fusion, prefix="module._orig_mod.", args=args),
-                voc=save_checkpoint(folder / "voc.pt", voc, args=dict(image_size=64, dataset="voc")),
-                models=dict(unet=unet.eval(), fusion=fusion.eval(), voc=voc.eval()))
 
 
 def run(*argv: str) -> int:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import evaluate
 import inference
@@ -30,22 +30,9 @@ from helpers import save_checkpoint, write_dicom
 from panels import to_rgb8
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(decoder_channels=(32, 16, 16, 8, 8))
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """A binary 1-channel model and a 21-class RGB model, as test_evaluate.py's."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    torch.manual_seed(0)
-    unet = build_model("resnet34", "unet", num_classes=1, in_channels=1, **SMALL)
-    voc = build_model("resnet34", "unet", num_classes=21, in_channels=3, **SMALL)
-    return dict(unet=save_checkpoint(folder / "unet.pt", unet, args=dict(image_size=64, dataset="synthetic")),
-                voc=save_checkpoint(folder / "voc.pt", voc, args=dict(image_size=64, dataset="voc")),
-                models=dict(unet=unet.eval(), voc=voc.eval()))
 
 
 def run(*argv: str) -> int:
