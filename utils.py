@@ -2,10 +2,13 @@
 
 Nothing here is about the thesis itself; each piece exists once so that train.py, evaluate.py, predict.py,
 benchmark.py, export.py and bench/ never import one another for a helper:
-  * devices and precision  resolve_device (--device), autocast (--amp), AutocastReplica (DataParallel's threads)
+  * devices and precision  resolve_device (--device), init_distributed (torchrun's variables), to_device, autocast
+                           (--amp), AutocastReplica (DataParallel's threads), default_workers
   * command lines          ArgumentParser and UsageError (one line on stderr, exit code 2), error_line, run_command
-  * files                  atomic_write: temporary file, fsync, rename, cleanup; a full disk gives one clear line
-  * the record of a run    versions, git_commit, environment
+  * training progress      Progress: the fixed-format step lines of train_one_epoch
+  * files                  atomic_write (temporary file, fsync, rename, cleanup; a full disk gives one clear line),
+                           write_json, check_writable_file and check_output_folder (before any work starts)
+  * the record of a run    versions, git_commit, device_name, environment
   * measuring              median_seconds, graph_latency (CUDA graphs), count_parameters, count_flops
 Imports only the standard library and torch.
 """

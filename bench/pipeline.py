@@ -2,8 +2,8 @@
 side in one run, and the model's time per image against its CUDA graph time: the card's own time for the batch.
 
 The thesis' ResNet-34 + fusion model (random weights; a checkpoint written here), N synthetic mammograms (1024x1024
-as mini-MIAS') written as 16-bit PNGs here, `inference.run_prediction` once per backend (runners.py: eager, graph on a GPU,
-onnxruntime on a CPU when installed). Prints images/s, where the time goes, and model ms per image / graph ms.
+as mini-MIAS') written as 16-bit PNGs here, `inference.run_prediction` once per backend (runners.py: eager, graph on
+a GPU, onnxruntime on a CPU when installed). Prints images/s, where the time goes, and model ms per image / graph ms.
 
     python bench/pipeline.py [--images 24] [--device cuda] [--json FILE]
 """
