@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -23,11 +22,11 @@ from PIL import Image
 
 from checkpoints import CheckpointError, load_checkpoint
 from data import DataError, preprocess_mammogram, transform_voc
-from inference import to_model_input
+from inference import image_size_for, to_model_input
 from runners import NormalisedModel, export_graph
 from mammograms import read_image_file
 from synthetic import synthetic_mammogram
-from utils import ArgumentParser, UsageError, run_command
+from utils import ArgumentParser, UsageError, atomic_write, check_writable_file, run_command
 
 # ONNX Runtime may differ from PyTorch by at most TOLERANCE x max(1, max |logit|). Measured here (2 CPU cores, torch
 # 2.14.1, onnxruntime 1.32.0, random weights, two sizes; table in README-export-section.md), the worst ratio of the
@@ -65,21 +64,6 @@ def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) 
         if checkpoint.get(key) is not None:
             metadata[f"checkpoint_{key}"] = json.dumps(checkpoint[key])
     return metadata
-
-
-def training_size(checkpoint: dict, num_classes: int, requested: int | None) -> tuple[int, int]:
-    """--image-size, else the size the checkpoint was trained at, else Table 1's 256 (binary) or 384 (VOC)."""
-    recorded = checkpoint["args"].get("image_size") if isinstance(checkpoint.get("args"), dict) else None
-    if requested is not None:
-        size, flag = (requested, requested), f"--image-size {requested}"
-    elif isinstance(recorded, int) or (isinstance(recorded, (list, tuple)) and len(recorded) == 2):
-        size = (recorded, recorded) if isinstance(recorded, int) else tuple(map(int, recorded))
-        flag = "the checkpoint's args.image_size"
-    else:
-        size, flag = (256, 256) if num_classes == 1 else (384, 384), "the default"
-    if min(size) < 32 or size[0] % 32 or size[1] % 32:
-        raise UsageError(f"{flag} {size[0]}x{size[1]}: sides must be positive multiples of 32 (pass --image-size)")
-    return size
 
 
 def check_pixels(path: str | None, binary: bool, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -163,38 +147,31 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(MISSING_ONNX) from None
     model, checkpoint = load_checkpoint(args.checkpoint)
     config = model.config
-    size = training_size(checkpoint, config["num_classes"], args.image_size)
+    size = image_size_for({args.checkpoint: checkpoint}, args.image_size)
     second_size = (max(32, size[0] // 64 * 32), size[1] + 32)  # half the height, one step wider: another shape
     pixels, source = check_pixels(args.check_image, binary=config["num_classes"] == 1)
     first = prepared_input(pixels, size, config)[None]  # (1, C, H, W)
     second = prepared_input(pixels, second_size, config)
     second = torch.stack([second, second.flip(-2)])  # (2, C, H', W'): the image and its upside-down copy
 
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")  # same folder, so os.replace is atomic
-    try:
-        temporary.open("xb").close()  # "x": never clobber a file; unlike mkstemp's 0600, the umask's permissions
-    except OSError as error:
-        raise UsageError(f"--output {output}: cannot write in {output.parent} ({error.strerror})") from None
-    try:
-        export_graph(NormalisedModel(model).eval(), temporary, args.opset, in_channels=config["in_channels"])
-        graph = onnx.load(temporary)
-        onnx.helper.set_model_props(graph, graph_metadata(config, checkpoint, size))
-        graph.doc_string = f"{config['encoder']} + {config['decoder']} exported from {Path(args.checkpoint).name}"
-        onnx.save(graph, temporary)
-        onnx.checker.check_model(str(temporary))
-        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-        for images in (first, second):
-            diff, scale, differ = compare(session, model, images)
-            limit = TOLERANCE * max(1.0, scale)
-            batch, _, height, width = images.shape
-            print(f"check {height}x{width} batch {batch} on {source}: max |logit diff| {diff:.2e} (max |logit| "
-                  f"{scale:.3g}, limit {limit:.2e}), mask pixels that differ {100 * differ:.4f}%")
-            if not diff <= limit:  # NaN fails too
-                raise CheckFailed(f"{args.checkpoint}: ONNX Runtime differs from PyTorch by {diff:.3g} at {height}x"
-                                  f"{width}, above the limit {limit:.3g}; {output} was not written")
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
+    check_writable_file(output, "--output")
+    graph = onnx.load_from_string(export_graph(NormalisedModel(model).eval(), args.opset,
+                                               in_channels=config["in_channels"]))
+    onnx.helper.set_model_props(graph, graph_metadata(config, checkpoint, size))
+    graph.doc_string = f"{config['encoder']} + {config['decoder']} exported from {Path(args.checkpoint).name}"
+    onnx.checker.check_model(graph)
+    exported = graph.SerializeToString()
+    session = onnxruntime.InferenceSession(exported, providers=["CPUExecutionProvider"])
+    for images in (first, second):
+        diff, scale, differ = compare(session, model, images)
+        limit = TOLERANCE * max(1.0, scale)
+        batch, _, height, width = images.shape
+        print(f"check {height}x{width} batch {batch} on {source}: max |logit diff| {diff:.2e} (max |logit| "
+              f"{scale:.3g}, limit {limit:.2e}), mask pixels that differ {100 * differ:.4f}%")
+        if not diff <= limit:  # NaN fails too
+            raise CheckFailed(f"{args.checkpoint}: ONNX Runtime differs from PyTorch by {diff:.3g} at {height}x"
+                              f"{width}, above the limit {limit:.3g}; {output} was not written")
+    atomic_write(output, exported)  # only a checked file appears, whole
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB, opset {args.opset}, {config['encoder']} + "
           f"{config['decoder']}, {config['in_channels']} -> {config['num_classes']} channels)")
 

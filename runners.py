@@ -19,13 +19,15 @@ H, W) to logits (B, K, H, W).
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from utils import atomic_write
 
 BACKENDS = ("auto", "eager", "graph", "onnxruntime", "channels_last")
 ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, justified by measurement in the README ("Export to ONNX")
@@ -90,8 +92,8 @@ class NormalisedModel(nn.Module):
         return self.model((images - self.mean) / self.std)
 
 
-def export_graph(module: nn.Module, path: str | os.PathLike, opset: int = 17, *, in_channels: int) -> None:
-    """Trace `module` (eval mode) into an ONNX file with dynamic batch, height and width.
+def export_graph(module: nn.Module, opset: int = 17, *, in_channels: int) -> bytes:
+    """Trace `module` (eval mode) into an ONNX model with dynamic batch, height and width -> its serialised bytes.
 
     The TorchScript exporter (dynamo=False), not torch 2.9+'s default dynamo exporter: both give correct dynamic
     shapes here (align_corners Resize, PixelShuffle as DepthToSpace, BiT's var_mean, GroupNorm as the same
@@ -108,8 +110,10 @@ def export_graph(module: nn.Module, path: str | os.PathLike, opset: int = 17, *,
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset, input_names=["image"],
+        buffer = io.BytesIO()
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset, input_names=["image"],
                           output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+    return buffer.getvalue()
 
 
 class OnnxRuntimeModel(nn.Module):
@@ -135,14 +139,8 @@ def _onnx_file(model: nn.Module, checkpoint: str, cache: Path) -> Path:
     key = f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{torch.__version__}"
     path = cache / f"{Path(checkpoint).stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.onnx"
     if not path.is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            print(f"exporting {checkpoint} to ONNX for ONNX Runtime (once; cached as {path})", flush=True)
-            export_graph(model, temporary, in_channels=model.config["in_channels"])
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        print(f"exporting {checkpoint} to ONNX for ONNX Runtime (once; cached as {path})", flush=True)
+        atomic_write(path, export_graph(model, in_channels=model.config["in_channels"]))
     return path
 
 

@@ -49,7 +49,7 @@ def paths_of(model: torch.nn.Module, folder: Path) -> dict:
         print("onnxruntime is not installed: its row is skipped (pip install onnx onnxruntime)")
         return runners
     start = time.perf_counter()
-    export_graph(model, folder / "model.onnx", in_channels=model.config["in_channels"])
+    (folder / "model.onnx").write_bytes(export_graph(model, in_channels=model.config["in_channels"]))
     runners["onnxruntime"] = (OnnxRuntimeModel(model, folder / "model.onnx"), time.perf_counter() - start)
     return runners
 
