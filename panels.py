@@ -68,16 +68,20 @@ def mask_outline(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
     """(H, W) bool: pixels of a labelled region (1-254) within about `thickness` pixels of a different label.
 
     A thick outline is found on the labels shrunk by `thickness` (each block keeps its largest label, so a region
-    smaller than a block still shows) and blown up again: a few passes over the image, whatever the thickness."""
+    smaller than a block still shows) and blown up again: a few passes over the image, whatever the thickness. A block
+    that holds two labels is on an edge too: where the block beyond it is missing (the image's border) or holds the
+    same largest label, its neighbours alone would not show that edge."""
     labels8 = np.asarray(labels, dtype=np.uint8)  # no copy of uint8 labels: scans can hold 10^8 pixels
     height, width = labels8.shape
-    small = labels8
-    if thickness > 1:  # (H, W) -> (H/t, t, W/t, t) blocks -> their maxima
-        padded = np.pad(labels8, ((0, -height % thickness), (0, -width % thickness)))
-        small = padded.reshape(padded.shape[0] // thickness, thickness, -1, thickness).max(axis=(1, 3))
+    small, mixed = labels8, False
+    if thickness > 1:  # (H, W) -> (H/t, t, W/t, t) blocks -> their maxima (and minima: a block with an edge inside)
+        padded = np.pad(labels8, ((0, -height % thickness), (0, -width % thickness)), mode="edge")
+        blocks = padded.reshape(padded.shape[0] // thickness, thickness, -1, thickness)
+        small = blocks.max(axis=(1, 3))
+        mixed = blocks.min(axis=(1, 3)) != small
     image = Image.fromarray(small)
     low, high = image.filter(ImageFilter.MinFilter(3)), image.filter(ImageFilter.MaxFilter(3))
-    edge = (np.asarray(low) != small) | (np.asarray(high) != small)
+    edge = (np.asarray(low) != small) | (np.asarray(high) != small) | mixed
     if thickness > 1:
         edge = np.repeat(np.repeat(edge, thickness, axis=0), thickness, axis=1)[:height, :width]
     return edge & (labels8 > 0) & (labels8 != IGNORE_INDEX)

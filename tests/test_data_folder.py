@@ -2,9 +2,11 @@
 masks/, 8/16-bit PNG, TIFF and DICOM images, binary and class-index masks, split.csv, skipped pairs, and the folds of
 a cross-validation, on folders the tests write themselves."""
 import csv
+import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import splits
@@ -117,3 +119,39 @@ def test_groups_in_part_depends_on_the_group_ids_alone():
     folds = [splits.groups_of_split({g: g[-1] in "02468" for g in everyone}, "val", (), 0, k, 5) for k in range(5)]
     assert sorted(g for fold in folds for g in fold) == sorted(everyone)
     assert all(sum(g[-1] in "02468" for g in fold) == 5 for fold in folds)  # each stratum cut alike
+
+
+def test_a_folder_trains_from_a_weights_file_evaluates_and_predicts_end_to_end(folder, tmp_path, capsys, one_thread):
+    """The radiology researcher's path: their images and masks, encoder weights from a file, then evaluate.py's
+    table on the validation images and predict.py's mask for one of their DICOMs."""
+    import evaluate
+    import predict
+    import train
+    torchvision = pytest.importorskip("torchvision")
+    weights = torchvision.models.resnet34().state_dict()  # torchvision's layout, as downloaded
+    torch.save(weights, tmp_path / "resnet34.pth")
+    run = tmp_path / "run"
+    assert train.cli(["--dataset", "folder", "--data-root", str(folder), "--cache-dir", str(tmp_path / "cache"),
+                      "--weights", str(tmp_path / "resnet34.pth"), "--lr", "0", "--image-size", "32", "--epochs", "1",
+                      "--batch-size", "4", "--decoder-channels", "16,16,16,16,16", "--workers", "0", "--panels", "0",
+                      "--out-dir", str(run)]) == 0
+    trained = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert torch.equal(trained["encoder.layer3.0.conv1.weight"], weights["layer3.0.conv1.weight"])  # lr 0 keeps them
+
+    assert evaluate.main(evaluate.get_args_parser().parse_args([
+        "--checkpoint", str(run / "best.pt"), "--dataset", "folder", "--data-root", str(folder), "--cache-dir",
+        str(tmp_path / "cache"), "--workers", "0", "--timing-runs", "0", "--json", str(tmp_path / "scores.json")])) == 0
+    (row,) = json.loads((tmp_path / "scores.json").read_text())["models"]
+    assert sorted(row["per_image_dice"]) == sorted(build(folder, "val").ids)  # its 4 validation images, each scored
+    assert "DICE (%)" in capsys.readouterr().out
+
+    dicom = next((folder / "images").glob("*.dcm"))
+    assert predict.main(predict.get_args_parser().parse_args([
+        "--checkpoint", str(run / "best.pt"), "--input", str(dicom), "--output", str(tmp_path / "masks")])) == 0
+    mask = np.array(Image.open(tmp_path / "masks" / f"{dicom.stem}_mask.png"))
+    assert mask.shape == pydicom_shape(dicom) and set(np.unique(mask)) <= {0, 255}  # at the DICOM's own size
+
+
+def pydicom_shape(path) -> tuple[int, int]:
+    import pydicom
+    return tuple(pydicom.dcmread(path).pixel_array.shape)

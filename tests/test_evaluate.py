@@ -1,6 +1,7 @@
 """evaluate.py as a command: metrics on synthetic data and a fake VOC tree (checked against the metric functions run
 directly on the same predictions), the comparison table, panels and the one-line errors. Prediction on files
 (evaluate.py --input, predict.py) is tested in test_predict.py. Models are small (narrow decoders, 64x64)."""
+import argparse
 import json
 import math
 import runpy
@@ -85,6 +86,31 @@ def test_write_panel_voc_uses_the_palette(tmp_path):
     assert Image.open(tmp_path / "no_truth.png").size[0] == 2 * 180 + 4  # image | prediction
 
 
+def test_mask_outline_is_the_rim_of_a_region_at_any_thickness():
+    def rim(top, left, bottom, right, shape=(96, 100)):  # (H, W) Chebyshev distance of a rectangle's pixels to outside
+        rows, cols = np.ogrid[:shape[0], :shape[1]]
+        inside = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+        distance = np.minimum(np.minimum(rows - top, bottom - 1 - rows), np.minimum(cols - left, right - 1 - cols)) + 1
+        return inside.astype(np.uint8), np.where(inside, distance, 0)
+
+    labels, distance = rim(8, 16, 72, 88)  # on the blocks of 8: the rim is exactly 8 pixels deep
+    assert np.array_equal(panels.mask_outline(labels, 1), distance == 1)
+    assert np.array_equal(panels.mask_outline(labels, 8), (distance >= 1) & (distance <= 8))
+    labels, distance = rim(5, 11, 70, 83)  # across blocks, the top one in the image's first row of blocks
+    for thickness in (2, 3, 8):
+        outline = panels.mask_outline(labels, thickness)
+        assert not outline[(distance == 0) | (distance > 2 * thickness)].any()  # inside, and no deeper than 2 blocks
+        near = np.zeros_like(outline)  # pixels within `thickness` of the outline (Chebyshev): every rim pixel is
+        padded = np.pad(outline, thickness)
+        for dy in range(2 * thickness + 1):
+            for dx in range(2 * thickness + 1):
+                near |= padded[dy:dy + outline.shape[0], dx:dx + outline.shape[1]]
+        assert near[distance == 1].all()
+    speck = np.zeros((96, 100), np.uint8)
+    speck[40:42, 50:52], speck[:4] = 1, 255  # a lesion smaller than a block still shows; ignored pixels never
+    assert panels.mask_outline(speck, 8)[40:42, 50:52].all() and not panels.mask_outline(speck, 8)[:4].any()
+
+
 def test_load_checkpoint_rebuilds_strips_prefixes_and_rejects_bad_files(checkpoints, tmp_path, capsys):
     model, checkpoint = load_checkpoint(checkpoints["fusion"])
     assert "module._orig_mod." in capsys.readouterr().err  # the stripped prefix is noted
@@ -97,11 +123,14 @@ def test_load_checkpoint_rebuilds_strips_prefixes_and_rejects_bad_files(checkpoi
     wrong = dict(torch.load(checkpoints["unet"], weights_only=True))
     wrong["model_config"] = dict(wrong["model_config"], decoder_channels=[16, 16, 16, 8, 8])
     torch.save(wrong, tmp_path / "wrong.pt")
+    torch.save(dict(wrong, model_config=["resnet34", "fusion"]), tmp_path / "listed.pt")
+    torch.save(dict(wrong, args=argparse.Namespace(epochs=1)), tmp_path / "pickled.pt")  # an object, not a number
     for name, message in (("missing.pt", "not found"), ("garbage.pt", "cannot open"), ("bare.pt", "model_config"),
-                          ("wrong.pt", "do not fit")):
+                          ("wrong.pt", "do not fit"), ("listed.pt", "model_config is a list, not the dict"),
+                          ("pickled.pt", "GLOBAL argparse.Namespace.*never loaded")):
         with pytest.raises(CheckpointError, match=message) as error:
             load_checkpoint(tmp_path / name)
-        assert name in str(error.value)
+        assert name in str(error.value) and "weights_only=False" not in str(error.value)  # never advised
 
 
 # ---------------------------------------------------------------------------------------------------------------------
