@@ -7,7 +7,7 @@
 #   4. the proposed models' speed columns (Tables 2 and 4, (A)), fp32 and bf16, channels_last, batch 16, beside the
 #      card's bf16 matmul rate; the ResNet-34 one's training step again as train.py --compile runs it (benchmark.py),
 #   5. our baselines against segmentation_models_pytorch's and timm's on the same weights (bench/peer_smp.py).
-# Each step has a time limit (run), so the whole stays within 9 minutes; a step that fails is named and the others go on.
+# Each step has a time limit (run), so the whole stays within 9 minutes; a failing step is named, the others go on.
 #
 #   bash bench/gpu.sh [RESULTS_DIR] [MIAS_ROOT]   # default: bench-results/ and ../shared/data/mini-mias
 #   DRY_RUN=1 bash bench/gpu.sh DIR [MIAS_ROOT]   # every step on the CPU at toy sizes: checks the script itself
