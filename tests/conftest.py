@@ -1,6 +1,7 @@
 """Shared by the tests: the project's real sample data, which lies beside a checkout in CI (../shared/data) but not
 in a user's clone. Tests that need it take one of these fixtures and are skipped, with the path in the reason, when it
 is absent; everything else the tests need they write themselves."""
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,14 @@ import torch
 
 from helpers import save_checkpoint
 from model import build_model
+
+# pytest-xdist runs the tests in parallel processes (pytest.ini: -n auto, at most 4): each takes its share of the
+# cores, for its own work and its subprocesses', since threads that outnumber the cores wait for each other.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", THREADS)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
