@@ -20,6 +20,13 @@ file is each abnormality's mask. Every known pitfall of the download is handled 
     tree, images = CbisTree("/data/cbis"), cbis_images("/data/cbis", "train")  # {image id: its CSV rows}
     full, candidates, skipped = check_mammogram(tree, images["Mass-Training_P_00001_LEFT_CC"])
     image, masks = load_mammogram(full, candidates)  # (H, W) float32 in [0, 1], one (H, W) bool per lesion
+
+Table 1's split (§4.1: 858 mass images, 690 train / 168 val) is not reproducible from what TCIA publishes. The mass
+CSVs hold 1231 training images of 691 patients and 361 test images of 201 patients; none of the obvious subsets
+gives 858 or 690/168 (malignant: 602 + 145 images; one abnormality: 1173 + 348; CC views 573 + 170). That 690 is
+one short of the training CSV's 691 patients suggests patients were counted, not images, but the thesis does not say.
+So "train"/"val" here are the training CSV's 1231 images split 80/20 by patient (987/244, about Table 1's ratio),
+and "test" the official test CSV.
 """
 from __future__ import annotations
 

@@ -12,8 +12,10 @@ so the command can be run again until every run is done. --jobs runs that many a
 
 A fold's score is its last epoch's validation on the held-out fold: no checkpoint is chosen on the images it is scored
 on (best.pt is, so it is not used here). The summary prints, per decoder, the Table 2 format with the mean and the
-standard deviation over folds of the per-image Dice and IoU (the thesis' statistic) and of the pooled ones, and a
-paired comparison of fusion against each other decoder on the same folds (per-fold differences, folds won); it writes
+standard deviation over folds of the per-image Dice and IoU (the thesis' statistic) over the images with a lesion
+(Table 2's set holds mass images only; mini-MIAS' normal images train and are scored, but an empty prediction on one
+scores 1, so the mean over all images is a column of its own), and of the pooled ones, and a paired comparison of
+fusion against each other decoder on the same folds (per-fold Dice differences, folds won); it writes
 <out-dir>/summary.json and <out-dir>/summary.png (charts.py: per-fold Dice of each decoder, every run's learning curve).
 Exit codes: 0 every run done; 1 some runs failed (their log is named; the others are summarised); 2 bad flags.
 """
@@ -34,7 +36,8 @@ from runs import RunFolder
 from utils import ArgumentParser, UsageError, default_workers, run_command, write_json
 
 DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP Unet, (C) SMP Unet++
-SCORES = ("iou_mean_per_image", "dice_mean_per_image", "iou_pooled", "dice_pooled")
+SCORES = ("iou_mean_lesion_images", "dice_mean_lesion_images", "dice_mean_per_image", "iou_pooled", "dice_pooled")
+COMPARED = "dice_mean_lesion_images"  # the paired comparison and the figure: Table 2's statistic (metrics.py)
 
 
 def get_args_parser() -> ArgumentParser:
@@ -119,14 +122,15 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
             folder = run_folder(out_dir, decoder, fold)
             final = json.loads((folder / "final.json").read_text())["final"] if (folder / "final.json").is_file() \
                 else {}
-            runs[decoder].append({"fold": fold, **{key: final.get(key) for key in (*SCORES, "images")}})
+            runs[decoder].append({"fold": fold, **{key: final.get(key) for key in (*SCORES, "images",
+                                                                                    "images_with_lesion")}})
             curves[decoder].append(RunFolder(folder).read_log())
     table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows]))) for key in SCORES}
              for decoder, rows in runs.items()}
     paired = {}
     for other in (d for d in args.decoders if d != "fusion" and "fusion" in args.decoders):
-        differences = [None if None in (a["dice_mean_per_image"], b["dice_mean_per_image"]) else
-                       a["dice_mean_per_image"] - b["dice_mean_per_image"] for a, b in zip(runs["fusion"], runs[other])]
+        differences = [None if None in (a[COMPARED], b[COMPARED]) else a[COMPARED] - b[COMPARED]
+                       for a, b in zip(runs["fusion"], runs[other])]
         scored = [d for d in differences if d is not None]
         paired[f"fusion vs {other}"] = dict(dice_differences=differences, mean=mean_and_std(scored)[0],
                                             fusion_wins=sum(d > 0 for d in scored),
@@ -141,17 +145,18 @@ def print_summary(summary: dict) -> None:
     def cell(score: dict) -> str:
         return "n/a" if math.isnan(score["mean"]) else f"{100 * score['mean']:.2f} ± {100 * score['std']:.2f}"
 
-    header = ["Architecture", "IoU (%)", "DICE (%)", "IoU pooled", "Dice pooled", "folds"]
+    header = ["Architecture", "IoU (%)", "DICE (%)", "DICE all images", "IoU pooled", "Dice pooled", "folds"]
     body = [[decoder, *(cell(scores[key]) for key in SCORES),
-             str(sum(r["dice_mean_per_image"] is not None for r in summary["runs"][decoder]))]
+             str(sum(r[COMPARED] is not None for r in summary["runs"][decoder]))]
             for decoder, scores in summary["table"].items()]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     print()
     for line in [header] + body:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
     print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
-          "folds of each fold's last-epoch validation; IoU and DICE are means over images (the thesis' statistic), "
-          "pooled ones over all pixels of the fold.")
+          "folds of each fold's last-epoch validation; IoU and DICE are means over the images with a lesion (the "
+          "thesis' statistic: Table 2's images all hold a mass), DICE all images the mean over every image (a "
+          "lesion-free one predicted empty scores 1), pooled ones over all pixels of the fold.")
     for name, pair in summary["paired"].items():
         differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["dice_differences"])
         print(f"{name}: Dice difference per fold {differences} points (mean {100 * pair['mean']:+.2f}); fusion wins "
@@ -170,7 +175,7 @@ def main(args) -> int:
     summary, curves = summarise(args, out_dir)
     print_summary(summary)
     write_json(out_dir / "summary.json", summary)
-    draw_crossval(out_dir / "summary.png", summary["runs"], curves,
+    draw_crossval(out_dir / "summary.png", summary["runs"], curves, metric=COMPARED,
                   title=f"{args.dataset}: Table 2 decoders, {args.folds}-fold cross-validation by patient")
     print(f"\nwrote {out_dir / 'summary.json'} and {out_dir / 'summary.png'}")
     if failures:

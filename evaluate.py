@@ -152,6 +152,10 @@ def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
 
+def _has_lesion_free_images(summary: dict) -> bool:
+    return summary["images_with_lesion"] < summary["images"] - summary["images_all_ignored"]
+
+
 def print_metrics(candidate: Candidate, summary: dict) -> None:
     """The metrics of one model, every number the JSON holds (per-class IoU for multiclass)."""
     epoch = candidate.checkpoint.get("epoch")
@@ -162,6 +166,10 @@ def print_metrics(candidate: Candidate, summary: dict) -> None:
               f"{_percent(summary['iou_mean_per_image'])}")
         print(f"  Dice pooled {_percent(summary['dice_pooled'])}, mean per image "
               f"{_percent(summary['dice_mean_per_image'])}")
+        if _has_lesion_free_images(summary):
+            print(f"  over the {int(summary['images_with_lesion'])} images with a lesion: IoU "
+                  f"{_percent(summary['iou_mean_lesion_images'])}, Dice {_percent(summary['dice_mean_lesion_images'])}"
+                  " (a lesion-free image predicted empty scores 1 in the means over all)")
         print(f"  sensitivity {_percent(summary['sensitivity'])}, precision {_percent(summary['precision'])}, "
               f"specificity {_percent(summary['specificity'])}, predicted foreground "
               f"{_percent(summary['predicted_foreground_fraction'])} of the pixels")
@@ -180,6 +188,10 @@ def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: s
     models IoU and Dice are means over images, as the thesis reports them, with the pooled values beside them."""
     scores = {"IoU (%)": "iou_mean_per_image", "DICE (%)": "dice_mean_per_image", "IoU pooled": "iou_pooled",
               "Dice pooled": "dice_pooled"} if binary else {"mIoU (%)": "mean_iou"}
+    lesion_free = binary and _has_lesion_free_images(rows[0])  # the same images for every row
+    if lesion_free:  # Table 2's set holds mass images only: its statistic is the mean over the images with a lesion
+        scores = {"IoU (%)": "iou_mean_lesion_images", "DICE (%)": "dice_mean_lesion_images",
+                  "DICE all images": "dice_mean_per_image", "IoU pooled": "iou_pooled", "Dice pooled": "dice_pooled"}
     header = ["Architecture", *scores, "#Params", "FLOPS", "Inference time (s)"]
     body = [[f"{r['name']}: {r['architecture']}",
              *[("n/a" if r[key] is None or math.isnan(r[key]) else f"{100 * r[key]:.2f}") for key in scores.values()],
@@ -191,6 +203,10 @@ def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: s
                         for i, (cell, w) in enumerate(zip(line, widths))))
     scored = ("IoU and DICE: means over images (the thesis' Tables 2-3); pooled: over all pixels of the set"
               if binary else "mIoU at the original sizes")
+    if lesion_free:
+        scored = (f"IoU and DICE: means over the {int(rows[0]['images_with_lesion'])} images with a lesion (Table 2's "
+                  "set holds mass images only); DICE all images: the mean over every image, where a lesion-free one "
+                  "predicted empty scores 1; pooled: over all pixels of the set")
     print(f"{scored}. FLOPS in the thesis' convention: GFLOPs / 4 (benchmark.py) for one "
           f"{'x'.join(map(str, input_shape))} input; inference time = median of {runs} forward passes at batch 1 on "
           f"{device}, as prediction runs the model (runners.py), after warm-up, without --tta.")

@@ -9,9 +9,12 @@ ingredients §3 names (bilinear upsampling [34], dense upsampling convolution [3
     high --conv3x3 to 4m--> pixel shuffle x2 --(+ skip)--> conv3x3 --------+--> concat (2m) --> SE --> 2 x conv3x3 --> m
 
 As in AUNet's code, every convolution has a bias and is followed by BatchNorm and ReLU, and the bilinear upsampling
-aligns corners. The last level has no skip (at stride 1 the encoder has only the image). DEFAULT_WIDTHS reproduce the
-thesis' parameter and FLOP counts; the README ("The models of Tables 2 and 4") gives the evidence, and why ResNet-34's
-widths are the least certain part of this reproduction.
+aligns corners. The last level has no skip (at stride 1 the encoder has only the image). Two departures from AUNet's
+code come with widths that differ from the encoder's: a skip of another width is projected by a 1x1 convolution (+ BN
++ ReLU) before it is added (AUNet's widths match, so it adds the skip as it is), and the SE block reduces by 4, not
+AUNet's 16. Both were chosen with DEFAULT_WIDTHS, which reproduce the thesis' parameter and FLOP counts; the README
+("The models of Tables 2 and 4") gives the evidence, and why ResNet-34's widths are the least certain part of this
+reproduction.
 
     decoder = FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=DEFAULT_WIDTHS["resnet34"])
 """
@@ -25,7 +28,7 @@ import torch.nn.functional as F
 
 # Decoder widths, deepest level first, that reproduce the thesis' parameter and FLOP counts (Tables 2 and 4).
 DEFAULT_WIDTHS = {
-    "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M params, 115.82 FLOPs
+    "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M params, 115.82 FLOPs (ours: 202.35M, 115.77)
     "resnet34": (768, 384, 256, 96, 48),  # Table 2: 89.62M params, 32.22 FLOPs (fitted: 89.25M, 31.83)
 }
 

@@ -19,7 +19,10 @@ one channel, argmax over channels otherwise. Pixels whose target is IGNORE_INDEX
   no lesion in the target and none predicted scores Dice = IoU = 1 (nothing to find, nothing found); the pooled
   Dice/IoU follow the same rule when the whole set is empty, so pooled == mean for a one-image set. Sensitivity,
   precision and specificity are NaN when their denominator is 0 (undefined, not invented). An image whose pixels
-  are all 255 has nothing to score: it is counted in `images` but left out of the per-image means.
+  are all 255 has nothing to score: it is counted in `images` but left out of the per-image means. Where a set
+  also holds lesion-free images (mini-MIAS' normals), the mean over the images WITH a lesion is reported beside the
+  mean over all: an empty prediction on a normal image scores 1, so the mean over all rewards finding nothing, and
+  Table 2's CBIS-DDSM set holds mass images only (§3 warns against scoring blank masks).
 - `build_metrics(num_logits)`: BinaryStats for a 1-logit model, ConfusionMatrix(C) for a C-logit model. Both have
   update(pred, target), reduce(), summary() -> dict of floats (for logs and JSON).
 
@@ -214,18 +217,22 @@ class BinaryStats:
         tp, fp, fn, tn = counts.sum(0).tolist()  # pooled over the set (zeros for an empty set)
         dice, iou = self.per_image()
         scored = ~dice.isnan()
+        with_lesion = scored & (counts[:, 0] + counts[:, 2] > 0)  # TP + FN > 0: the target holds lesion pixels
         # math.fsum is exactly rounded, so the means do not depend on the order of the images
         return {
             "dice_pooled": _ratio(2 * tp, 2 * tp + fp + fn, if_empty=1.0),
             "iou_pooled": _ratio(tp, tp + fp + fn, if_empty=1.0),
             "dice_mean_per_image": _ratio(math.fsum(dice[scored].tolist()), int(scored.sum())),
             "iou_mean_per_image": _ratio(math.fsum(iou[scored].tolist()), int(scored.sum())),
+            "dice_mean_lesion_images": _ratio(math.fsum(dice[with_lesion].tolist()), int(with_lesion.sum())),
+            "iou_mean_lesion_images": _ratio(math.fsum(iou[with_lesion].tolist()), int(with_lesion.sum())),
             "sensitivity": _ratio(tp, tp + fn),
             "precision": _ratio(tp, tp + fp),
             "specificity": _ratio(tn, tn + fp),
             "predicted_foreground_fraction": _ratio(tp + fp, tp + fp + fn + tn),
             "images": float(len(counts)),
             "images_all_ignored": float(len(counts) - int(scored.sum())),
+            "images_with_lesion": float(with_lesion.sum()),
         }
 
 

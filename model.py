@@ -19,8 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # The named weights. ResNet-34: "imagenet" is torchvision's IMAGENET1K_V1 file, SMP's baselines' one; "imagenet-timm"
-# the file timm's resnet34 loaded in 2022, which §4.3's "pretrained encoders from TIMM" may mean. BiT: Google's .npz
-# files, "imagenet" the distilled ImageNet-1k R50x1 of the thesis' reference [38], "imagenet21k" BiT-M's upstream.
+# the file timm's resnet34 loaded in 2022, §4.3's "pretrained encoders from TIMM" and the CBIS-DDSM recipe's. BiT:
+# Google's .npz files, "imagenet" the distilled ImageNet-1k R50x1 of the thesis' reference [38] (timm's
+# resnetv2_50x1_bit_distilled), "imagenet21k" BiT-M's upstream.
 WEIGHT_URLS = {
     "resnet34": {"imagenet": "https://download.pytorch.org/models/resnet34-b627a593.pth",
                  "imagenet-timm": "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"

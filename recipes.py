@@ -14,7 +14,7 @@ from utils import UsageError
 CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
     encoder="resnet34",  # Table 1 "Encoder"
     decoder="fusion",  # §4.2, Fig. 5-6: the proposed decoder, Table 2 (A)
-    weights="imagenet",  # §4.3 pretrained encoders; Table 3 (A)
+    weights="imagenet-timm",  # §4.3 "pretrained encoders from Pytorch Image Models": timm's 2022 resnet34; Table 3 (A)
     loss="jaccard+focal_tversky",  # Table 1 "Loss Function"
     image_size=256,  # Table 1 "Image Size"
     lr=5e-4,  # Table 1 "Learning Rate"
@@ -24,7 +24,7 @@ CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
     in_channels=3,  # §4.3: ImageNet encoders from timm take RGB; grayscale is replicated
     decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
     train_split="train",  # the official training CSV split by patient 80/20: 987/244 images, not Table 1's
-    # 690/168, which no subset of the published CSVs reproduces (data.py's docstring)
+    # 690/168, which no subset of the published CSVs reproduces (cbis.py's docstring)
     augment=True,  # not in the thesis (ours): data.augment_mammogram's flip, rotation, scale, shift, gamma
     num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
 )
@@ -51,19 +51,19 @@ PRESETS = {
     "mias": dict(CBIS, batch_size=8),
     # Your own mammograms (data.py's "folder"): CBIS-DDSM's recipe; --num-classes K for class-index masks.
     "folder": dict(CBIS),
-    "synthetic": dict(  # the demo: sized to finish in < 5 minutes on 2 CPU cores; no thesis number
+    "synthetic": dict(  # the demo: sized to finish in about a minute on 2 CPU cores; no thesis number
         encoder="resnet34", decoder="fusion",  # the thesis' architecture...
         decoder_channels=(128, 64, 32, 16, 16),  # ...with a narrow decoder (25.6M instead of 89.6M parameters)
         weights=None,  # no download: random initialisation
         loss="jaccard+focal_tversky", image_size=64, lr=1e-3, schedule="0:1e-3,4:3e-4,5:1e-4", epochs=6,
-        batch_size=16,  # 6 x 400 images of 64 x 64, from scratch: about 3 minutes on 2 idle CPU cores
+        batch_size=16,  # 6 x 400 images of 64 x 64, from scratch: under a minute on 2 idle CPU cores
         in_channels=1,  # native grayscale: a mammogram has one channel
         train_split="train", augment=True, num_classes=1,
     ),
 }
 SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC", "mias": "ours, no thesis number",
           "folder": "your own images/ and masks/, CBIS-DDSM's recipe",
-          "synthetic": "the demo: offline, ResNet-34 + a narrow fusion decoder at 64 x 64, under 5 minutes on 2 CPU "
+          "synthetic": "the demo: offline, ResNet-34 + a narrow fusion decoder at 64 x 64, about a minute on 2 CPU "
                        "cores"}
 
 

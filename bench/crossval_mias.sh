@@ -2,7 +2,7 @@
 # Table 2 on real mammograms, with error bars: 5-fold cross-validation by patient of the three Table 2 decoders
 # (ResNet-34 + fusion, Unet, Unet++) on mini-MIAS with its pixel outlines, Table 1's CBIS-DDSM recipe at 256x256 for
 # 150 epochs, on one GPU, five runs at a time. The encoder starts from scratch (Table 3's row B) because the GPU
-# machine cannot download weights; WEIGHTS=imagenet where it can.
+# machine cannot download weights; WEIGHTS=imagenet-timm (the recipe's, §4.3) where it can.
 #
 #   bash bench/crossval_mias.sh RESULTS_DIR [MIAS_ROOT]   # default root: ../shared/data/mini-mias
 #   DRY_RUN=1 bash bench/crossval_mias.sh DIR             # every step on the CPU at toy sizes: checks the script

@@ -166,9 +166,12 @@ def test_synthetic_metrics_table_disagreements_and_panels(checkpoints, tmp_path,
         assert row["params"] == sum(p.numel() for p in model.parameters())
         assert row["flops"] == count_flops(model, (1, 1, 64, 64)) and row["thesis_flops_g"] == row["flops"] / 4 / 1e9
         table_row = next(line for line in printed.splitlines() if line.startswith(f"{row['name']}: resnet34"))
-        # The thesis' Tables 2-3 columns are means over images; the pooled values follow, named in the header
-        assert table_row.split()[4:8] == [f"{100 * summary[key]:.2f}" for key in (
-            "iou_mean_per_image", "dice_mean_per_image", "iou_pooled", "dice_pooled")]
+        # The thesis' Tables 2-3 columns are means over images, here over those with a lesion (some synthetic images
+        # have none); the mean over all images and the pooled values follow, named in the header
+        assert 0 < summary["images_with_lesion"] < 8
+        assert table_row.split()[4:9] == [f"{100 * summary[key]:.2f}" for key in (
+            "iou_mean_lesion_images", "dice_mean_lesion_images", "dice_mean_per_image", "iou_pooled", "dice_pooled")]
+        assert f"over the {int(summary['images_with_lesion'])} images with a lesion" in printed
         assert f"{row['params'] / 1e6:.2f} M" in table_row and row["inference_s"] > 0
     assert result["models"][0]["epoch"] == 7
 

@@ -47,11 +47,15 @@ def reference_binary(pred, target) -> dict:
             fn, tn = fn + (p == 0 and t == 1), tn + (p == 0 and t == 0)
         totals = [a + b for a, b in zip(totals, (tp, fp, fn, tn))]
         if tp + fp + fn + tn:
-            per_image.append((1.0, 1.0) if tp + fp + fn == 0 else (2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)))
+            per_image.append((1.0, 1.0, False) if tp + fp + fn == 0 else
+                             (2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), tp + fn > 0))
+    with_lesion = [(d, i) for d, i, lesion in per_image if lesion]
     tp, fp, fn, tn = totals
     return {"dice_pooled": 2 * tp / (2 * tp + fp + fn), "iou_pooled": tp / (tp + fp + fn),
-            "dice_mean_per_image": sum(d for d, _ in per_image) / len(per_image),
-            "iou_mean_per_image": sum(i for _, i in per_image) / len(per_image),
+            "dice_mean_per_image": sum(d for d, _, _ in per_image) / len(per_image),
+            "iou_mean_per_image": sum(i for _, i, _ in per_image) / len(per_image),
+            "dice_mean_lesion_images": sum(d for d, _ in with_lesion) / len(with_lesion),
+            "iou_mean_lesion_images": sum(i for _, i in with_lesion) / len(with_lesion),
             "sensitivity": tp / (tp + fn), "precision": tp / (tp + fp), "specificity": tn / (tn + fp)}
 
 
@@ -127,8 +131,10 @@ def test_binary_stats_hand_computed():
     assert stats.summary() == pytest.approx({
         "dice_pooled": 2 * tp / (2 * tp + fp + fn), "iou_pooled": tp / (tp + fp + fn),
         "dice_mean_per_image": (4 / 7 + 1 + 0 + 1) / 4, "iou_mean_per_image": (2 / 5 + 1 + 0 + 1) / 4,
+        "dice_mean_lesion_images": (4 / 7 + 1) / 2, "iou_mean_lesion_images": (2 / 5 + 1) / 2,  # images 0 and 3
         "sensitivity": tp / (tp + fn), "precision": tp / (tp + fp), "specificity": tn / (tn + fp),
-        "predicted_foreground_fraction": (tp + fp) / 64, "images": 5, "images_all_ignored": 1})
+        "predicted_foreground_fraction": (tp + fp) / 64, "images": 5, "images_all_ignored": 1,
+        "images_with_lesion": 2})
 
 
 def test_binary_stats_empty_conventions():
@@ -138,9 +144,11 @@ def test_binary_stats_empty_conventions():
     assert summary["dice_pooled"] == summary["iou_pooled"] == summary["dice_mean_per_image"] == 1.0
     assert math.isnan(summary["sensitivity"]) and math.isnan(summary["precision"])  # 0/0: undefined, not invented
     assert summary["specificity"] == 1.0 and summary["predicted_foreground_fraction"] == 0.0
+    assert summary["images_with_lesion"] == 0 and math.isnan(summary["dice_mean_lesion_images"])  # none to average
     missed = BinaryStats()
     missed.update(torch.zeros(1, 3, 3, dtype=torch.long), torch.ones(1, 3, 3, dtype=torch.long))
     assert missed.summary()["dice_pooled"] == 0 and missed.summary()["sensitivity"] == 0
+    assert missed.summary()["dice_mean_lesion_images"] == 0 and missed.summary()["images_with_lesion"] == 1
     nothing = BinaryStats().summary()
     assert nothing["images"] == 0 and math.isnan(nothing["dice_mean_per_image"])
 

@@ -46,7 +46,7 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
     resolve = lambda *argv: (args := train.get_args_parser().parse_args(list(argv)), train.resolve_args(args))[0]
     cbis, voc, demo = resolve("--dataset", "cbis"), resolve("--dataset", "voc"), resolve()
     assert (cbis.encoder, cbis.decoder, cbis.weights, cbis.loss, cbis.image_size, cbis.epochs) == \
-        ("resnet34", "fusion", "imagenet", "jaccard+focal_tversky", 256, 150)
+        ("resnet34", "fusion", "imagenet-timm", "jaccard+focal_tversky", 256, 150)  # §4.3: encoders from timm
     assert cbis.milestones == [0, 40, 70, 100, 120]
     assert [cbis.lr * f for f in cbis.lr_factors] == pytest.approx([5e-4, 1e-4, 5e-5, 1e-5, 1e-6])
     assert (voc.encoder, voc.loss, voc.image_size, voc.epochs, voc.milestones) == \

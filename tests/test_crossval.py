@@ -1,0 +1,61 @@
+"""crossval.py's summary: from finished runs (their final.json and log.jsonl) to Table 2's format with mean and standard
+deviation over folds, the paired comparison and the figure, without training anything. The whole command, training
+included, runs in bench/gpu.sh's dry run (tests/test_benchmark.py)."""
+import json
+import statistics
+
+import pytest
+
+import crossval
+
+# per decoder and fold: (Dice over the images with a lesion, Dice over all images); IoU is derived from them
+DICE = {"fusion": [(0.60, 0.70), (0.50, 0.64), (0.70, 0.78)],
+        "unet": [(0.55, 0.69), (0.52, 0.66), (0.61, 0.72)]}
+
+
+def write_finished_runs(out_dir):
+    for decoder, folds in DICE.items():
+        for fold, (lesion, every) in enumerate(folds):
+            folder = out_dir / decoder / f"fold{fold}"
+            folder.mkdir(parents=True)
+            final = dict(dice_mean_lesion_images=lesion, iou_mean_lesion_images=lesion / 2, dice_mean_per_image=every,
+                         iou_mean_per_image=every / 2, dice_pooled=lesion + 0.1, iou_pooled=lesion / 2 + 0.05,
+                         images=15.0, images_with_lesion=11.0)
+            (folder / "final.json").write_text(json.dumps({"final": final}))
+            records = [{"epoch": epoch, "train_loss": 1 / epoch, "val_dice_mean_lesion_images": lesion * epoch / 3}
+                       for epoch in (1, 2, 3)]
+            (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison(tmp_path, capsys):
+    out_dir = tmp_path / "cv"
+    write_finished_runs(out_dir)
+    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path / "unused"),
+                                                  "--folds", "3", "--decoders", "fusion", "unet",
+                                                  "--out-dir", str(out_dir)])
+    assert crossval.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "0 runs to do" in printed and "started" not in printed  # finished runs are not trained again
+    summary = json.loads((out_dir / "summary.json").read_text())
+    for decoder, folds in DICE.items():
+        lesion = [dice for dice, _ in folds]
+        table = summary["table"][decoder]
+        assert table["dice_mean_lesion_images"]["mean"] == pytest.approx(statistics.fmean(lesion))
+        assert table["dice_mean_lesion_images"]["std"] == pytest.approx(statistics.stdev(lesion))  # n - 1
+        assert table["dice_mean_per_image"]["mean"] == pytest.approx(statistics.fmean(every for _, every in folds))
+        assert table["iou_mean_lesion_images"]["mean"] == pytest.approx(statistics.fmean(lesion) / 2)
+    pair = summary["paired"]["fusion vs unet"]  # compared on the images with a lesion: +5, -2, +9 points
+    assert pair["dice_differences"] == pytest.approx([0.05, -0.02, 0.09])
+    assert (pair["fusion_wins"], pair["other_wins"], pair["ties"]) == (2, 1, 0)
+    assert pair["mean"] == pytest.approx(0.04)
+    assert "60.00 ± 10.00" in printed and "DICE all images" in printed  # fusion's lesion-image Dice, mean ± SD
+    assert "fusion wins 2 of 3 folds" in printed
+    assert (out_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flags_that_crossval_sets_itself_are_refused(tmp_path):
+    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
+                                                  "--out-dir", str(tmp_path / "cv"), "--", "--fold", "1/5"])
+    with pytest.raises(crossval.UsageError, match="--fold after --"):
+        crossval.main(args)
+    assert not (tmp_path / "cv").exists()  # refused before anything was written
