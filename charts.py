@@ -22,7 +22,8 @@ from utils import atomic_write
 METRIC_LABELS = {"dice_mean_per_image": "Dice, mean over images (%)", "iou_mean_per_image": "IoU, mean over images (%)",
                  "dice_mean_lesion_images": "Dice, mean over lesion images (%)",
                  "iou_mean_lesion_images": "IoU, mean over lesion images (%)",
-                 "dice_pooled": "Dice, pooled over pixels (%)", "iou_pooled": "IoU, pooled over pixels (%)"}
+                 "dice_pooled": "Dice, pooled over pixels (%)", "iou_pooled": "IoU, pooled over pixels (%)",
+                 "mean_iou": "mIoU (%)"}
 # Okabe & Ito's colour-blind-safe palette without its black (the ink) and yellow (too pale on white)
 PALETTE = [(230, 159, 0), (0, 114, 178), (0, 158, 115), (213, 94, 0), (86, 180, 233), (204, 121, 167)]
 INK, MUTED, GRID, PAIR_LINE = (34, 34, 34), (100, 100, 100), (230, 230, 230), (185, 185, 185)

@@ -36,8 +36,12 @@ from runs import RunFolder
 from utils import ArgumentParser, UsageError, default_workers, run_command, write_json
 
 DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP Unet, (C) SMP Unet++
-SCORES = ("iou_mean_lesion_images", "dice_mean_lesion_images", "dice_mean_per_image", "iou_pooled", "dice_pooled")
-COMPARED = "dice_mean_lesion_images"  # the paired comparison and the figure: Table 2's statistic (metrics.py)
+# The table's columns (header -> final.json key) for binary masks and for class-index ones (-- --num-classes K);
+# the paired comparison and the figure use COMPARED: Table 2's statistic (metrics.py), or the mIoU.
+SCORES = {"binary": {"IoU (%)": "iou_mean_lesion_images", "DICE (%)": "dice_mean_lesion_images",
+                     "DICE all images": "dice_mean_per_image", "IoU pooled": "iou_pooled", "Dice pooled": "dice_pooled"},
+          "classes": {"mIoU (%)": "mean_iou", "mean Dice (%)": "mean_dice"}}
+COMPARED = {"binary": "dice_mean_lesion_images", "classes": "mean_iou"}
 
 
 def get_args_parser() -> ArgumentParser:
@@ -115,28 +119,30 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(args, out_dir: Path) -> tuple[dict, dict]:
     """(summary for summary.json, learning curves per decoder and fold) from every run's final.json and log.jsonl."""
-    runs, curves = {}, {}
+    finals, curves = {}, {}
     for decoder in args.decoders:
-        runs[decoder], curves[decoder] = [], []
+        finals[decoder], curves[decoder] = [], []
         for fold in range(args.folds):
             folder = run_folder(out_dir, decoder, fold)
-            final = json.loads((folder / "final.json").read_text())["final"] if (folder / "final.json").is_file() \
-                else {}
-            runs[decoder].append({"fold": fold, **{key: final.get(key) for key in (*SCORES, "images",
-                                                                                    "images_with_lesion")}})
+            finals[decoder].append(json.loads((folder / "final.json").read_text())["final"]
+                                   if (folder / "final.json").is_file() else {})
             curves[decoder].append(RunFolder(folder).read_log())
-    table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows]))) for key in SCORES}
+    kind = "classes" if any("mean_iou" in final for runs in finals.values() for final in runs) else "binary"
+    keys, compared = SCORES[kind].values(), COMPARED[kind]
+    runs = {decoder: [{"fold": fold, **{key: final.get(key) for key in (*keys, "images", "images_with_lesion")}}
+                      for fold, final in enumerate(folds)] for decoder, folds in finals.items()}
+    table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows]))) for key in keys}
              for decoder, rows in runs.items()}
     paired = {}
     for other in (d for d in args.decoders if d != "fusion" and "fusion" in args.decoders):
-        differences = [None if None in (a[COMPARED], b[COMPARED]) else a[COMPARED] - b[COMPARED]
+        differences = [None if None in (a[compared], b[compared]) else a[compared] - b[compared]
                        for a, b in zip(runs["fusion"], runs[other])]
         scored = [d for d in differences if d is not None]
-        paired[f"fusion vs {other}"] = dict(dice_differences=differences, mean=mean_and_std(scored)[0],
+        paired[f"fusion vs {other}"] = dict(differences=differences, mean=mean_and_std(scored)[0],
                                             fusion_wins=sum(d > 0 for d in scored),
                                             other_wins=sum(d < 0 for d in scored), ties=sum(d == 0 for d in scored))
     summary = dict(dataset=args.dataset, data_root=args.data_root, folds=args.folds, train_args=args.train_args,
-                   runs=runs, table=table, paired=paired)
+                   scores=kind, compared=compared, runs=runs, table=table, paired=paired)
     return summary, curves
 
 
@@ -145,22 +151,26 @@ def print_summary(summary: dict) -> None:
     def cell(score: dict) -> str:
         return "n/a" if math.isnan(score["mean"]) else f"{100 * score['mean']:.2f} ± {100 * score['std']:.2f}"
 
-    header = ["Architecture", "IoU (%)", "DICE (%)", "DICE all images", "IoU pooled", "Dice pooled", "folds"]
-    body = [[decoder, *(cell(scores[key]) for key in SCORES),
-             str(sum(r[COMPARED] is not None for r in summary["runs"][decoder]))]
+    columns, compared = SCORES[summary["scores"]], summary["compared"]
+    header = ["Architecture", *columns, "folds"]
+    body = [[decoder, *(cell(scores[key]) for key in columns.values()),
+             str(sum(r[compared] is not None for r in summary["runs"][decoder]))]
             for decoder, scores in summary["table"].items()]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     print()
     for line in [header] + body:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    scored = ("IoU and DICE are means over the images with a lesion (the thesis' statistic: Table 2's images all hold a "
+              "mass), DICE all images the mean over every image (a lesion-free one predicted empty scores 1), pooled "
+              "ones over all pixels of the fold" if summary["scores"] == "binary" else
+              "mIoU and mean Dice over the classes of each fold's confusion matrix")
     print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
-          "folds of each fold's last-epoch validation; IoU and DICE are means over the images with a lesion (the "
-          "thesis' statistic: Table 2's images all hold a mass), DICE all images the mean over every image (a "
-          "lesion-free one predicted empty scores 1), pooled ones over all pixels of the fold.")
+          f"folds of each fold's last-epoch validation; {scored}.")
+    what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     for name, pair in summary["paired"].items():
-        differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["dice_differences"])
-        print(f"{name}: Dice difference per fold {differences} points (mean {100 * pair['mean']:+.2f}); fusion wins "
-              f"{pair['fusion_wins']} of {len([d for d in pair['dice_differences'] if d is not None])} folds")
+        differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["differences"])
+        print(f"{name}: {what} difference per fold {differences} points (mean {100 * pair['mean']:+.2f});"
+              f" fusion wins {pair['fusion_wins']} of {len([d for d in pair['differences'] if d is not None])} folds")
 
 
 def main(args) -> int:
@@ -175,7 +185,7 @@ def main(args) -> int:
     summary, curves = summarise(args, out_dir)
     print_summary(summary)
     write_json(out_dir / "summary.json", summary)
-    draw_crossval(out_dir / "summary.png", summary["runs"], curves, metric=COMPARED,
+    draw_crossval(out_dir / "summary.png", summary["runs"], curves, metric=summary["compared"],
                   title=f"{args.dataset}: Table 2 decoders, {args.folds}-fold cross-validation by patient")
     print(f"\nwrote {out_dir / 'summary.json'} and {out_dir / 'summary.png'}")
     if failures:

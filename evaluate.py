@@ -15,7 +15,7 @@ compared with the original label PNG. Several checkpoints run on the same batche
 the thesis' format (IoU, Dice or mIoU, #Params, FLOPS, inference time), followed by the images on which they disagree
 most. --panels DIR writes Fig. 7-11 style panels of "disagreement", "hard" and "ordinary" cases (pick_cases); --json
 FILE writes every number, per-image scores included; --tta averages each image's and its mirror image's
-probabilities. --input runs predict.py's command (inference.run_prediction) instead.
+probabilities. --input runs predict.py's command (prediction.run_prediction) instead.
 Exit codes: 0 done; 1 some --input files failed (the others were written); 2 bad flags, checkpoint or dataset.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ from torch.utils.data import DataLoader
 
 from checkpoints import CheckpointError, load_checkpoint
 from data import DataError, build_dataset, cache_folder
-from inference import image_size_for, inference_seconds, predict_dataset_batch, run_prediction
+from inference import image_size_for, inference_seconds, predict_dataset_batch
+from prediction import run_prediction
 from metrics import ConfusionMatrix, build_metrics
 from panels import write_panel
 from recipes import PRESETS
@@ -70,36 +71,46 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
                      workers: int, tta: bool, amp: str) -> tuple[list, np.ndarray]:
     """Every model on the same batches, every image once -> (metrics per model, per-image scores (M, N)).
 
-    The per-image score is Dice for binary models (the empty-mask convention of BinaryStats) and mIoU at the
-    original size for VOC (one image's ConfusionMatrix). voc_labels: the original label files, or None for sets
-    scored at the input size.
+    The per-image score is Dice for binary models (the empty-mask convention of BinaryStats) and the image's own mIoU
+    for multiclass ones (one image's ConfusionMatrix): at the original size for VOC, at the input size for a folder
+    of class-index masks. voc_labels: VOC's original label files, or None for sets scored at the input size (the
+    mammography sets, whose models are prepared and flipped as mammograms).
     """
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)  # no drop_last
     metrics = [build_metrics(c.model.config["num_classes"]) for c in candidates]
-    voc_scores: list[list[float]] = [[] for _ in candidates]
+    class_scores: list[list[float]] = [[] for _ in candidates]
     seen = 0
     for images, masks in loader:  # images (B, C, H, W) in [0, 1]: the dataset does not normalise
         targets = None if voc_labels is None else [read_voc_label(voc_labels[seen + j]).astype(np.int64)
                                                for j in range(len(images))]
-        for candidate, metric, scores in zip(candidates, metrics, voc_scores):
+        for candidate, metric, scores in zip(candidates, metrics, class_scores):
             if targets is None:
-                labels = predict_dataset_batch(candidate.runner, images, None, tta=tta, amp=amp)
-                metric.update(labels, masks.to(labels.device))
+                labels = predict_dataset_batch(candidate.runner, images, None, tta=tta, amp=amp, mammogram=True)
+                targets_here = masks.to(labels.device)  # (B, H, W)
+                metric.update(labels, targets_here)
+                if isinstance(metric, ConfusionMatrix):
+                    scores.extend(image_miou(pred, target, metric.num_classes)
+                                  for pred, target in zip(labels, targets_here))
                 continue
             labels = predict_dataset_batch(candidate.runner, images, [t.shape for t in targets], tta=tta,
-                                            amp=amp)
+                                            amp=amp, mammogram=False)
             for pred, target in zip(labels, targets):
-                target = torch.from_numpy(target).to(pred.device)[None]  # (1, h, w)
-                metric.update(pred[None], target)
-                single = ConfusionMatrix(metric.num_classes)
-                single.update(pred[None], target)
-                scores.append(single.mean_iou())
+                target = torch.from_numpy(target).to(pred.device)  # (h, w)
+                metric.update(pred[None], target[None])
+                scores.append(image_miou(pred, target, metric.num_classes))
         seen += len(images)
     if seen != len(dataset):
         raise RuntimeError(f"evaluated {seen} images of {len(dataset)}")
-    if voc_labels is None:
-        return metrics, np.stack([m.per_image()[0].numpy() for m in metrics])
-    return metrics, np.asarray(voc_scores, dtype=np.float64)
+    if isinstance(metrics[0], ConfusionMatrix):
+        return metrics, np.asarray(class_scores, dtype=np.float64)
+    return metrics, np.stack([m.per_image()[0].numpy() for m in metrics])
+
+
+def image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+    """One image's mIoU (H, W) label maps, over the classes present in its target or prediction."""
+    single = ConfusionMatrix(num_classes)
+    single.update(pred[None], target[None])
+    return single.mean_iou()
 
 
 def pick_cases(scores: np.ndarray, per_kind: int = PANELS_PER_KIND) -> list[tuple[str, int]]:
@@ -138,8 +149,8 @@ def write_panels(folder: Path, cases: list[tuple[str, int]], candidates: list[Ca
                 shown = np.asarray(original.convert("RGB"), dtype=np.float32) / 255  # (h, w, 3) original size
             target = read_voc_label(voc[1][index]).astype(np.int64)
             sizes = [target.shape]
-        predictions = [(c.name, predict_dataset_batch(c.runner, batch, sizes, tta=tta, amp=amp)[0].cpu().numpy())
-                       for c in candidates]
+        predictions = [(c.name, predict_dataset_batch(c.runner, batch, sizes, tta=tta, amp=amp,
+                                                      mammogram=voc is None)[0].cpu().numpy()) for c in candidates]
         ranks[kind] += 1
         safe_id = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.ids[index])
         path = folder / f"{kind}-{ranks[kind]}-{safe_id}.png"
@@ -183,7 +194,8 @@ def print_metrics(candidate: Candidate, summary: dict) -> None:
         print(("  IoU per class: " if start == 0 else "                 ") + ", ".join(per_class[start:start + 6]))
 
 
-def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: str, runs: int) -> None:
+def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: str, runs: int,
+                original_sizes: bool = False) -> None:
     """Tables 2 and 4 of the thesis: Architecture, IoU, Dice (or mIoU), #Params, FLOPS, inference time. For binary
     models IoU and Dice are means over images, as the thesis reports them, with the pooled values beside them."""
     scores = {"IoU (%)": "iou_mean_per_image", "DICE (%)": "dice_mean_per_image", "IoU pooled": "iou_pooled",
@@ -202,7 +214,7 @@ def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: s
         print("  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
                         for i, (cell, w) in enumerate(zip(line, widths))))
     scored = ("IoU and DICE: means over images (the thesis' Tables 2-3); pooled: over all pixels of the set"
-              if binary else "mIoU at the original sizes")
+              if binary else f"mIoU at the {'original sizes' if original_sizes else 'input size'}")
     if lesion_free:
         scored = (f"IoU and DICE: means over the {int(rows[0]['images_with_lesion'])} images with a lesion (Table 2's "
                   "set holds mass images only); DICE all images: the mean over every image, where a lesion-free one "
@@ -256,6 +268,7 @@ def get_args_parser() -> ArgumentParser:
         "GPU; on a CPU the eager model for --dataset, the fastest path for --input, as predict.py (default: auto)")
     add("--input", nargs="+", metavar="FILE_OR_DIR", help="predict these files or folders instead (as predict.py)")
     add("--output", metavar="DIR", help="where --input's masks, probability maps and overlays go (as predict.py)")
+    add("--overwrite", action="store_true", help="with --input: replace an earlier prediction's files in --output")
     return parser
 
 
@@ -283,7 +296,8 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.input is not None:
         return run_prediction(args.checkpoint[0], args.input, args.output, image_size=args.image_size, device=device,
-                              tta=args.tta, amp=args.amp, json_path=args.json, backend=args.backend)
+                              tta=args.tta, amp=args.amp, json_path=args.json, backend=args.backend,
+                              overwrite=args.overwrite)
     return evaluate_checkpoints(args, device)
 
 
@@ -347,7 +361,7 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
                          **{f"per_image_{'dice' if binary else 'miou'}": dict(zip(dataset.ids, per_image))}))
     print()
     print_table([dict(r, **r["metrics"]) for r in rows], binary=binary, device=str(device), runs=args.timing_runs,
-                input_shape=(1, candidates[0].model.config["in_channels"], *size))
+                input_shape=(1, candidates[0].model.config["in_channels"], *size), original_sizes=voc is not None)
     names = [c.name for c in candidates]
     disagreeing = disagreements(dataset.ids, names, scores, DISAGREEMENTS_LISTED) if len(candidates) > 1 else []
     if disagreeing:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from checkpoints import CheckpointError, load_checkpoint
 from data import DataError, preprocess_mammogram, transform_voc
-from inference import image_size_for, to_model_input
+from inference import image_size_for, to_model_input, trained_on_mammograms
 from runners import NormalisedModel, export_graph
 from mammograms import read_image_file
 from synthetic import synthetic_mammogram
@@ -47,7 +47,7 @@ class CheckFailed(Exception):
 
 def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) -> dict[str, str]:
     """The metadata_props a user of the file needs: what to feed, what comes out, where it came from."""
-    binary = config["num_classes"] == 1
+    binary, mammogram = config["num_classes"] == 1, trained_on_mammograms(checkpoint)
     metadata = {
         "model_config": json.dumps(config),
         "mean": json.dumps(config["mean"]), "std": json.dumps(config["std"]),
@@ -58,7 +58,7 @@ def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) 
         "mask": "lesion where logit > 0, i.e. sigmoid > 0.5" if binary else "class = argmax over the K logits",
         "training_image_size": json.dumps(list(image_size)),
         "preprocessing": "data.preprocess_mammogram: resized, contrast stretched to the 0.5th-99.5th percentiles, "
-                         "breast on the left" if binary else "data.transform_voc: longer side fitted, black padding",
+                         "breast on the left" if mammogram else "data.transform_voc: longer side fitted, black padding",
     }
     for key in ("epoch", "metric_name", "best_metric", "metrics"):
         if checkpoint.get(key) is not None:
@@ -66,13 +66,13 @@ def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) 
     return metadata
 
 
-def check_pixels(path: str | None, binary: bool, seed: int = 0) -> tuple[np.ndarray, str]:
+def check_pixels(path: str | None, mammogram: bool, seed: int = 0) -> tuple[np.ndarray, str]:
     """An image as read_image_file returns it ((H, W) or (H, W, 3) in [0, 1]) and its name: --check-image, else a
-    synthetic mammogram for a binary model, a smooth random 'photo' with edges and noise for a multiclass one."""
+    synthetic mammogram for a mammogram model, a smooth random 'photo' with edges and noise for a VOC one."""
     if path is not None:
         return read_image_file(Path(path))[0], path
     rng = np.random.default_rng(seed)
-    if binary:
+    if mammogram:
         return synthetic_mammogram((640, 512), rng)[0], "a synthetic mammogram"
     blobs = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize((480, 360), Image.BICUBIC)
     photo = np.asarray(blobs, dtype=np.float32) / 255
@@ -80,11 +80,11 @@ def check_pixels(path: str | None, binary: bool, seed: int = 0) -> tuple[np.ndar
     return np.clip(photo + 0.03 * rng.standard_normal(photo.shape), 0, 1).astype(np.float32), "a random photo"
 
 
-def prepared_input(pixels: np.ndarray, size: tuple[int, int], config: dict) -> torch.Tensor:
+def prepared_input(pixels: np.ndarray, size: tuple[int, int], config: dict, mammogram: bool) -> torch.Tensor:
     """An image as read -> (C, H, W) in [0, 1] at `size` with the model's channels, as inference.predict_image feeds it:
-    a binary model's mammogram preprocessing (orient=True mirrors the breast to the left, as predict_image does after
-    orient=False so that it can undo the mirror), a multiclass model's VOC letterbox."""
-    if config["num_classes"] == 1:
+    a mammogram model's mammogram preprocessing (orient=True mirrors the breast to the left, as predict_image does
+    after orient=False so that it can undo the mirror), a VOC model's letterbox."""
+    if mammogram:
         gray = pixels if pixels.ndim == 2 else pixels @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
         image = torch.from_numpy(preprocess_mammogram(gray, [], size, orient=True)[0])[None]  # (1, H, W)
     else:
@@ -149,9 +149,10 @@ def main(args: argparse.Namespace) -> None:
     config = model.config
     size = image_size_for({args.checkpoint: checkpoint}, args.image_size)
     second_size = (max(32, size[0] // 64 * 32), size[1] + 32)  # half the height, one step wider: another shape
-    pixels, source = check_pixels(args.check_image, binary=config["num_classes"] == 1)
-    first = prepared_input(pixels, size, config)[None]  # (1, C, H, W)
-    second = prepared_input(pixels, second_size, config)
+    mammogram = trained_on_mammograms(checkpoint)
+    pixels, source = check_pixels(args.check_image, mammogram=mammogram)
+    first = prepared_input(pixels, size, config, mammogram)[None]  # (1, C, H, W)
+    second = prepared_input(pixels, second_size, config, mammogram)
     second = torch.stack([second, second.flip(-2)])  # (2, C, H', W'): the image and its upside-down copy
 
     check_writable_file(output, "--output")

@@ -10,7 +10,9 @@ probability x 255) and <stem>_overlay.png (the mask's outline on the image). One
 area (pixels, % of the image, mm^2 when the DICOM has PixelSpacing or ImagerPixelSpacing) and the largest
 probability, so an "all black" mask is obvious. Folders are searched recursively; DICOMs named as PACS exports name
 them (IM0001, or by UID) are found by their DICM marker. The output folder must hold no input, so a ground-truth
-<stem>_mask.png beside a scan is never overwritten. A file that cannot be read, an image whose outputs cannot be
+<stem>_mask.png beside a scan is never overwritten, and no file of an earlier prediction unless --overwrite is given
+(an image that then fails keeps none of the earlier files either). A checkpoint saved before the first epoch is
+named in a warning. A file that cannot be read, an image whose outputs cannot be
 written (full disk, name too long, a file or folder in the way) or a folder that cannot be listed is one FAILED line
 on stderr, and the rest go on. Each PNG is written whole or not at all, and an image whose three PNGs could not all
 be written keeps none of this run's. `evaluate.py --input` runs this same command.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import sys
 
 from checkpoints import CheckpointError
-from inference import run_prediction
+from prediction import run_prediction
 from mammograms import DataError
 from runners import BACKENDS
 from utils import AMP_DTYPES, ArgumentParser, UsageError, resolve_device, run_command
@@ -50,13 +52,15 @@ def get_args_parser() -> ArgumentParser:
                         "a CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else channels_last (default: "
                         "auto)")
     parser.add_argument("--json", metavar="FILE", help="also write one record per image (areas, outputs) to FILE")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier prediction in "
+                        "--output (refused without it)")
     return parser
 
 
 def main(args) -> int:
     return run_prediction(args.checkpoint, args.input, args.output, image_size=args.image_size,
                           device=resolve_device(args.device), tta=args.tta, amp=args.amp, json_path=args.json,
-                          backend=args.backend)
+                          backend=args.backend, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 side in one run, and the model's time per image against its CUDA graph time: the card's own time for the batch.
 
 The thesis' ResNet-34 + fusion model (random weights; a checkpoint written here), N synthetic mammograms (1024x1024
-as mini-MIAS') written as 16-bit PNGs here, `inference.run_prediction` once per backend (runners.py: eager, graph on
+as mini-MIAS') written as 16-bit PNGs here, `prediction.run_prediction` once per backend (runners.py: eager, graph on
 a GPU, onnxruntime on a CPU when installed). Prints images/s, where the time goes, and model ms per image / graph ms.
 
     python bench/pipeline.py [--images 24] [--device cuda] [--json FILE]
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from inference import run_prediction  # noqa: E402
+from prediction import run_prediction  # noqa: E402
 from model import build_model  # noqa: E402
 from synthetic import synthetic_mammogram  # noqa: E402
 from utils import autocast, environment, graph_latency, median_seconds, resolve_device  # noqa: E402

@@ -45,12 +45,30 @@ def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison
         assert table["dice_mean_per_image"]["mean"] == pytest.approx(statistics.fmean(every for _, every in folds))
         assert table["iou_mean_lesion_images"]["mean"] == pytest.approx(statistics.fmean(lesion) / 2)
     pair = summary["paired"]["fusion vs unet"]  # compared on the images with a lesion: +5, -2, +9 points
-    assert pair["dice_differences"] == pytest.approx([0.05, -0.02, 0.09])
+    assert pair["differences"] == pytest.approx([0.05, -0.02, 0.09])
     assert (pair["fusion_wins"], pair["other_wins"], pair["ties"]) == (2, 1, 0)
     assert pair["mean"] == pytest.approx(0.04)
     assert "60.00 ± 10.00" in printed and "DICE all images" in printed  # fusion's lesion-image Dice, mean ± SD
     assert "fusion wins 2 of 3 folds" in printed
     assert (out_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_index_runs_are_summarised_by_their_miou(tmp_path, capsys):
+    """Runs of a K-class folder (-- --num-classes K) write mIoU, not Dice: the table and the comparison use it."""
+    out_dir = tmp_path / "cv"
+    for decoder, scores in (("fusion", (0.40, 0.50)), ("unet", (0.45, 0.42))):
+        for fold, score in enumerate(scores):
+            (out_dir / decoder / f"fold{fold}").mkdir(parents=True)
+            final = dict(mean_iou=score, mean_dice=score + 0.1, pixel_accuracy=0.9, images=6.0)
+            (out_dir / decoder / f"fold{fold}" / "final.json").write_text(json.dumps({"final": final}))
+    args = crossval.get_args_parser().parse_args(["--dataset", "folder", "--data-root", str(tmp_path), "--folds", "2",
+                                                  "--decoders", "fusion", "unet", "--out-dir", str(out_dir)])
+    assert crossval.main(args) == 0
+    summary, printed = json.loads((out_dir / "summary.json").read_text()), capsys.readouterr().out
+    assert summary["scores"] == "classes" and summary["compared"] == "mean_iou"
+    assert summary["table"]["fusion"]["mean_iou"]["mean"] == pytest.approx(0.45)
+    assert summary["paired"]["fusion vs unet"]["differences"] == pytest.approx([-0.05, 0.08])
+    assert "mIoU (%)" in printed and "mIoU difference per fold -5.0, +8.0 points" in printed
 
 
 def test_flags_that_crossval_sets_itself_are_refused(tmp_path):

@@ -20,6 +20,7 @@ import panels
 from checkpoints import CheckpointError, load_checkpoint
 from data import build_dataset
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
+from model import build_model
 from panels import write_panel
 from helpers import save_checkpoint
 from utils import UsageError, count_flops
@@ -267,6 +268,43 @@ def test_voc_miou_at_original_resolution_matches_the_metric_functions(checkpoint
 
 # ---------------------------------------------------------------------------------------------------------------------
 # User errors
+
+def test_a_folder_of_class_index_masks_is_scored_by_miou_per_image(tmp_path, capsys):
+    """A K-class model of one's own mammograms (--dataset folder --num-classes 3): mIoU over the set and per image at
+    the input size, checked against ConfusionMatrix run directly, panels drawn, and the inputs prepared as mammograms
+    (the same dataset items the metric functions see)."""
+    root, rng = tmp_path / "mine", np.random.default_rng(3)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for index in range(4):
+        image = (rng.uniform(0.1, 0.5, (48, 40)) * 255).astype(np.uint8)
+        mask = np.zeros((48, 40), np.uint8)
+        mask[8 + index:20 + index, 6:18], mask[30:40, 20 + index:30] = 1, 2  # class indices 0..2
+        Image.fromarray(image).save(root / "images" / f"case{index}.png")
+        Image.fromarray(mask).save(root / "masks" / f"case{index}.png")
+    (root / "split.csv").write_text("file,split\ncase0.png,train\ncase1.png,val\ncase2.png,val\ncase3.png,val\n")
+    torch.manual_seed(1)
+    model = build_model("resnet34", "unet", num_classes=3, in_channels=1, decoder_channels=(16, 8, 8, 8, 8))
+    checkpoint = save_checkpoint(tmp_path / "classes.pt", model, args=dict(image_size=64, dataset="folder"))
+    out = tmp_path / "metrics.json"
+    assert run("--checkpoint", checkpoint, "--dataset", "folder", "--data-root", root, "--workers", 0, "--timing-runs", 0, "--json", out, "--panels", tmp_path / "panels",
+               "--cache-dir", tmp_path / "cache") == 0
+    printed, (row,) = capsys.readouterr().out, json.loads(out.read_text())["models"]
+    dataset = build_dataset("folder", root, "val", 64, in_channels=1, num_classes=3, augment=False,
+                            cache_dir=tmp_path / "cache", mean=model.config["mean"], std=model.config["std"])
+    whole, per_image = ConfusionMatrix(3), []
+    with torch.no_grad():
+        for x, y in DataLoader(dataset, batch_size=3):
+            labels = predict_labels(model.eval()(x))
+            whole.update(labels, y)
+            for pred, target in zip(labels, y):
+                single = ConfusionMatrix(3)
+                single.update(pred[None], target[None])
+                per_image.append(single.mean_iou())
+    assert row["metrics"]["mean_iou"] == whole.mean_iou()
+    assert [row["per_image_miou"][i] for i in dataset.ids] == per_image
+    assert "mIoU at the input size" in printed and len(list((tmp_path / "panels").glob("*.png"))) >= 1
+
 
 def test_user_errors_are_one_line_with_exit_code_2(checkpoints, tmp_path, monkeypatch, capsys):
     # The script's __main__ block, run in this process (a new interpreter would import torch again).

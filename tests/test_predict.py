@@ -1,4 +1,4 @@
-"""predict.py and evaluate.py --input (inference.py): prediction on PNG/JPEG/PGM/DICOM files and folders, real
+"""predict.py and evaluate.py --input (prediction.py, inference.py): prediction on PNG/JPEG/PGM/DICOM files and folders, real
 mammograms from ../shared/data included, checked against data.py's preprocessing run directly; and the faults that
 end in one FAILED line while the other images go on: unreadable files, outputs that cannot be written (a full disk,
 a name too long, a file or folder in the way), folders that cannot be listed, float DICOMs with NaN pixels.
@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import evaluate
 import inference
+import prediction
 import predict
 from checkpoints import CheckpointError
 from data import DataError, fitted_size, preprocess_mammogram, read_dicom, transform_voc
@@ -28,6 +29,7 @@ from metrics import predict_labels
 from model import build_model
 from helpers import save_checkpoint, write_dicom
 from panels import to_rgb8
+from utils import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +92,36 @@ def reference_mask(model, gray: np.ndarray) -> np.ndarray:
     return (F.interpolate(logits, size=gray.shape, mode="bilinear", align_corners=False)[0, 0] > 0).numpy()
 
 
+def test_a_class_index_mammogram_model_predicts_on_mammogram_preprocessing(tmp_path, capsys):
+    """A K-class model trained on a folder of mammograms (--dataset folder --num-classes 3) sees its images as
+    training did, not as VOC photographs: the same input, and the same labels at the image's size, as a binary
+    model's path; the rule comes from the run's dataset (trained_on_mammograms)."""
+    torch.manual_seed(0)
+    model = build_model("resnet34", "unet", num_classes=3, in_channels=1, decoder_channels=(16, 8, 8, 8, 8)).eval()
+    folder_run = save_checkpoint(tmp_path / "classes.pt", model, args=dict(image_size=64, dataset="folder"))
+    checkpoint = torch.load(folder_run, weights_only=True)
+    assert inference.trained_on_mammograms(checkpoint)
+    assert not inference.trained_on_mammograms(dict(checkpoint, args=dict(dataset="voc")))
+    assert not inference.trained_on_mammograms(dict(checkpoint, args=None))  # no run: multiclass is VOC's
+    gray = (np.round(mammogram_like(75, 101, 8) * 255) / 255).astype(np.float32)  # as its 8-bit PNG below reads
+    seen = []
+    handle = model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    labels, _ = inference.predict_image(model, gray, (64, 64), mammogram=True)
+    handle.remove()
+    oriented, _ = preprocess_mammogram(gray, [], (64, 64), orient=True)
+    mirrored = not np.array_equal(oriented, preprocess_mammogram(gray, [], (64, 64), orient=False)[0])
+    expected = (torch.from_numpy(oriented.copy())[None, None] - model.config["mean"][0]) / model.config["std"][0]
+    assert torch.allclose(seen[0], expected, atol=1e-6)  # stretched to the square, breast on the left: no letterbox
+    with torch.no_grad():
+        logits = model(expected).flip(-1) if mirrored else model(expected)
+        logits = F.interpolate(logits, size=gray.shape, mode="bilinear", align_corners=False)
+    assert np.array_equal(labels, logits.argmax(1)[0].numpy())
+    Image.fromarray(np.round(gray * 255).astype(np.uint8)).save(tmp_path / "scan.png")
+    assert run_predict("--checkpoint", folder_run, "--input", tmp_path / "scan.png", "--output", tmp_path / "out",
+                       "--backend", "eager") == 0
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "scan_mask.png")), labels)
+
+
 def test_predict_folder_of_png_jpeg_pgm_dicom_with_a_broken_file(checkpoints, tmp_path, capsys):
     scans = tmp_path / "scans"
     (scans / "sub").mkdir(parents=True)
@@ -142,25 +174,25 @@ def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, 
     (scans / "b" / "NOTES").write_text("not an image")
     # Files given one by one: same names from different folders never share an output.
     files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
-    bases = [base.relative_to(out.resolve()) for _, base in inference.find_inputs(list(map(str, files)), out)]
+    bases = [base.relative_to(out.resolve()) for _, base in prediction.find_inputs(list(map(str, files)), out)]
     assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
     # A folder: subfolders kept, DICOMs named otherwise found by their marker, the index and the text left alone.
     found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
-             for file, base in inference.find_inputs([str(scans)], out)}
+             for file, base in prediction.find_inputs([str(scans)], out)}
     assert found == {"a/scan.dcm": "a/scan_dcm", "a/scan.png": "a/scan_png", "b/IM000001": "b/IM000001",
                      "b/1.2.840.1.3": "b/1.2.840.1.3", "b/scan.png": "b/scan"}
-    assert inference.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
+    assert prediction.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
     # Nothing is written beside an input: the output folder may not hold one.
     (scans / "a" / "scan_mask.png").write_bytes(b"the ground truth")
     with pytest.raises(DataError, match="holds the input"):
-        inference.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
+        prediction.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
     with pytest.raises(DataError, match="is the --output folder"):
-        inference.find_inputs([str(scans / "b")], scans / "b")
+        prediction.find_inputs([str(scans / "b")], scans / "b")
     assert (scans / "a" / "scan_mask.png").read_bytes() == b"the ground truth"
     # An image too large to decode safely is a one-line DataError, not a crash of the whole run.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
     with pytest.raises(DataError, match="scan.png: Image size"):
-        inference.read_image_file(scans / "a" / "scan.png")
+        prediction.read_image_file(scans / "a" / "scan.png")
 
 
 def test_tta_averages_the_probabilities_of_mirrored_inputs(checkpoints):
@@ -237,10 +269,40 @@ def test_a_full_disk_fails_one_image_and_the_json_report_alone(checkpoints, tmp_
     full = {"report.json"}
     report.unlink()
     assert run_predict("--checkpoint", checkpoints["unet"], "--input", scans / "a.png", "--output", out, "--json",
-                       report) == 1
+                       report, "--overwrite") == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"FAILED --json {report}: cannot write it (no space left on ")
     assert not report.exists() and (out / "a_overlay.png").stat().st_size > 0 and no_partial_files(tmp_path)
+
+
+def test_an_earlier_prediction_is_replaced_only_when_asked_and_a_failed_image_keeps_none(checkpoints, tmp_path,
+                                                                                          capsys):
+    """predict.py never destroys an earlier prediction unless --overwrite: a second run into the same folder is
+    refused in one line before the model loads; with --overwrite an image that now fails keeps none of its earlier
+    masks, so no stale mask sits beside the new ones. A flag error leaves no empty output folder."""
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_png(scans / "a.png", 0), write_png(scans / "b.png", 1)
+    assert run_predict("--checkpoint", checkpoints["unet"], "--input", scans, "--output", out) == 0
+    assert "epoch 7" in capsys.readouterr().out  # the checkpoint's epoch in the header line
+    earlier = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert len(earlier) == 6
+    with pytest.raises(UsageError, match=r"holds 6 file\(s\) of an earlier prediction .*pass --overwrite"):
+        run_predict("--checkpoint", checkpoints["fusion"], "--input", scans, "--output", out)
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == earlier  # untouched
+    (scans / "b.png").write_bytes(b"no longer a PNG")
+    assert run_predict("--checkpoint", checkpoints["fusion"], "--input", scans, "--output", out, "--overwrite") == 1
+    assert sorted(path.name for path in out.iterdir()) == ["a_mask.png", "a_overlay.png", "a_prob.png"]
+    assert (out / "a_prob.png").read_bytes() != earlier["a_prob.png"]  # the fusion model's now
+    untrained = save_checkpoint(tmp_path / "last.pt", checkpoints["models"]["unet"], epoch=-1,
+                                args=dict(image_size=64, dataset="synthetic"))
+    capsys.readouterr()
+    assert run_predict("--checkpoint", untrained, "--input", scans / "a.png", "--output", tmp_path / "early") == 0
+    assert "saved before the first training epoch: its weights are untrained" in capsys.readouterr().err
+    for flags in (["--image-size", "100"], ["--checkpoint", scans / "a.png"]):
+        with pytest.raises((UsageError, CheckpointError)):
+            run_predict("--checkpoint", checkpoints["unet"], "--input", scans / "a.png", "--output",
+                        tmp_path / "new" / "masks", *flags)
+        assert not (tmp_path / "new").exists()
 
 
 def test_a_name_too_long_and_files_or_folders_in_the_way_fail_alone(checkpoints, tmp_path, capsys):
@@ -347,5 +409,7 @@ def test_labels_are_uint8_class_indices_and_at_most_255_classes(checkpoints, tmp
     assert np.allclose(probability, logits.softmax(dim=1).amax(dim=1)[0].numpy(), atol=1e-6)
     many = build_model("resnet34", "unet", num_classes=256, in_channels=3, decoder_channels=(8, 8, 8, 8, 8))
     with pytest.raises(CheckpointError, match="256 classes; .* at most 255"):
-        run_predict("--checkpoint", save_checkpoint(tmp_path / "many.pt", many), "--input", tmp_path,
+        Image.fromarray((photo * 255).astype(np.uint8)).save(tmp_path / "photo.png")
+        run_predict("--checkpoint", save_checkpoint(tmp_path / "many.pt", many), "--input", tmp_path / "photo.png",
                     "--output", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before anything was written: no empty folder left

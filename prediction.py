@@ -1,0 +1,316 @@
+"""From image files to mask files (thesis §6): what `python predict.py` and `evaluate.py --input` do.
+
+  * the inputs    find_inputs: files and folders (searched recursively; DICOMs named otherwise found by their marker),
+                  each with the base name of its outputs; read by mammograms.read_image_file (DICOM, PNG, JPEG, TIFF,
+                  PGM; 8 or 16 bit).
+  * the outputs   write_prediction: <stem>_mask.png (0/255, or class indices in a palette PNG), <stem>_prob.png and
+                  <stem>_overlay.png at the input's size, each written whole or not at all.
+  * the command   run_prediction: the output folder, --json and --image-size checked before the model loads; a folder
+                  holding an earlier prediction's files is refused unless overwrite=True; the model rebuilt from its
+                  checkpoint (a checkpoint saved before any training epoch is named in a warning); each image
+                  predicted by inference.predict_image. A file that cannot be read or written, or a folder that
+                  cannot be listed, is one FAILED line on stderr and the others go on; the exit code is then 1.
+
+    run_prediction("runs/cbis/best.pt", ["scans/"], "masks/", image_size=None, device=torch.device("cpu"),
+                   tta=False, amp="none", json_path=None)
+"""
+from __future__ import annotations
+
+import errno
+import io
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from checkpoints import CheckpointError, load_checkpoint
+from data import DataError, cache_folder
+from inference import MAX_CLASSES, image_size_for, predict_image, trained_on_mammograms
+from mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
+from panels import overlay, voc_palette
+from runners import fast_model
+from utils import UsageError, atomic_write, check_output_folder, check_writable_file, error_line, write_json
+from voc import VOC_CLASSES
+
+OUTPUT_KINDS = ("mask", "prob", "overlay")  # <base>_<kind>.png for every image
+
+
+def _marked_dicom(path: Path) -> bool:
+    """A file named like no image (IM0001, 1.2.840.113619.2.55.3) that is a DICOM image, found by its marker; the
+    DICOMDIR index that PACS exports carry beside the images is a DICOM file too, but not an image."""
+    if path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        return is_dicom(path)
+    except OSError:  # unreadable, and nothing in its name says it is an image
+        return False
+
+
+def _output_name(path: Path) -> str:
+    """scan.dcm -> scan; a DICOM named by its UID (1.2.840.113619.2.55.3) keeps its whole name."""
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+
+
+def report_failure(records: list[dict], source: str | os.PathLike, message: str) -> None:
+    """One input that failed: 'FAILED <message>' on stderr, and its record {"input", "error"} for --json."""
+    print(f"FAILED {message}", file=sys.stderr)
+    records.append(dict(input=str(source), error=message))
+
+
+def _files_under(folder: Path, failures: list[dict]) -> list[Path]:
+    """Every file below `folder`, symlinked folders not followed (as rglob); a subfolder that cannot be listed is
+    reported as a failure (rglob skips it in silence)."""
+    files, errors = [], []
+    for root, _, names in os.walk(folder, onerror=errors.append):
+        files += [Path(root) / name for name in names]
+    for error in sorted(errors, key=lambda error: str(error.filename)):
+        report_failure(failures, error.filename, f"{error.filename}: cannot list the folder "
+                                                 f"({error.strerror or error})")
+    return [file for file in files if file.is_file()]
+
+
+def find_inputs(inputs: list[str], output: Path, failures: list[dict] | None = None) -> list[tuple[Path, Path]]:
+    """(image file, output base) per image: a file as given -> output/<stem>; a folder is searched recursively for
+    IMAGE_SUFFIXES and DICOM files named otherwise -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
+    that would share an output name keep their suffix in it (scan_dcm, scan_png), then a counter (scan_png_2).
+    A folder that cannot be listed is one FAILED line on stderr (report_failure, its record added to `failures`).
+    Raises DataError when the output folder holds an input file, so that nothing beside an input (its ground-truth
+    <stem>_mask.png, say) is overwritten, or when a folder holds no image outside the output folder."""
+    found, output, failures = [], output.resolve(), [] if failures is None else failures
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            if item.exists() and output in item.resolve().parents:
+                raise DataError(f"--output {output} holds the input {item}: write the masks to another folder, so "
+                                "that no file beside the inputs is overwritten")
+            found.append((item, output / _output_name(item)))  # a missing or unreadable file: reported when read
+            continue
+        files = [file for file in sorted(_files_under(item, failures)) if not file.name.startswith(".")
+                 and output not in file.resolve().parents]
+        images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(file)]
+        if not images and output in [item.resolve(), *item.resolve().parents]:
+            raise DataError(f"--input {item} is the --output folder or inside it, whose files are never read as "
+                            "inputs: write the masks to another folder")
+        found += [(file, output / file.relative_to(item).parent / _output_name(file)) for file in images]
+    taken, used, unique = Counter(base for _, base in found), set(), []
+    for file, base in found:
+        if taken[base] > 1 and file.suffix.lower() in IMAGE_SUFFIXES:
+            base = base.with_name(f"{base.name}_{file.suffix.lstrip('.')}")
+        name, count = base, 1
+        while name in used:
+            count += 1
+            name = base.with_name(f"{base.name}_{count}")
+        used.add(name)
+        unique.append((file, name))
+    return unique
+
+
+def _pictures(pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray, num_classes: int):
+    """(kind, PIL image) of the three outputs, made one at a time: a 12000 x 12000 scan's overlay alone is 432 MB."""
+    labels = np.asarray(labels, dtype=np.uint8)  # no copy when predict_image made them
+    if num_classes == 1:
+        yield "mask", Image.fromarray(labels * np.uint8(255))  # 0/255: a 0/1 PNG looks all black
+    else:
+        mask = Image.fromarray(labels)
+        mask.putpalette(voc_palette().ravel().tolist())  # L -> P: pixel values stay the class indices
+        yield "mask", mask
+    scaled = confidence * np.float32(255)
+    yield "prob", Image.fromarray(np.round(scaled, out=scaled).astype(np.uint8))
+    del scaled
+    yield "overlay", Image.fromarray(overlay(pixels, labels, num_classes))
+
+
+def _why_not_written(error: OSError, path: Path) -> str:
+    """The reason a write failed, naming a file or folder that is in the way."""
+    if error.errno == errno.EISDIR:
+        return "a folder of that name is in the way"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):  # making its folder failed
+        blocking = next((parent for parent in path.parents if parent.is_file()), None)
+        if blocking is not None:
+            return f"{blocking} is a file where a folder must go"
+    return error.strerror or str(error)
+
+
+def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
+                     num_classes: int) -> dict[str, str]:
+    """<base>_mask.png, <base>_prob.png and <base>_overlay.png at the image's size (module docstring).
+
+    Each PNG is encoded in memory, then written atomically (utils.atomic_write), so no partial or empty file is
+    ever left. If one cannot be written, those of this image already written are removed, so a half set is never
+    taken for a whole one, and OSError(errno, reason, the path that failed) is raised."""
+    kinds = OUTPUT_KINDS
+    paths, written = {kind: f"{base}_{kind}.png" for kind in kinds}, []
+    try:
+        for kind, picture in _pictures(pixels, labels, confidence, num_classes):
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG")
+            atomic_write(paths[kind], buffer.getbuffer(), size_hint=buffer.tell())
+            written.append(paths[kind])
+    except OSError as error:
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        failed = paths[kinds[len(written)]]
+        raise OSError(error.errno, _why_not_written(error, Path(failed)), failed) from error
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The command
+
+def describe_prediction(source: Path, labels: np.ndarray, confidence: np.ndarray, num_classes: int, is_dicom: bool,
+                        spacing: tuple[float, float, str] | None) -> tuple[dict, str]:
+    """(record for --json, the line printed) of one predicted image: the predicted area in pixels, % of the image and
+    mm^2 when the DICOM gives its pixel spacing, and the largest probability, so an empty mask is obvious."""
+    foreground = int(np.count_nonzero(labels))
+    record = dict(input=str(source), height=labels.shape[0], width=labels.shape[1], foreground_pixels=foreground,
+                  foreground_fraction=foreground / labels.size, area_mm2=None,
+                  max_probability=float(confidence.max()) if num_classes == 1 else None)
+    line = (f"{source}: {labels.shape[1]}x{labels.shape[0]}, {'lesion' if num_classes == 1 else 'foreground'} "
+            f"{foreground} px = {100 * record['foreground_fraction']:.2f}% of the image")
+    if spacing is not None:
+        record["area_mm2"] = foreground * spacing[0] * spacing[1]
+        line += f" = {record['area_mm2']:.1f} mm^2 ({spacing[2]} {spacing[0]:g} x {spacing[1]:g} mm)"
+    elif is_dicom:
+        line += " (no pixel spacing in the DICOM: no mm^2)"
+    if num_classes == 1:
+        line += f", max probability {record['max_probability']:.3f}"
+        line += "; EMPTY mask: no pixel above probability 0.5" if foreground == 0 else ""
+    else:
+        names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(c) for c in range(num_classes)]
+        counts = torch.bincount(torch.from_numpy(labels).ravel(), minlength=num_classes).tolist()  # one pass
+        shares = [f"{names[c]} {100 * count / labels.size:.1f}%" for c, count in enumerate(counts) if c > 0 and count]
+        line += "; " + (", ".join(shares) or "background only")
+    return record, line
+
+
+def earlier_outputs(base: Path) -> list[Path]:
+    """The files of write_prediction for one image that exist already (a name too long to exist is not there)."""
+    found = []
+    for path in (Path(f"{base}_{kind}.png") for kind in OUTPUT_KINDS):
+        try:
+            if path.is_file():
+                found.append(path)
+        except OSError:
+            pass
+    return found
+
+
+def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], records: list[dict], size: tuple[int, int],
+                  *, tta: bool, amp: str, mammogram: bool | None = None) -> list[dict]:
+    """Predict every (image file, output base) of find_inputs, print one line per image, and add one record each to
+    `records`. A file that cannot be read or whose outputs cannot be written is one FAILED line on stderr and a record
+    with "error"; the others go on. An image that fails keeps no outputs, not even an earlier prediction's under its
+    name (run_prediction replaces those only when told to), so no mask is taken for this run's that is not."""
+    seconds = Counter()  # where the time goes, per stage
+    started = time.perf_counter()
+    for source, base in found:
+        try:
+            tick = time.perf_counter()
+            pixels, is_dicom, spacing = read_image_file(source)
+            seconds["read"] += time.perf_counter() - tick
+            tick, model_before = time.perf_counter(), seconds["model"]
+            labels, confidence = predict_image(model, pixels, size, tta=tta, amp=amp, timer=seconds,
+                                               mammogram=mammogram)
+            seconds["prepare"] += time.perf_counter() - tick - (seconds["model"] - model_before)
+        except DataError as error:
+            report_failure(records, source, error_line(error))
+            for path in earlier_outputs(base):
+                path.unlink(missing_ok=True)
+            continue
+        try:
+            tick = time.perf_counter()
+            paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"])
+            seconds["write"] += time.perf_counter() - tick
+        except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
+            report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
+            continue
+        record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
+                                           spacing)
+        print(f"{line} -> {paths['mask']}")
+        records.append(dict(record, **paths))
+    total, done = time.perf_counter() - started, sum("error" not in record for record in records)
+    if done:
+        shares = ", ".join(f"{stage} {100 * seconds[stage] / total:.0f}%" for stage in ("read", "prepare", "model",
+                                                                                      "write"))
+        print(f"{done} image(s) in {total:.1f}s = {done / total:.2f} images/s ({shares}; model "
+              f"{1000 * seconds['model'] / done:.1f} ms per image)")
+    return records
+
+
+def onnx_cache(checkpoint: str, device: torch.device) -> Path | None:
+    """Where a CPU keeps the checkpoint's ONNX export (runners.py); None, with a note, where no cache can be written
+    (the model then runs in PyTorch)."""
+    if device.type != "cpu":
+        return None
+    try:
+        return cache_folder("onnx", checkpoint)
+    except DataError as error:
+        print(f"note: {error_line(error)}; predicting without ONNX Runtime", file=sys.stderr)
+        return None
+
+
+def describe_checkpoint(checkpoint: str, saved: dict) -> str:
+    """", epoch N, val <metric> X" for the header line; a warning on stderr for weights saved before any training."""
+    epoch, metrics, name = saved.get("epoch"), saved.get("metrics"), saved.get("metric_name")
+    if epoch == -1:
+        print(f"warning: {checkpoint} was saved before the first training epoch: its weights are untrained and its "
+              "masks mean nothing; predict with a later last.pt or best.pt", file=sys.stderr)
+    text = "" if epoch is None else f", epoch {epoch}"
+    if isinstance(metrics, dict) and isinstance(metrics.get(name), float):
+        text += f", validation {name} {metrics[name]:.4f}"
+    return text
+
+
+def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
+                   tta: bool, amp: str, json_path: str | None, backend: str = "auto", overwrite: bool = False) -> int:
+    """The prediction command (predict.py, evaluate.py --input): --image-size, the output folder, --json and the
+    inputs checked first (files of an earlier prediction in the way are refused unless `overwrite`), then the model
+    rebuilt from its checkpoint, every input predicted. An output folder this call made is removed again when it
+    stops on an error before writing anything. Returns the exit code: 1 if any file could not be read or written, any
+    folder listed, or the --json report written (each one FAILED line on stderr)."""
+    if image_size is not None:
+        image_size_for({}, image_size)  # a bad --image-size is refused before the checkpoint is read
+    made = [folder for folder in (Path(output), *Path(output).parents) if not folder.exists()]  # deepest first
+    output_folder = check_output_folder(output)
+    try:
+        if json_path:
+            check_writable_file(json_path, "--json")
+        records: list[dict] = []
+        found = find_inputs(inputs, output_folder, records)
+        if not found and not records:
+            raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
+        earlier = [path for _, base in found for path in earlier_outputs(base)]
+        if earlier and not overwrite:
+            raise UsageError(f"--output {output} holds {len(earlier)} file(s) of an earlier prediction ({earlier[0]}):"
+                             " choose another folder, or pass --overwrite to replace them")
+        model, saved = load_checkpoint(checkpoint, device)
+        if model.config["num_classes"] > MAX_CLASSES:
+            raise CheckpointError(f"{checkpoint}: {model.config['num_classes']} classes; masks hold 8-bit class "
+                                  f"indices, so prediction supports at most {MAX_CLASSES}")
+    except BaseException:
+        for folder in made:  # nothing was written: leave no empty folder behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    size = image_size_for({checkpoint: saved}, image_size)
+    model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=onnx_cache(checkpoint, device),
+                       size=size)
+    print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
+          f"output(s){describe_checkpoint(checkpoint, saved)}, input {size[0]}x{size[1]} on {device} "
+          f"({type(model).__name__}){', with --tta' if tta else ''}")
+    predict_files(model, found, records, size, tta=tta, amp=amp, mammogram=trained_on_mammograms(saved))
+    failed = sum("error" in record for record in records)
+    print(f"{len(records) - failed} image(s) predicted into {output}{f', {failed} FAILED' if failed else ''}")
+    if json_path:
+        try:
+            write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta, files=records))
+        except OSError as error:  # checked before the run, but a disk can fill up during it
+            print(f"FAILED --json {json_path}: cannot write it ({error.strerror or error})", file=sys.stderr)
+            return 1
+    return 1 if failed else 0
