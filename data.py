@@ -321,25 +321,31 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
                   orient: bool = True, crop_breast: bool = False, keep_aspect: bool = False,
                   limit: int | None = None, verbose: bool = True, **common) -> Dataset:
     check_fold("folder", split, fold, folds)
-    items, skipped = folder_items(root)
-    if any(item.split for item in items):  # split.csv fixes the split of every listed image
-        skipped += [(item.image.name, 0, item.stem, "not in split.csv: split.csv gives the split of every image")
-                    for item in items if not item.split]
-        items = [item for item in items if item.split]
-    if fold is not None or not any(item.split for item in items):
+    items, skipped, fixed = folder_items(root)  # fixed: split.csv's rows per split; then every item has its split
+    if fold is not None or not fixed:
         pool = [item for item in items if item.split != "test"]  # a fixed test split stays held out of the folds
         chosen = groups_of_split({item.group: "" for item in pool}, split, (1 - val_fraction, val_fraction),
                                  split_seed, fold, folds) if split != "test" or fold is not None else set()
         items = [item for item in pool if item.group in chosen]
     else:
         items = [item for item in items if item.split == split]
+    missing = fixed and fold is None and split != "test" and not items
     items = items[:limit]
     cache_dir = cache_folder("folder", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)
-    cache_files = [_cache_file(cache_dir, item.stem, [item.image, item.mask], dict(options, classes=num_classes))
-                   for item in items]
+    # An id holds "/" for an image in a subfolder of images/; the cache keeps one flat folder.
+    cache_files = [_cache_file(cache_dir, item.stem.replace("/", "__"), [item.image, item.mask],
+                               dict(options, classes=num_classes)) for item in items]
     counts = f"{len(items)} images with masks from {root}"
-    _report("folder", split, counts, skipped, cache_dir / f"skipped_{split}.csv", verbose)
+    report = cache_dir / f"skipped_{split}.csv"
+    _report("folder", split, counts, skipped, report, verbose)
+    # Else the empty part would read as a wrong data root ("no images found"); raised after the report, which lists
+    # the skipped rows. A test part is optional, as a drawn split has none.
+    if missing:
+        why = (f"lists no {split} images: add rows with split {split}" if not fixed[split] else
+               f"lists {fixed[split]} {split} image{'s' * (fixed[split] > 1)}, none usable: {report} says why")
+        raise DataError(f"{root / 'split.csv'} {why}, or leave the split column empty to draw an "
+                        f"{round(100 * (1 - val_fraction))}/{round(100 * val_fraction)} split")
     return MammogramDataset([item.stem for item in items], [(item, num_classes) for item in items], cache_files,
                             load_folder_item, split=split, num_classes=num_classes, **options, **common)
 

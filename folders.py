@@ -1,23 +1,39 @@
 """Your own data: a folder of images and masks, the way INbreast, CSAW-S or a hospital's exports are used once
 converted (the thesis' pipeline, §4.1, on any mammograms).
 
-    DIR/images/<stem>.<png|jpg|tif|pgm|dcm>   8 or 16 bit, gray (RGB is read as its luminance); DICOMs as they come
-    DIR/masks/<stem>.png                      the same stem; binary (0/255 or 0/1), or class indices 0..K-1 with
-                                              255 = ignore for a K-class model
-    DIR/split.csv  (optional)                 columns file,split[,group]: split train/val/test fixes the split;
-                                              group (a patient, say) keeps its images on one side of any split
+    DIR/images/<path>.<png|jpg|tif|pgm|dcm>   8 or 16 bit, gray (RGB is read as its luminance); DICOMs as they come;
+                                              in subfolders too (images/patient1/a0.png), hidden files and folders
+                                              left out
+    DIR/masks/<path>.png                      the same path, suffix .png; binary (0/255 or 0/1), or class indices
+                                              0..K-1 with 255 = ignore for a K-class model
+    DIR/split.csv  (optional)                 columns file,split[,group]: file is the image's path under images/,
+                                              with or without its suffix (a name or a stem at the top); split
+                                              train/val/test fixes the split; group (a patient, say) keeps its images
+                                              on one side of any split
 
-  * folder_items   the pairs, each with its group (split.csv's, else the image itself) and its fixed split, if any;
-                   an image without a mask, or with a mask of another size, is skipped and reported.
+An image's id is its path under images/ without the suffix, "/" between folders (a DICOM without a known suffix keeps
+its whole name).
+
+  * read_split_csv  the rows by image id; DataError for a split that is not train/val/test, for two rows of one image
+                   that disagree, and for a group given two splits: a patient on both sides of a fixed split leaks
+                   into the validation (or test) scores, so no number from it would mean anything.
+  * folder_items   the pairs, each with its group (split.csv's, else the image itself) and its fixed split, if any,
+                   and split.csv's rows per split (none: the split is drawn). An image without a mask (with a hint
+                   when masks/ holds it under another suffix), with a mask of another size, or sharing its id with
+                   another image (a0.png, a0.dcm) is skipped and reported, and so is an image split.csv gives no
+                   split when it fixes the others'.
   * load_folder_item  one pair -> (image (H, W) float32 in [0, 1], one bool mask per class, their class labels);
-                   mask values that fit neither convention raise DataError naming the file and the values.
+                   mask values that fit neither convention raise DataError naming the file and the values, and so
+                   does a 0/255 mask read for a K-class model (every lesion would be 255, ignored).
 
-    items, skipped = folder_items(Path("/data/inbreast"))
+    items, skipped, fixed = folder_items(Path("/data/inbreast"))
 """
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import os
+from collections import Counter
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -29,27 +45,50 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 class FolderItem(NamedTuple):
-    stem: str
+    stem: str  # the image's id: its path under images/ without the suffix, "/" between folders
     image: Path
     mask: Path
-    group: str  # split.csv's group, else the stem: every group stays on one side of a split
+    group: str  # split.csv's group, else the id (never a folder: that would guess): a group stays on one side
     split: str | None  # split.csv's split, None when the split is drawn (data.py)
 
 
+def image_id(relative: str) -> str:
+    """The id of an image at `relative` (its path under images/, or split.csv's file column): "/" between folders,
+    the suffix dropped when it is an image suffix."""
+    path = PurePosixPath(relative.replace("\\", "/"))  # a split.csv written on Windows
+    return str(path.with_suffix("") if path.suffix.lower() in IMAGE_SUFFIXES else path)
+
+
 def read_split_csv(path: Path) -> dict[str, dict[str, str]]:
-    """split.csv as {stem: {"split": ..., "group": ...}}; the file column may hold a name or a stem."""
+    """split.csv as {image id: {"split": ..., "group": ..., "line": ...}}; the file column holds the image's path
+    under images/ (a name or a stem for an image at the top). DataError for two rows of one image that disagree, and
+    for a group (an image without one is its own) given two splits: that leaks a patient across the split."""
     with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         columns = [name.strip().lower() for name in reader.fieldnames or []]
         if "file" not in columns or not {"split", "group"} & set(columns):
             raise DataError(f"{path}: needs a 'file' column and a 'split' and/or 'group' column (found {columns})")
-        rows = {}
+        rows, splits_of_group = {}, {}
         for number, row in enumerate(reader, start=2):
             row = {key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
-            split = row.get("split", "")
+            split, key = row.get("split", ""), image_id(row["file"])
             if split and split not in SPLIT_NAMES:
                 raise DataError(f"{path}: line {number}: split {split!r}; use train, val or test")
-            rows[Path(row["file"]).stem if Path(row["file"]).suffix.lower() in IMAGE_SUFFIXES else row["file"]] = row
+            row["line"] = str(number)
+            if key in rows:
+                for column in ("split", "group"):
+                    if rows[key].get(column, "") != row.get(column, ""):
+                        raise DataError(f"{path}: lines {rows[key]['line']} and {number} give {key} different "
+                                        f"{column}s ({rows[key].get(column, '')!r}, {row.get(column, '')!r}): keep "
+                                        "one row per image")
+            rows[key] = row
+            if split:
+                group = row.get("group") or key
+                first = splits_of_group.setdefault(group, (split, number))
+                if first[0] != split:
+                    raise DataError(f"{path}: group {group!r} is in {first[0]} (line {first[1]}) and {split} (line "
+                                    f"{number}): a patient on both sides of the split leaks into its scores; give all "
+                                    "its rows one split")
     return rows
 
 
@@ -61,39 +100,76 @@ def _image_size(path: Path) -> tuple[int, int]:
         return image.height, image.width
 
 
-def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str, str]]]:
-    """(usable pairs, skipped as (file, row, stem, reason)) of DIR/images + DIR/masks (+ DIR/split.csv)."""
+def _files_under(folder: Path) -> list[Path]:
+    """Every file below `folder`, hidden files and folders left out, sorted."""
+    files = []
+    for parent, subfolders, names in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        files += [Path(parent) / name for name in names if not name.startswith(".")]
+    return sorted(file for file in files if file.is_file())
+
+
+def _misnamed_masks(mask: Path, root: Path, listings: dict[Path, dict[str, list[str]]]) -> str:
+    """"; found masks/x.jpg: ..." when masks/ holds `mask`'s stem under another suffix, else ""."""
+    if mask.parent not in listings:  # each folder listed once, however many masks it lacks
+        listings[mask.parent] = {}
+        for file in mask.parent.iterdir() if mask.parent.is_dir() else ():
+            listings[mask.parent].setdefault(file.stem, []).append(file.relative_to(root).as_posix())
+    found = sorted(name for name in listings[mask.parent].get(mask.stem, []) if (root / name).is_file())
+    return f"; found {', '.join(found)}: masks must be PNG (lossless), named {mask.name}" if found else ""
+
+
+def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str, str]], Counter]:
+    """(usable pairs, skipped as (file, row, id, reason), split.csv's rows per split) of DIR/images + DIR/masks
+    (+ DIR/split.csv). When split.csv fixes any split (the counter is not empty), every pair has one."""
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError(f"{root}: a folder dataset needs {images_dir} and {masks_dir} (the same file stem in each)")
     split_csv = root / "split.csv"
     fixed = read_split_csv(split_csv) if split_csv.is_file() else {}
-    items, skipped = [], []
-    for image in sorted(p for p in images_dir.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if image.suffix.lower() not in IMAGE_SUFFIXES and not is_dicom(image):
+    listed = Counter(row["split"] for row in fixed.values() if row.get("split"))
+    images: dict[str, list[Path]] = {}
+    for image in _files_under(images_dir):
+        if image.suffix.lower() in IMAGE_SUFFIXES or is_dicom(image):
+            images.setdefault(image_id(image.relative_to(images_dir).as_posix()), []).append(image)
+    items, skipped, listings = [], [], {}
+    for stem, files in images.items():
+        if len(files) > 1:  # both would pair with one mask
+            count, names = "two" if len(files) == 2 else len(files), ", ".join(file.name for file in files)
+            skipped += [(str(file.relative_to(root)), 0, stem, f"stem shared: {count} images share the stem {stem} "
+                         f"({names}): rename one") for file in files]
             continue
-        stem = image.stem if image.suffix.lower() in IMAGE_SUFFIXES else image.name
-        mask = masks_dir / f"{stem}.png"
+        image, mask, row = files[0], masks_dir / f"{stem}.png", fixed.get(stem, {})
         try:
-            problem = "" if mask.is_file() else f"mask missing: no {mask}"
+            problem = "" if mask.is_file() else f"mask missing: no {mask}{_misnamed_masks(mask, root, listings)}"
             if not problem and _image_size(mask) != _image_size(image):
                 problem = (f"mask size mismatch: {mask.name} is {'x'.join(map(str, _image_size(mask)[::-1]))}, the "
                            f"image {'x'.join(map(str, _image_size(image)[::-1]))}")
+            if not problem and listed and not row.get("split"):  # split.csv fixes the split of every image
+                problem = ("split.csv gives no split for it: give it one, split.csv fixes the split of every image"
+                           if row else "not in split.csv: split.csv gives the split of every image")
         except (OSError, DataError) as error:  # an unreadable header: reported like a missing file
             problem = f"unreadable: {error}"
         if problem:
             skipped.append((str(image.relative_to(root)), 0, stem, problem))
             continue
-        row = fixed.get(stem, {})
         items.append(FolderItem(stem, image, mask, row.get("group") or stem, row.get("split") or None))
-    listed = [stem for stem, row in fixed.items() if row.get("split") and stem not in {i.stem for i in items}]
-    skipped += [("split.csv", 0, stem, "listed in split.csv, but no usable image and mask") for stem in listed]
-    return items, skipped
+    usable = {item.stem for item in items}
+    nested = {}  # a bare name in split.csv for an image in a subfolder: say how to name it
+    for stem in images:
+        nested.setdefault(stem.rsplit("/", 1)[-1], []).append(stem)
+    for stem, row in fixed.items():
+        if row.get("split") and stem not in usable:
+            hint = "" if "/" in stem or stem in images else ", ".join(nested.get(stem, []))
+            skipped.append(("split.csv", int(row["line"]), stem, "listed in split.csv, but no usable image and mask"
+                            + (f": images/ holds {hint}; name it by its path under images/" if hint else "")))
+    return items, skipped, listed
 
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
     """A mask PNG as (H, W) uint8 labels: 0/1 for a binary model (from 0/255 or 0/1), class indices (255 = ignore)
-    for a num_classes model; DataError naming the file and the values that fit neither."""
+    for a num_classes model; DataError naming the file and the values that fit neither, or, for a num_classes model,
+    a mask of 0 and 255 alone: a binary mask saved 0/255, whose lesions would all be ignored."""
     with Image.open(path) as mask:
         if mask.mode not in ("1", "L", "P", "I;16", "I"):
             raise DataError(f"{path}: mask mode {mask.mode}; save a single-channel PNG (0/255, 0/1 or class indices)")
@@ -103,6 +179,10 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
         if set(found.tolist()) <= {0, 1} or set(found.tolist()) <= {0, 255}:
             return (values > 0).astype(np.uint8)
         raise DataError(f"{path}: mask values {found[:8].tolist()}; a binary mask holds 0/255 or 0/1")
+    if set(found.tolist()) == {0, 255}:
+        raise DataError(f"{path}: mask values [0, 255] and no class 1-{num_classes - 1}: it looks like a binary 0/255 "
+                        "mask, whose lesions would all be ignored (255); train without --num-classes (binary) or save "
+                        "class indices")
     bad = np.setdiff1d(found, [*range(num_classes), 255])
     if bad.size:
         raise DataError(f"{path}: mask values {bad[:8].tolist()} are not classes 0-{num_classes - 1} or 255 (ignore)")

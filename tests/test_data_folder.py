@@ -1,6 +1,7 @@
 """Your own data (folders.py, data.py's "folder") and the splits by group (splits.py): pairs by stem in images/ and
 masks/, 8/16-bit PNG, TIFF and DICOM images, binary and class-index masks, split.csv, skipped pairs, and the folds of
-a cross-validation, on folders the tests write themselves."""
+a cross-validation, images in subfolders, and the inputs refused or skipped with their reasons, on folders the tests
+write themselves."""
 import csv
 import json
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import folders
 import splits
 from helpers import write_dicom
 from data import DataError, build_dataset
@@ -119,6 +121,103 @@ def test_groups_in_part_depends_on_the_group_ids_alone():
     folds = [splits.groups_of_split({g: g[-1] in "02468" for g in everyone}, "val", (), 0, k, 5) for k in range(5)]
     assert sorted(g for fold in folds for g in fold) == sorted(everyone)
     assert all(sum(g[-1] in "02468" for g in fold) == 5 for fold in folds)  # each stratum cut alike
+
+
+def tiny(root, *images: str, masks=None, value: int = 255):
+    """16x16 8-bit images at images/<each path> and, unless `masks` names others, masks/<its id>.png (a square of
+    `value` on 0); returns root."""
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for name in images:
+        (root / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), 80, np.uint8)).save(root / "images" / name)
+    for name in [folders.image_id(name) + ".png" for name in images] if masks is None else masks:
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:9, 4:9] = value
+        (root / "masks" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(root / "masks" / name)
+    return root
+
+
+def reasons(root) -> dict[str, str]:
+    """folder_items' skipped rows as {file: reason}."""
+    return {file: reason for file, _, _, reason in folders.folder_items(root)[1]}
+
+
+def test_a_0_255_mask_for_a_multiclass_model_is_refused_as_binary(tmp_path):
+    root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(5)))
+    with pytest.raises(DataError, match=r"a\d.png: mask values \[0, 255\] .*looks like a binary 0/255 mask.*train "
+                                        "without --num-classes"):
+        build(root, "train", num_classes=2)[0]
+    assert set(build(root, "train")[0][1].unique().tolist()) == {0, 1}  # read as binary, the lesion is there
+    tiny(root, *(f"a{i}.png" for i in range(5)), value=0)  # no lesion at all: a class-index mask like any other
+    assert set(build(root, "train", num_classes=2)[0][1].unique().tolist()) == {0}
+
+
+def test_a_fixed_split_without_the_requested_split_names_split_csv(tmp_path):
+    root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(6)))
+    (root / "split.csv").write_text("file,split\n" + "".join(f"a{i}.png,{'train' if i < 4 else 'test'}\n"
+                                                              for i in range(6)))
+    with pytest.raises(DataError, match=r"split.csv lists no val images: add rows with split val, or leave the split "
+                                        "column empty to draw an 80/20 split"):
+        build(root, "val")
+    assert build(root, "test").ids == ["a4", "a5"] and len(build(root, "train")) == 4
+    assert len(build(root, "val", fold=0, folds=2)) == 2  # cross-validation draws val from the train rows
+    (root / "split.csv").write_text("file,split\na0.png,train\na1.png,train\nnone.png,val\n")  # no none.png
+    with pytest.raises(DataError, match=r"split.csv lists 1 val image, none usable: .*skipped_val.csv says why"):
+        build(root, "val")
+    assert "listed in split.csv, but no usable" in (tmp_path / "cache" / "skipped_val.csv").read_text()
+
+
+def test_a_leaking_group_and_disagreeing_rows_raise_and_an_image_without_a_split_says_so(tmp_path):
+    root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(4)))
+    (root / "split.csv").write_text("file,split,group\na0.png,train,p1\na1.png,val,p2\na2.png,val,p1\n")
+    with pytest.raises(DataError, match=r"split.csv: group 'p1' is in train \(line 2\) and val \(line 4\)"):
+        build(root, "train")
+    (root / "split.csv").write_text("file,split\na0.png,train\na1.png,val\na0,val\n")
+    with pytest.raises(DataError, match=r"split.csv: lines 2 and 4 give a0 different splits \('train', 'val'\)"):
+        build(root, "train")
+    (root / "split.csv").write_text("file,split\na0.png,train\na0.png,train\na1.png,val\na2.png,\n")  # a3 absent
+    assert build(root, "train").ids == ["a0"] and build(root, "val").ids == ["a1"]  # a repeated row is harmless
+    assert reasons(root)["images/a2.png"].startswith("split.csv gives no split for it")
+    assert reasons(root)["images/a3.png"].startswith("not in split.csv")
+
+
+def test_images_in_subfolders_pair_with_masks_at_the_same_path(tmp_path):
+    root = tiny(tmp_path / "mine", "p1/a0.png", "p2/a0.png", "p2/a1.tif", "b.png")
+    tiny(root, ".trash/c.png", "p1/.d.png")  # hidden: never read
+    items = folders.folder_items(root)[0]
+    assert [(i.stem, i.group, i.mask.relative_to(root).as_posix()) for i in items] == [
+        ("b", "b", "masks/b.png"), ("p1/a0", "p1/a0", "masks/p1/a0.png"), ("p2/a0", "p2/a0", "masks/p2/a0.png"),
+        ("p2/a1", "p2/a1", "masks/p2/a1.png")]  # each image its own group: no patient guessed from a folder name
+    train, val = build(root, "train"), build(root, "val")
+    assert sorted(train.ids + val.ids) == ["b", "p1/a0", "p2/a0", "p2/a1"]
+    for dataset in (train, val):  # every pair read: its mask's 5x5 square, at twice the size
+        assert all(dataset[i][1].sum() == 10 * 10 for i in range(len(dataset)))
+    cached = sorted(path.name for path in (tmp_path / "cache").iterdir() if path.suffix == ".npz")
+    assert len(cached) == 4 and any(name.startswith("p1__a0-") for name in cached)  # one flat cache folder
+    (root / "split.csv").write_text("file,split\np1/a0.png,val\np2/a0,train\np2\\a1.tif,train\nb.png,train\n")
+    assert build(root, "val").ids == ["p1/a0"] and build(root, "train").ids == ["b", "p2/a0", "p2/a1"]
+    (root / "split.csv").write_text("file,split\na1.png,val\np1/a0.png,train\n")  # a bare name of a nested image
+    assert reasons(root)["split.csv"].endswith("images/ holds p2/a1; name it by its path under images/")
+
+
+def test_two_images_sharing_a_stem_are_both_skipped(tmp_path):
+    root = tiny(tmp_path / "mine", "a0.png", "a0.tif", "a1.png")
+    found = reasons(root)
+    assert found["images/a0.png"] == found["images/a0.tif"] == (
+        "stem shared: two images share the stem a0 (a0.png, a0.tif): rename one")
+    assert build(root, "train").ids + build(root, "val").ids == ["a1"]
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.PNG", "x.tif"])
+def test_a_mask_saved_under_another_suffix_is_named(tmp_path, name):
+    root = tiny(tmp_path / "mine", "x.png", "y.png", masks=[name])
+    if (root / "masks" / "x.png").is_file():
+        pytest.skip("a case-insensitive file system: masks/x.PNG is masks/x.png")
+    found = reasons(root)
+    assert found["images/x.png"].startswith("mask missing: no ") and found["images/x.png"].endswith(
+        f"; found masks/{name}: masks must be PNG (lossless), named x.png")
+    assert found["images/y.png"] == f"mask missing: no {root / 'masks' / 'y.png'}"  # nothing like it: no hint
 
 
 def test_a_folder_trains_from_a_weights_file_evaluates_and_predicts_end_to_end(folder, tmp_path, capsys, one_thread):
