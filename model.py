@@ -106,8 +106,8 @@ class StdConv2d(nn.Conv2d):
             self._cache = None  # training, or a traced/compiled graph: standardise the weight itself, keep no copy
             return self._conv_forward(x, F.layer_norm(w, w.shape[1:], eps=1e-10), self.bias)
         # Without autograd the result depends on the weight alone, so it is reused until the weight changes: an
-        # in-place write (load_state_dict, an optimizer step) bumps its version, and a new tensor (.to(), .data = t)
-        # is not is_set_to the alias kept here, whose reference stops the old memory being reused at the same address.
+        # in-place write (load_state_dict, an optimizer step) bumps its version, a new tensor (.to(), .data = t) is not
+        # is_set_to the alias kept here. Not seen: writes through .data (p.data.add_), which skip the version counter.
         if self._cache is None or self._cache[1] != w._version or not self._cache[0].is_set_to(w):
             self._cache = (w.detach(), w._version, F.layer_norm(w, w.shape[1:], eps=1e-10))
         return self._conv_forward(x, self._cache[2], self.bias)

@@ -2,6 +2,7 @@
 at other sizes and batches than the one traced, carries its metadata, and the command fails cleanly: one line on
 stderr, the right exit code, no partial or overwritten file. Tiny decoders at 64x64 keep the whole file fast."""
 import json
+from pathlib import Path
 import sys
 
 import numpy as np
@@ -155,3 +156,25 @@ def test_missing_onnxruntime_is_one_line_with_the_pip_command(tmp_path, capsys, 
     code, errors = run(["--checkpoint", unet_checkpoint, "--output", tmp_path / "model.onnx"], capsys)
     assert code == 2 and errors == ["export.py: error: needs onnx and onnxruntime: pip install onnx onnxruntime"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_the_readme_snippet_runs_the_exported_file_on_gray_and_rgb_models(in_channels, tmp_path, capsys,
+                                                                          monkeypatch):
+    """The README's onnxruntime lines, run as written on an exported file: their mask is the model's own on the
+    image as they prepare it (the recipes' real-data models take RGB, the demo's gray)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = readme.split("Running the file:\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(snippet.strip().splitlines()) <= 6
+    model = save_checkpoint(tmp_path / "best.pt", encoder="resnet34", decoder="unet", num_classes=1,
+                            in_channels=in_channels)
+    assert run(["--checkpoint", tmp_path / "best.pt", "--output", tmp_path / "model.onnx"], capsys)[0] == 0
+    scan = (np.random.default_rng(2).random((300, 200)) * 255).astype(np.uint8)
+    Image.fromarray(scan).save(tmp_path / "scan.png")
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    exec(snippet, names)  # noqa: S102 (the README's own code)
+    image = torch.from_numpy(np.asarray(Image.fromarray(scan).resize((256, 256)), np.float32) / 255)[None, None]
+    with torch.no_grad():
+        expected = model(to_model_input(image, model.config))[0, 0].numpy() > 0
+    assert names["mask"].shape == (256, 256) and (names["mask"] != expected).mean() < 1e-3
