@@ -2,13 +2,15 @@
 
     python crossval.py --dataset mias --data-root ../shared/data/mini-mias              # 3 decoders x 5 folds
     python crossval.py --dataset folder --data-root DATA/mine --jobs 3 -- --epochs 50 --weights none
-    python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --device cuda --jobs 4
+    python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --jobs 4 -- --device cuda
 
 For each decoder (--decoders: fusion, unet, unetplusplus) and each fold k of K (--folds, by patient: splits.py), one
 train.py run trains with the dataset's recipe (recipes.py) on the other folds and validates on fold k (--fold k/K),
 in <out-dir>/<decoder>/fold<k>/. Arguments after `--` go to every run unchanged (--epochs, --image-size, --weights,
---amp, ...). A finished run (its final.json written) is not trained again; an interrupted one resumes from its last.pt,
-so the command can be run again until every run is done. --jobs runs that many at once (on one GPU too).
+--amp, ...). A finished run (its final.json written) is not trained again; an interrupted one resumes from its last.pt
+(one killed after its last epoch is scored from its log), so the command can be run again until every run is done.
+<out-dir>/crossval.json keeps the settings (dataset, data root, folds, the flags after --): runs of other settings are
+never mixed into one table. --jobs runs that many at once (on one GPU too).
 
 A fold's score is its last epoch's validation on the held-out fold: no checkpoint is chosen on the images it is scored
 on (best.pt is, so it is not used here). The summary prints, per decoder, the Table 2 format with the mean and the
@@ -75,10 +77,44 @@ def train_command(args, decoder: str, fold: int, folder: Path) -> list[str]:
                       f"{fold}/{args.folds}", "--out-dir", str(folder), *overwrite, *args.train_args]
 
 
+def check_settings(args, out_dir: Path) -> None:
+    """The first call writes <out-dir>/crossval.json; a later one with other settings is refused, since its table
+    would mix folds of different splits or recipes."""
+    settings = dict(dataset=args.dataset, data_root=str(Path(args.data_root).resolve()), folds=args.folds,
+                    train_args=args.train_args)
+    path = out_dir / "crossval.json"
+    if not path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, settings)
+        return
+    earlier = json.loads(path.read_text())
+    changed = [f"{key} {earlier.get(key)!r}, not {value!r}" for key, value in settings.items()
+               if earlier.get(key) != value]
+    if changed:
+        raise UsageError(f"--out-dir {out_dir} holds a cross-validation with other settings ({'; '.join(changed)}): "
+                         "run it with those, or choose another --out-dir")
+
+
+def score_from_log(folder: Path) -> bool:
+    """A run killed after its last epoch but before its final.json: write final.json from its log's last record (the
+    last epoch's validation) and return True; False when its training is not finished."""
+    try:
+        epochs = json.loads((folder / "config.json").read_text())["args"]["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    log = RunFolder(folder).read_log()
+    if not log or log[-1].get("epoch") != epochs - 1:
+        return False
+    final = {key[len("val_"):]: value for key, value in log[-1].items() if key.startswith("val_")}
+    write_json(folder / "final.json", {"final": final, "from": "log.jsonl"})
+    return True
+
+
 def run_all(args, out_dir: Path) -> list[str]:
     """Every run not yet finished, --jobs at a time, each logging to its folder's train.log; returns the failures."""
     pending = [(decoder, fold) for decoder in args.decoders for fold in range(args.folds)
-               if not (run_folder(out_dir, decoder, fold) / "final.json").is_file()]
+               if not (run_folder(out_dir, decoder, fold) / "final.json").is_file()
+               and not score_from_log(run_folder(out_dir, decoder, fold))]
     print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} runs to do, {args.jobs} "
           f"at a time, in {out_dir}")
     threads = max(1, default_workers() // args.jobs)  # CPU runs side by side share the cores instead of fighting
@@ -180,7 +216,10 @@ def main(args) -> int:
     clashes = sorted(forbidden & {flag.split("=")[0] for flag in args.train_args})
     if clashes:
         raise UsageError(f"{', '.join(clashes)} after --: crossval.py sets these for each run itself")
+    if not Path(args.data_root).is_dir():
+        raise UsageError(f"--data-root {args.data_root}: folder not found")
     out_dir = Path(args.out_dir or f"runs/cv-{args.dataset}")
+    check_settings(args, out_dir)
     failures = run_all(args, out_dir)
     summary, curves = summarise(args, out_dir)
     print_summary(summary)

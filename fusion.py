@@ -90,8 +90,9 @@ class FusionDecoder(nn.Module):
         super().__init__()
         deepest, *skips = list(encoder_channels[1:])[::-1]  # (s32; s16, s8, s4, s2)
         skips = skips + [0]  # the last level has no skip
-        if len(decoder_channels) != len(skips):
-            raise ValueError(f"decoder_channels needs {len(skips)} widths, one per level, got {decoder_channels}")
+        if len(decoder_channels) != len(skips) or min(decoder_channels) < 1:
+            raise ValueError(f"decoder_channels needs {len(skips)} positive widths, one per level, got "
+                             f"{list(decoder_channels)}")
         highs = [deepest] + list(decoder_channels[:-1])
         self.layers = nn.ModuleList(FusionLayer(h, s, o, se_reduction=se_reduction)
                                     for h, s, o in zip(highs, skips, decoder_channels))

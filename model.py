@@ -329,6 +329,9 @@ class DecoderBlock(nn.Module):
 def _decoder_plan(encoder_channels, decoder_channels):
     """SMP's channel bookkeeping: deepest feature first; skips are the next-shallower encoder maps, none at stride 1."""
     encoder_channels = list(encoder_channels[1:])[::-1]  # drop the input itself; (s32, s16, s8, s4, s2)
+    if len(decoder_channels) != len(encoder_channels) or min(decoder_channels) < 1:
+        raise ValueError(f"decoder_channels needs {len(encoder_channels)} positive widths, one per level, got "
+                         f"{list(decoder_channels)}")
     in_channels = [encoder_channels[0]] + list(decoder_channels[:-1])
     skip_channels = encoder_channels[1:] + [0]
     return in_channels, skip_channels, list(decoder_channels)
@@ -428,8 +431,7 @@ def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of fusion, {', '.join(BASELINE_DECODERS)}")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes} and {in_channels}")
-    if mean is None or std is None:
-        mean, std = default_normalisation(encoder, in_channels)
+    mean, std = default_normalisation(encoder, in_channels) if mean is None or std is None else (mean, std)
     if len(mean) != in_channels or len(std) != in_channels:
         raise ValueError(f"mean and std need {in_channels} values each, got {mean} and {std}")
 
@@ -443,8 +445,7 @@ def build_model(encoder: str = "resnet34", decoder: str = "fusion", num_classes:
         dec = FusionDecoder(enc.out_channels, **decoder_options)
     else:
         dec = BASELINE_DECODERS[decoder](enc.out_channels, **decoder_options)
-    # The resolved decoder options (defaults included) go into the config, so a checkpoint rebuilds the same network
-    # even if a default changes later.
+    # The resolved decoder options (defaults too) go into the config: a checkpoint rebuilds this network for good.
     config = dict(encoder=encoder, decoder=decoder, num_classes=num_classes, in_channels=in_channels,
                   mean=[float(m) for m in mean], std=[float(s) for s in std], **dec.options)
     return SegmentationModel(enc, dec, num_classes, config)

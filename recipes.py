@@ -9,6 +9,8 @@ optimizer, Table 1's "AdamW with amsgrad" for both datasets, is built in train.m
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from utils import UsageError
 
 CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
@@ -76,7 +78,7 @@ def apply_recipe(args, saved: dict) -> list[str]:
     """Fill every setting the flags left unset (None) from `saved`, the --resume checkpoint's run (empty for a new
     one), else from RUN_DEFAULTS and the dataset's PRESETS entry; then parse --decoder-channels, --weights none and
     --schedule. Returns the settings given by a flag that differ from the checkpoint's. UsageError for a value that
-    cannot be read."""
+    cannot be read or is out of range."""
     lr_flag = args.lr  # an explicit --lr rescales the schedule; without it an explicit --schedule is taken as is
     for key, default in {**RUN_DEFAULTS, **PRESETS[args.dataset]}.items():
         if getattr(args, key, None) is None:
@@ -87,6 +89,14 @@ def apply_recipe(args, saved: dict) -> list[str]:
     except ValueError:
         raise UsageError(f"--decoder-channels {channels!r}: write integers such as 128,64,32,16,16") from None
     args.decoder_channels = list(args.decoder_channels) if args.decoder_channels else None
+    if args.decoder_channels is not None and (len(args.decoder_channels) != 5 or min(args.decoder_channels) < 1):
+        raise UsageError(f"--decoder-channels {channels}: five positive widths, deepest level first, e.g. "
+                         "128,64,32,16,16")
+    if args.data_root is not None and not Path(args.data_root).is_dir():  # before any weights are downloaded
+        raise UsageError(f"--data-root {args.data_root}: folder not found")
+    for flag, value in (("--lr", lr_flag), ("--weight-decay", args.weight_decay)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} {value}: must be >= 0")
     args.weights = None if str(args.weights).lower() == "none" else args.weights
     if isinstance(args.fold, str):  # "2/5" -> [2, 5]: validate on fold 2 of 5
         text, parts = args.fold, args.fold.split("/")

@@ -59,8 +59,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add = p.add_argument
     add("--dataset", choices=list(PRESETS), help="recipe and data: " + "; ".join(f"{k} ({v})" for k, v in
                                                                                      SOURCE.items()) +
-        " (default: the --resume checkpoint's, else synthetic). With --resume, every flag not given is the "
-        "checkpoint's")
+        " (default: the --resume checkpoint's, else synthetic). With --resume, every setting of the recipe and the "
+        "run not given is the checkpoint's (recipes.py); how it runs (--device, --workers, --compile...) is not")
     add("--data-root", help="dataset folder (cbis: the NBIA download and its CSVs; mias: Info.txt and images; folder: "
         "images/ and masks/; voc: holds VOCdevkit)")
     add("--fold", metavar="K/N", help="cross-validation: validate on fold K of N, by patient (crossval.py)")

@@ -22,15 +22,15 @@ def write_finished_runs(out_dir):
                          iou_mean_per_image=every / 2, dice_pooled=lesion + 0.1, iou_pooled=lesion / 2 + 0.05,
                          images=15.0, images_with_lesion=11.0)
             (folder / "final.json").write_text(json.dumps({"final": final}))
-            records = [{"epoch": epoch, "train_loss": 1 / epoch, "val_dice_mean_lesion_images": lesion * epoch / 3}
-                       for epoch in (1, 2, 3)]
+            records = [{"epoch": epoch, "train_loss": 1 / (epoch + 1),
+                        "val_dice_mean_lesion_images": lesion * (epoch + 1) / 3} for epoch in range(3)]
             (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
 def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison(tmp_path, capsys):
     out_dir = tmp_path / "cv"
     write_finished_runs(out_dir)
-    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path / "unused"),
+    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
                                                   "--folds", "3", "--decoders", "fusion", "unet",
                                                   "--out-dir", str(out_dir)])
     assert crossval.main(args) == 0
@@ -71,9 +71,33 @@ def test_class_index_runs_are_summarised_by_their_miou(tmp_path, capsys):
     assert "mIoU (%)" in printed and "mIoU difference per fold -5.0, +8.0 points" in printed
 
 
-def test_flags_that_crossval_sets_itself_are_refused(tmp_path):
-    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
-                                                  "--out-dir", str(tmp_path / "cv"), "--", "--fold", "1/5"])
+def test_a_run_killed_after_its_last_epoch_is_scored_from_its_log(tmp_path, capsys):
+    """No final.json, but the log reached config.json's last epoch: scored from the log's last validation, not
+    trained again (train.py would refuse to resume a finished run)."""
+    out_dir = tmp_path / "cv"
+    write_finished_runs(out_dir)
+    folder = out_dir / "unet" / "fold1"
+    (folder / "final.json").unlink()
+    (folder / "config.json").write_text(json.dumps({"args": {"epochs": 3}}))
+    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path), "--folds", "3",
+                                                  "--decoders", "fusion", "unet", "--out-dir", str(out_dir)])
+    assert crossval.main(args) == 0
+    assert "0 runs to do" in capsys.readouterr().out
+    final = json.loads((folder / "final.json").read_text())
+    assert final == {"final": {"dice_mean_lesion_images": 0.52 * 3 / 3}, "from": "log.jsonl"}  # epoch 2's
+
+
+def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
+    parse = lambda *argv: crossval.get_args_parser().parse_args(["--dataset", "mias", "--out-dir", str(tmp_path / "cv"),
+                                                                 *argv])
     with pytest.raises(crossval.UsageError, match="--fold after --"):
-        crossval.main(args)
+        crossval.main(parse("--data-root", str(tmp_path), "--", "--fold", "1/5"))
+    with pytest.raises(crossval.UsageError, match="--data-root .*missing: folder not found"):
+        crossval.main(parse("--data-root", str(tmp_path / "missing")))
     assert not (tmp_path / "cv").exists()  # refused before anything was written
+    write_finished_runs(tmp_path / "cv")
+    assert crossval.main(parse("--data-root", str(tmp_path), "--folds", "3", "--decoders", "unet")) == 0
+    with pytest.raises(crossval.UsageError, match=r"other settings \(folds 3, not 2\)"):
+        crossval.main(parse("--data-root", str(tmp_path), "--folds", "2", "--decoders", "unet"))
+    with pytest.raises(crossval.UsageError, match="train_args"):
+        crossval.main(parse("--data-root", str(tmp_path), "--folds", "3", "--", "--epochs", "9"))

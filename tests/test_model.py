@@ -349,8 +349,12 @@ def test_fusion_layer_doubles_resolution_and_uses_every_parameter():
 
 
 def test_fusion_decoder_needs_one_width_per_level_and_build_model_gives_the_thesis_widths():
-    with pytest.raises(ValueError, match="needs 5 widths"):
+    with pytest.raises(ValueError, match="needs 5 positive widths"):
         FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=(64, 32))
+    for decoder in ("fusion", "unet", "unetplusplus"):  # not low-resolution logits, nor a shape error deep inside
+        for widths in ((64, 32), (16, 16, 16, 16, 0), (8,) * 6):
+            with pytest.raises(ValueError, match=r"decoder_channels needs 5 positive widths, one per level"):
+                build_model("resnet34", decoder, decoder_channels=widths)
     with pytest.raises(TypeError, match="decoder_channels"):  # one place says the thesis' widths: build_model
         FusionDecoder((3, 64, 64, 128, 256, 512))
     with torch.device("meta"):  # widths only: no memory for the weights

@@ -263,7 +263,11 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         (["--image-size", "100"], {}, "multiple of 32"),
         (["--image-size", "-32"], {}, "positive multiple of 32"),
         (["--amp", "fp16", "--device", "cpu"], {}, "bf16"),
-        (["--dataset", "cbis", "--data-root", str(tmp_path / "missing"), "--weights", "none"], {}, "not found"),
+        (["--dataset", "cbis", "--data-root", str(tmp_path / "missing")], {}, "not found"),  # before any download
+        (["--lr", "-1"], {}, "--lr -1.0: must be >= 0"),
+        (["--weight-decay", "-0.1"], {}, "--weight-decay -0.1"),
+        (["--decoder-channels", "64,32"], {}, "five positive widths"),
+        (["--decoder-channels", "64,32,16,8,0"], {}, "five positive widths"),
         (["--dataset", "cbis", "--data-root", str(empty), "--weights", "none"], {}, "CSV"),
         (["--dataset", "voc", "--data-root", str(tmp_path / "voc"), "--weights", "none"], {}, "no images"),
         (["--schedule", "40:1e-4"], {}, "start at 0"),
