@@ -41,7 +41,8 @@ DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP 
 # The table's columns (header -> final.json key) for binary masks and for class-index ones (-- --num-classes K);
 # the paired comparison and the figure use COMPARED: Table 2's statistic (metrics.py), or the mIoU.
 SCORES = {"binary": {"IoU (%)": "iou_mean_lesion_images", "DICE (%)": "dice_mean_lesion_images",
-                     "DICE all images": "dice_mean_per_image", "IoU pooled": "iou_pooled", "Dice pooled": "dice_pooled"},
+                     "DICE all images": "dice_mean_per_image", "IoU pooled": "iou_pooled",
+                     "Dice pooled": "dice_pooled"},
           "classes": {"mIoU (%)": "mean_iou", "mean Dice (%)": "mean_dice"}}
 COMPARED = {"binary": "dice_mean_lesion_images", "classes": "mean_iou"}
 
@@ -196,9 +197,9 @@ def print_summary(summary: dict) -> None:
     print()
     for line in [header] + body:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
-    scored = ("IoU and DICE are means over the images with a lesion (the thesis' statistic: Table 2's images all hold a "
-              "mass), DICE all images the mean over every image (a lesion-free one predicted empty scores 1), pooled "
-              "ones over all pixels of the fold" if summary["scores"] == "binary" else
+    scored = ("IoU and DICE are means over the images with a lesion (the thesis' statistic: Table 2's images all "
+              "hold a mass), DICE all images the mean over every image (a lesion-free one predicted empty scores 1), "
+              "pooled ones over all pixels of the fold" if summary["scores"] == "binary" else
               "mIoU and mean Dice over the classes of each fold's confusion matrix")
     print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
           f"folds of each fold's last-epoch validation; {scored}.")

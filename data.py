@@ -29,9 +29,8 @@ readable by the group (umask permitting), so a killed run or concurrent workers 
 cache serves a team. Skipped rows are summed up on stdout and listed in <cache_dir>/skipped_<split>.csv
 (skipped_<abnormality>_<split>.csv for CBIS-DDSM).
 
-Randomness has no hidden state: augmentation draws from torch's RNG, which SeededItems seeds from (seed, epoch, index)
-for every item, and EpochSampler carries the epoch with each index, so a resumed run and any number of DataLoader
-workers or processes see the same stream.
+Augmentation draws from torch's RNG, which sampling.SeededItems seeds for every item: no hidden state. Before a run,
+prepare_datasets builds every missing cache entry and leaves out, named, the images that cannot be used.
 """
 from __future__ import annotations
 
@@ -48,13 +47,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
 from folders import load_folder_item, folder_items
-from mammograms import DataError, fitted_size, preprocess_mammogram, read_dicom
+from mammograms import DataError, augment_mammogram, fitted_size, preprocess_mammogram, read_dicom
 from mias import MiasImage, load_mias, patient_of, read_mias
 from model import default_normalisation
 from splits import SPLITS, check_fold, groups_of_split
@@ -64,7 +62,7 @@ from voc import VOC_CLASSES, VOC_SPLITS, read_voc_label, transform_voc, voc_file
 
 __all__ = ["DataError", "read_dicom", "build_dataset", "preprocess_mammogram", "augment_mammogram", "fitted_size",
            "transform_voc", "VOC_CLASSES", "MammogramDataset", "SyntheticMammograms", "VOCSegmentation",
-           "SeededItems", "EpochSampler"]
+           "prepare_datasets"]
 
 MIAS_FRACTIONS = (0.6, 0.2, 0.2)  # train, val, test, of the patients: mini-MIAS has no official split
 CACHE_VERSION = 2  # bump when preprocess_mammogram changes, so old cache entries are not reused
@@ -90,66 +88,6 @@ def cache_folder(name: str, root: str | os.PathLike, cache_dir: str | os.PathLik
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Augmentation
-
-def augment_mammogram(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
-                      mirror: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Paired vertical flip (horizontal too if breasts are not oriented), rotation within 10 degrees, scale and shift
-    within 10% and 5%, and a gamma/gain/offset jitter of the intensities."""
-    if rng.random() < 0.5:
-        image, mask = image[::-1], mask[::-1]
-    if mirror and rng.random() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    height, width = image.shape
-    angle, scale = np.deg2rad(rng.uniform(-10, 10)), rng.uniform(0.9, 1.1)
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    shift_x, shift_y = rng.uniform(-0.05, 0.05, 2) * 2  # in affine_grid's [-1, 1] coordinates
-    # A rotation in pixels, written in the normalised coordinates of a possibly non-square grid.
-    theta = torch.tensor([[[cos, -sin * height / width, shift_x], [sin * width / height, cos, shift_y]]],
-                         dtype=torch.float32)
-    grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)
-    pixels = F.grid_sample(torch.from_numpy(image.copy())[None, None], grid, align_corners=False)[0, 0]
-    labels = F.grid_sample(torch.from_numpy(mask.astype(np.float32))[None, None], grid, mode="nearest",
-                           align_corners=False)[0, 0]
-    gamma, gain, offset = np.exp(rng.uniform(-0.22, 0.22)), rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
-    pixels = (pixels.clamp(0, 1) ** gamma * gain + offset).clamp(0, 1)
-    return pixels.numpy(), labels.numpy().astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Deterministic training streams
-
-def seed_for(*numbers: int) -> int:
-    """A 63-bit seed mixing several integers (numpy's SeedSequence), e.g. (seed, epoch, index)."""
-    return int(np.random.SeedSequence(list(numbers)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-class EpochSampler(DistributedSampler):
-    """DistributedSampler yielding (epoch, index): workers cannot see set_epoch (persistent ones keep an old copy
-    of the dataset), so the epoch travels with the index."""
-
-    def __iter__(self):
-        return ((self.epoch, index) for index in super().__iter__())
-
-
-class SeededItems(Dataset):
-    """Item (epoch, index) of `dataset`, drawn with torch's RNG seeded from (seed, epoch, index): augmentations are
-    a pure function of those, whatever the workers, processes or resumes. The caller's RNG state is left as it was."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed_for(self.seed, epoch, index))
-            return self.dataset[index]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Datasets
 
 class _SegmentationSet(Dataset):
@@ -165,7 +103,7 @@ class _SegmentationSet(Dataset):
         mean, std = tuple(default_mean if mean is None else mean), tuple(default_std if std is None else std)
         if len(mean) != in_channels or len(std) != in_channels:
             raise DataError(f"mean {mean} and std {std} need {in_channels} values each (in_channels={in_channels})")
-        self.in_channels, self.seed = in_channels, seed
+        self.in_channels, self.seed, self.split = in_channels, seed, split
         self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
         self.augment = split.startswith("train") if augment is None else augment
         self.ids: list[str] = []
@@ -217,11 +155,61 @@ class MammogramDataset(_SegmentationSet):
         atomic_write(path, buffer.getvalue())
         return quantised.astype(np.float32) / 65535, mask  # exactly what a cache hit returns
 
+    def prepare(self, workers: int = 0, *, part: tuple[int, int] = (0, 1), verbose: bool = True) -> None:
+        """Build the cache entries not on disk yet, now rather than in the first epoch: this process's `part` (k, n)
+        of them, `workers` DataLoader processes at a time. An image that cannot be used (a mask no model can read, a
+        DICOM without its decoder) is left out of the set, named in one line and listed in
+        <cache>/unreadable_<split>.csv, so that a run never stops on it an epoch in."""
+        missing = [index for index, path in enumerate(self.cache_files) if not path.is_file()][part[0]::part[1]]
+        if not missing:
+            return
+        loader = DataLoader(_Preparation(self, missing), batch_size=None, num_workers=min(workers, len(missing)))
+        failed = dict(result for result in loader if result[1])  # {index: the reason}
+        if not failed:
+            return
+        report = self.cache_files[missing[0]].parent / f"unreadable_{self.split}.csv"
+        unreadable = [(str(self.ids[index]), 0, self.ids[index], reason) for index, reason in failed.items()]
+        keep = [index for index in range(len(self)) if index not in failed]
+        self.ids, self.sources, self.cache_files = ([items[index] for index in keep]
+                                                    for items in (self.ids, self.sources, self.cache_files))
+        _list_rows(report, unreadable)
+        if verbose:
+            print(f"{self.split}: {len(failed)} image(s) left out, since they cannot be used ({unreadable[0][3]}"
+                  f"{', ...' if len(failed) > 1 else ''}); listed in {report}")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.preprocessed(index)
         if self.augment:
             image, mask = augment_mammogram(image, mask, self._rng(index), mirror=not self.preprocess["orient"])
         return self._output(image, mask)
+
+
+class _Preparation(Dataset):
+    """MammogramDataset.prepare's work list: item k builds the cache entry of dataset item indices[k] and gives
+    (that index, "" or why it cannot be used)."""
+
+    def __init__(self, dataset: MammogramDataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, str]:
+        try:
+            self.dataset.preprocessed(self.indices[k])
+            return self.indices[k], ""
+        except DataError as error:
+            return self.indices[k], str(error)
+
+
+def prepare_datasets(datasets: list, workers: int, rank: int = 0, world: int = 1) -> None:
+    """MammogramDataset.prepare for each set (others have nothing to prepare). Under torchrun every process builds
+    its share, then, once all have, each leaves out the same unreadable images (their entries never appear)."""
+    for dataset in (d for d in datasets if isinstance(d, MammogramDataset)):
+        dataset.prepare(workers, part=(rank, world), verbose=rank == 0)
+        if world > 1:
+            torch.distributed.barrier()
+            dataset.prepare(workers, verbose=rank == 0)
 
 
 def _cache_file(cache_dir: Path, item: str, sources: list[Path], options: dict) -> Path:
@@ -231,11 +219,16 @@ def _cache_file(cache_dir: Path, item: str, sources: list[Path], options: dict) 
     return cache_dir / f"{item}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
+def _list_rows(path: Path, rows: list[tuple]) -> None:
+    """Write (file, row, id, reason) rows to the CSV `path`."""
+    text = io.StringIO()
+    csv.writer(text).writerows([("file", "row", "id", "reason"), *rows])
+    atomic_write(path, text.getvalue().encode())
+
+
 def _report(name: str, split: str, counts: str, skipped: list[tuple], path: Path, verbose: bool) -> None:
     """Write every skipped row to `path` (a CSV) and print a one-line summary."""
-    text = io.StringIO()
-    csv.writer(text).writerows([("file", "row", "id", "reason"), *skipped])
-    atomic_write(path, text.getvalue().encode())
+    _list_rows(path, skipped)
     if verbose:
         kinds = ", ".join(f"{count} {kind}" for kind, count in Counter(r[3].split(":")[0] for r in skipped).items())
         print(f"{name} {split}: {counts}; skipped rows: {len(skipped)}{f' ({kinds})' if kinds else ''}, listed in "

@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from checkpoints import CheckpointError, load_checkpoint
-from data import DataError, build_dataset, cache_folder
+from data import DataError, build_dataset, cache_folder, prepare_datasets
 from inference import image_size_for, inference_seconds, predict_dataset_batch
 from prediction import run_prediction
 from metrics import ConfusionMatrix, build_metrics
@@ -337,6 +337,7 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         options["cache_dir"] = args.cache_dir
     dataset = build_dataset(args.dataset, args.data_root, args.split, size, in_channels=channels,
                             mean=(0.0,) * channels, std=(1.0,) * channels, augment=False, limit=args.limit, **options)
+    prepare_datasets([dataset], args.workers)  # an image that cannot be used is left out and named, as in training
     if dataset.num_classes != num_classes:
         raise UsageError(f"--checkpoint {candidates[0].path}: the model has {num_classes} output(s), --dataset "
                          f"{args.dataset} needs {dataset.num_classes}")

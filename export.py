@@ -57,8 +57,9 @@ def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) 
         "output": f"{OUTPUT_NAME}: float32 (B, {config['num_classes']}, H, W)",
         "mask": "lesion where logit > 0, i.e. sigmoid > 0.5" if binary else "class = argmax over the K logits",
         "training_image_size": json.dumps(list(image_size)),
-        "preprocessing": "mammograms.preprocess_mammogram: resized, contrast stretched to the 0.5th-99.5th percentiles, "
-                         "breast on the left" if mammogram else "data.transform_voc: longer side fitted, black padding",
+        "preprocessing": ("mammograms.preprocess_mammogram: resized, contrast stretched to the 0.5th-99.5th "
+                          "percentiles, breast on the left") if mammogram else
+                         "data.transform_voc: longer side fitted, black padding",
     }
     for key in ("epoch", "metric_name", "best_metric", "metrics"):
         if checkpoint.get(key) is not None:

@@ -1,7 +1,7 @@
 """Mammograms as files and as network input (§4.1): DICOM, the other image files users have, and preprocessing.
 
 data.py turns what this file (and cbis.py, mias.py, folders.py for each kind of download) reads into training items
-(cache, augmentation, normalisation) and re-exports `read_dicom` and `DataError`. What lives here:
+(cache, normalisation) and re-exports `read_dicom`, `augment_mammogram` and `DataError`. What lives here:
   * read_dicom      any single-frame grayscale DICOM -> float32 [H, W] in [0, 1]; DataError for everything else.
   * read_image_file DICOM, PNG, JPEG, TIFF or PGM, 8 or 16 bit, gray or RGB -> float32 in [0, 1] (+ pixel spacing).
   * preprocess_mammogram  full-resolution image + lesion masks -> the network's input size: optional breast-region
@@ -10,6 +10,7 @@ data.py turns what this file (and cbis.py, mias.py, folders.py for each kind of 
                     stretched between the 0.5th and 99.5th percentiles, and a mirror so every breast faces left.
                     Each lesion's mask is area-resized and kept where at least half a pixel is covered; a lesion that
                     would vanish keeps its best-covered pixel, so small masses survive a 12-20x reduction.
+  * augment_mammogram  the training augmentation of a preprocessed image and its mask (ours, not the thesis').
 
     image = read_dicom("scan.dcm")                                     # (H, W) float32 in [0, 1]
     pixels, mask = preprocess_mammogram(image, [], (256, 256))         # what the network sees
@@ -294,3 +295,27 @@ def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple
     out_image, out_mask = np.zeros(size, np.float32), np.zeros(size, np.uint8)
     out_image[:inner[0], :inner[1]], out_mask[:inner[0], :inner[1]] = resized, mask  # pad right/bottom
     return out_image, out_mask
+
+
+def augment_mammogram(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
+                      mirror: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Paired vertical flip (horizontal too if breasts are not oriented), rotation within 10 degrees, scale and shift
+    within 10% and 5%, and a gamma/gain/offset jitter of the intensities."""
+    if rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    if mirror and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    height, width = image.shape
+    angle, scale = np.deg2rad(rng.uniform(-10, 10)), rng.uniform(0.9, 1.1)
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    shift_x, shift_y = rng.uniform(-0.05, 0.05, 2) * 2  # in affine_grid's [-1, 1] coordinates
+    # A rotation in pixels, written in the normalised coordinates of a possibly non-square grid.
+    theta = torch.tensor([[[cos, -sin * height / width, shift_x], [sin * width / height, cos, shift_y]]],
+                         dtype=torch.float32)
+    grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)
+    pixels = F.grid_sample(torch.from_numpy(image.copy())[None, None], grid, align_corners=False)[0, 0]
+    labels = F.grid_sample(torch.from_numpy(mask.astype(np.float32))[None, None], grid, mode="nearest",
+                           align_corners=False)[0, 0]
+    gamma, gain, offset = np.exp(rng.uniform(-0.22, 0.22)), rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
+    pixels = (pixels.clamp(0, 1) ** gamma * gain + offset).clamp(0, 1)
+    return pixels.numpy(), labels.numpy().astype(np.uint8)

@@ -27,7 +27,7 @@ CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
     decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
     train_split="train",  # the official training CSV split by patient 80/20: 987/244 images, not Table 1's
     # 690/168, which no subset of the published CSVs reproduces (cbis.py's docstring)
-    augment=True,  # not in the thesis (ours): data.augment_mammogram's flip, rotation, scale, shift, gamma
+    augment=True,  # not in the thesis (ours): mammograms.augment_mammogram's flip, rotation, scale, shift, gamma
     num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
 )
 PRESETS = {

@@ -1,6 +1,6 @@
 """Training script of the thesis (§4.3, Table 1): one file that trains the same way on a CPU, one GPU or many.
 
-    python train.py                      # demo: synthetic mammograms on the CPU, no download, under 5 minutes
+    python train.py                      # demo: synthetic mammograms on the CPU, no download, about a minute
     python train.py --dataset cbis --data-root DATA/CBIS-DDSM                 # Table 2 (A), one GPU
     torchrun --standalone --nproc_per_node=4 train.py --dataset cbis --data-root DATA/CBIS-DDSM --batch-size 4
     python train.py --dataset cbis --data-root DATA/CBIS-DDSM --data-parallel    # DataParallel over all GPUs
@@ -29,16 +29,17 @@ from torch.utils.data import DataLoader, Subset
 
 from checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_checkpoint, read_checkpoint,
                          restore_training_state, training_checkpoint)
-from data import DataError, EpochSampler, SeededItems, build_dataset
+from data import DataError, build_dataset, prepare_datasets
 from losses import WithLoss, build_loss
 from metrics import all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
 from panels import write_dataset_panels
 from recipes import PRESETS, SOURCE, PiecewiseConstant, apply_recipe
 from runs import RunFolder
+from sampling import EpochSampler, SeededItems
 from utils import (AMP_DTYPES, ArgumentParser, AutocastReplica, DiskFullError, Progress, UsageError, autocast,
-                   check_writable_file, default_workers, device_name, git_commit, init_distributed, resolve_device,
-                   run_command, to_device, versions, write_json)
+                   check_writable_file, count_parameters, default_workers, device_name, git_commit, init_distributed,
+                   resolve_device, run_command, to_device, versions, write_json)
 
 FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")  # its network
 NON_FINITE_EXIT = 3
@@ -90,7 +91,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--clip-grad", type=float, help="max gradient norm, 0 = off (default: 0)")
     add("--train-split", help=f"training split (voc: train or trainaug); {preset('train_split')}")
     add("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of the training images "
-        "(data.py: augment_mammogram for mammograms, transform_voc for VOC); not in the thesis, so ours; "
+        "(mammograms.augment_mammogram, data.transform_voc for VOC); not in the thesis, so ours; "
         f"{preset('augment')}")
     add("--amp", choices=list(AMP_DTYPES), help="autocast precision, a gradient scaler only "
         "for fp16 (default: none, as far as we know the thesis' V100s ran fp32; bf16 is fast and safe on A100/H100)")
@@ -145,8 +146,7 @@ def main(args) -> dict:
                               steps_per_epoch=len(train_loader), args=vars(args))  # checkpoints.py: the format
     if rank == 0 and checkpoint is None:  # the starting point: a run killed during epoch 0 leaves a loadable last.pt
         folder.save(state(epoch=-1, best_metric=None, metrics=None, log=[]), best=False)
-    parameters = sum(p.numel() for p in model.parameters())
-    log(f"{model.config['encoder']} + {model.config['decoder']}: {parameters / 1e6:.2f}M parameters on "
+    log(f"{model.config['encoder']} + {model.config['decoder']}: {count_parameters(model) / 1e6:.2f}M parameters on "
         f"{device_name(device)} x {world} process(es); effective batch {args.batch_size * world}, lr {args.lr:g}; "
         f"{len(train_set)} train / {len(val_set)} val images, {len(train_loader)} steps per epoch, "
         f"epochs {start_epoch}..{args.epochs - 1}; writing {folder.path}")
@@ -288,6 +288,7 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
     val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
     train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
                                                           args.image_size, augment=args.augment, **common)
+    prepare_datasets([val_set, train_set], args.workers, rank, world)  # an image that cannot be used: left out, named
     for split, dataset in (("val", val_set), (args.train_split, train_set)):
         if dataset is not None and len(dataset) == 0:
             raise DataError(f"{args.dataset} {split}: no images found under {args.data_root}; check --data-root")

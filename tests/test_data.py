@@ -13,7 +13,8 @@ import data
 import mammograms
 import mias as mias_lib
 import train
-from data import DataError, EpochSampler, SeededItems, build_dataset
+from data import DataError, build_dataset
+from sampling import EpochSampler, SeededItems
 from losses import WithLoss, build_loss
 from metrics import all_background_scores
 from model import build_model
@@ -291,12 +292,12 @@ def test_augmentation_moves_image_and_mask_together():
     image[mask == 1] = 0.9
     changed = 0
     for seed in range(10):
-        out, out_mask = data.augment_mammogram(image, mask, np.random.default_rng(seed), mirror=True)
+        out, out_mask = mammograms.augment_mammogram(image, mask, np.random.default_rng(seed), mirror=True)
         assert set(np.unique(out_mask)) <= {0, 1} and 0 <= out.min() and out.max() <= 1
         bright = out > (out.max() + out.min()) / 2
         assert (bright & (out_mask == 1)).sum() / (bright | (out_mask == 1)).sum() > 0.85
         changed += not np.array_equal(out_mask, mask)
-        again, again_mask = data.augment_mammogram(image, mask, np.random.default_rng(seed), mirror=True)
+        again, again_mask = mammograms.augment_mammogram(image, mask, np.random.default_rng(seed), mirror=True)
         assert np.array_equal(out, again) and np.array_equal(out_mask, again_mask)
     assert changed >= 8
 

@@ -13,7 +13,7 @@ from PIL import Image
 import folders
 import splits
 from helpers import write_dicom
-from data import DataError, build_dataset
+from data import DataError, build_dataset, prepare_datasets
 
 SIZE = 32
 
@@ -254,3 +254,23 @@ def test_a_folder_trains_from_a_weights_file_evaluates_and_predicts_end_to_end(f
 def pydicom_shape(path) -> tuple[int, int]:
     import pydicom
     return tuple(pydicom.dcmread(path).pixel_array.shape)
+
+
+def test_an_image_that_cannot_be_used_is_left_out_before_training_not_an_epoch_in(folder, tmp_path, capsys):
+    """A mask no model can read (RGB) passes the listing, which reads headers only; prepare_datasets decodes every
+    image before the first step, leaves that one out, names it and lists it, and a training run goes through."""
+    mask = folder / "masks" / "case04.png"
+    Image.open(mask).convert("RGB").save(mask)
+    train_set = build(folder, "train")
+    assert "case04" in train_set.ids  # the listing cannot know
+    count = len(train_set)
+    prepare_datasets([train_set, build(folder, "val")], workers=0)
+    assert "case04" not in train_set.ids and len(train_set) == count - 1
+    assert len(train_set.cache_files) == len(train_set.sources) == count - 1
+    printed = capsys.readouterr().out
+    assert "train: 1 image(s) left out, since they cannot be used" in printed and "mask mode RGB" in printed
+    with open(tmp_path / "cache" / "unreadable_train.csv", newline="") as file:
+        assert [row["id"] for row in csv.DictReader(file)] == ["case04"]
+    prepare_datasets([train_set], workers=2)  # every entry built: nothing to do, nothing more left out
+    assert len(train_set) == count - 1
+    train_set[0]  # the cache hit an epoch would read

@@ -287,7 +287,8 @@ def test_a_folder_of_class_index_masks_is_scored_by_miou_per_image(tmp_path, cap
     model = build_model("resnet34", "unet", num_classes=3, in_channels=1, decoder_channels=(16, 8, 8, 8, 8))
     checkpoint = save_checkpoint(tmp_path / "classes.pt", model, args=dict(image_size=64, dataset="folder"))
     out = tmp_path / "metrics.json"
-    assert run("--checkpoint", checkpoint, "--dataset", "folder", "--data-root", root, "--workers", 0, "--timing-runs", 0, "--json", out, "--panels", tmp_path / "panels",
+    assert run("--checkpoint", checkpoint, "--dataset", "folder", "--data-root", root, "--workers", 0,
+               "--timing-runs", 0, "--json", out, "--panels", tmp_path / "panels",
                "--cache-dir", tmp_path / "cache") == 0
     printed, (row,) = capsys.readouterr().out, json.loads(out.read_text())["models"]
     dataset = build_dataset("folder", root, "val", 64, in_channels=1, num_classes=3, augment=False,

@@ -1,7 +1,7 @@
-"""predict.py and evaluate.py --input (prediction.py, inference.py): prediction on PNG/JPEG/PGM/DICOM files and folders, real
-mammograms from ../shared/data included, checked against data.py's preprocessing run directly; and the faults that
-end in one FAILED line while the other images go on: unreadable files, outputs that cannot be written (a full disk,
-a name too long, a file or folder in the way), folders that cannot be listed, float DICOMs with NaN pixels.
+"""predict.py and evaluate.py --input (prediction.py, inference.py): prediction on PNG/JPEG/PGM/DICOM files and
+folders, real mammograms from ../shared/data included, checked against data.py's preprocessing run directly; and the
+faults that end in one FAILED line while the other images go on: unreadable files, outputs that cannot be written (a
+full disk, a name too long, a file or folder in the way), folders that cannot be listed, float DICOMs with NaN pixels.
 Models are small (narrow decoders, 64x64)."""
 import errno
 import json
