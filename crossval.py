@@ -70,21 +70,40 @@ def run_folder(out_dir: Path, decoder: str, fold: int) -> Path:
 
 def train_command(args, decoder: str, fold: int, folder: Path) -> list[str]:
     """The train.py command of one run: fresh, or resumed from its last.pt after an interruption."""
-    command = [sys.executable, str(Path(__file__).parent / "train.py"), "--json", str(folder / "final.json")]
+    # The data root resolved, for new and resumed runs alike: a run resumed from another folder finds its data.
+    command = [sys.executable, str(Path(__file__).parent / "train.py"), "--json", str(folder / "final.json"),
+               "--data-root", str(Path(args.data_root).resolve())]
     if (folder / "last.pt").is_file():
         return command + ["--resume", str(folder / "last.pt"), *args.train_args]
     overwrite = ["--overwrite"] if RunFolder(folder).holds_run() else []  # killed before its first checkpoint
-    return command + ["--dataset", args.dataset, "--data-root", args.data_root, "--decoder", decoder, "--fold",
+    return command + ["--dataset", args.dataset, "--decoder", decoder, "--fold",
                       f"{fold}/{args.folds}", "--out-dir", str(folder), *overwrite, *args.train_args]
 
 
+RUNTIME_FLAGS = {"--device", "--workers", "--print-freq", "--compile", "--cache-dir", "--panels"}  # not the result's
+
+
+def recipe_flags(train_args: list[str]) -> list[list[str]]:
+    """The flags after -- that shape the results, each with its values, in a fixed order: how a run runs (the
+    device, its workers, ...) and the order of the flags may change between calls."""
+    groups: list[list[str]] = []
+    for token in train_args:
+        if token.startswith("--") or not groups:
+            groups.append(token.split("=", 1))
+        else:
+            groups[-1].append(token)
+    return sorted(group for group in groups if group[0] not in RUNTIME_FLAGS)
+
+
 def check_settings(args, out_dir: Path) -> None:
-    """The first call writes <out-dir>/crossval.json; a later one with other settings is refused, since its table
-    would mix folds of different splits or recipes."""
+    """<out-dir>/crossval.json keeps the settings of the runs in the folder; once a run has started there, a call with
+    other settings is refused, since its table would mix folds of different splits or recipes (a call whose every
+    run failed at once, a typo, say, fixes nothing)."""
     settings = dict(dataset=args.dataset, data_root=str(Path(args.data_root).resolve()), folds=args.folds,
-                    train_args=args.train_args)
+                    train_args=recipe_flags(args.train_args))
     path = out_dir / "crossval.json"
-    if not path.is_file():
+    started = any(out_dir.glob("*/fold*/config.json"))
+    if not path.is_file() or not started:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(path, settings)
         return
@@ -161,12 +180,18 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
         finals[decoder], curves[decoder] = [], []
         for fold in range(args.folds):
             folder = run_folder(out_dir, decoder, fold)
-            finals[decoder].append(json.loads((folder / "final.json").read_text())["final"]
-                                   if (folder / "final.json").is_file() else {})
+            final = json.loads((folder / "final.json").read_text())["final"] if (folder / "final.json").is_file() \
+                else {}
+            for lesion, every in (("dice_mean_lesion_images", "dice_mean_per_image"),
+                                  ("iou_mean_lesion_images", "iou_mean_per_image")):
+                if every in final and lesion not in final:  # a run of an older version: noted in the table
+                    final[lesion], final["older_run"] = final[every], True
+            finals[decoder].append(final)
             curves[decoder].append(RunFolder(folder).read_log())
     kind = "classes" if any("mean_iou" in final for runs in finals.values() for final in runs) else "binary"
     keys, compared = SCORES[kind].values(), COMPARED[kind]
-    runs = {decoder: [{"fold": fold, **{key: final.get(key) for key in (*keys, "images", "images_with_lesion")}}
+    runs = {decoder: [{"fold": fold, **{key: final.get(key) for key in (*keys, "images", "images_with_lesion",
+                                                                         "older_run")}}
                       for fold, final in enumerate(folds)] for decoder, folds in finals.items()}
     table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows]))) for key in keys}
              for decoder, rows in runs.items()}
@@ -203,6 +228,9 @@ def print_summary(summary: dict) -> None:
               "mIoU and mean Dice over the classes of each fold's confusion matrix")
     print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
           f"folds of each fold's last-epoch validation; {scored}.")
+    older = sum(bool(run.get("older_run")) for runs in summary["runs"].values() for run in runs)
+    if older:
+        print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are over all images")
     what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     for name, pair in summary["paired"].items():
         differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["differences"])

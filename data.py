@@ -51,7 +51,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
-from folders import load_folder_item, folder_items
+from folders import check_class_masks, folder_items, load_folder_item
 from mammograms import DataError, augment_mammogram, fitted_size, preprocess_mammogram, read_dicom
 from mias import MiasImage, load_mias, patient_of, read_mias
 from model import default_normalisation
@@ -155,27 +155,31 @@ class MammogramDataset(_SegmentationSet):
         atomic_write(path, buffer.getvalue())
         return quantised.astype(np.float32) / 65535, mask  # exactly what a cache hit returns
 
-    def prepare(self, workers: int = 0, *, part: tuple[int, int] = (0, 1), verbose: bool = True) -> None:
-        """Build the cache entries not on disk yet, now rather than in the first epoch: this process's `part` (k, n)
-        of them, `workers` DataLoader processes at a time. An image that cannot be used (a mask no model can read, a
-        DICOM without its decoder) is left out of the set, named in one line and listed in
-        <cache>/unreadable_<split>.csv, so that a run never stops on it an epoch in."""
-        missing = [index for index, path in enumerate(self.cache_files) if not path.is_file()][part[0]::part[1]]
+    def prepare(self, workers: int = 0, *, share: tuple[int, int] = (0, 1)) -> dict[int, str]:
+        """Build the cache entries not on disk yet, now rather than in the first epoch: this process's `share` (k, n)
+        of them, `workers` DataLoader processes at a time. Returns {index: why it cannot be used} (a mask no model
+        can read, a DICOM without its decoder), for leave_out."""
+        missing = [index for index, path in enumerate(self.cache_files) if not path.is_file()][share[0]::share[1]]
         if not missing:
-            return
+            return {}
         loader = DataLoader(_Preparation(self, missing), batch_size=None, num_workers=min(workers, len(missing)))
-        failed = dict(result for result in loader if result[1])  # {index: the reason}
+        return dict(result for result in loader if result[1])
+
+    def leave_out(self, failed: dict[int, str], *, report: bool = True) -> None:
+        """Drop the items `failed` names; with `report`, name them in one line and list them in the cache folder's
+        unreadable_<split>-<hash of the set>.csv (one list per set: folds and abnormalities share a cache)."""
         if not failed:
             return
-        report = self.cache_files[missing[0]].parent / f"unreadable_{self.split}.csv"
-        unreadable = [(str(self.ids[index]), 0, self.ids[index], reason) for index, reason in failed.items()]
+        unreadable = [(str(self.ids[index]), 0, self.ids[index], reason) for index, reason in sorted(failed.items())]
+        digest = hashlib.sha1("\n".join(self.ids).encode()).hexdigest()[:8]
+        listing = self.cache_files[min(failed)].parent / f"unreadable_{self.split}-{digest}.csv"
         keep = [index for index in range(len(self)) if index not in failed]
         self.ids, self.sources, self.cache_files = ([items[index] for index in keep]
                                                     for items in (self.ids, self.sources, self.cache_files))
-        _list_rows(report, unreadable)
-        if verbose:
+        if report:
+            _list_rows(listing, unreadable)
             print(f"{self.split}: {len(failed)} image(s) left out, since they cannot be used ({unreadable[0][3]}"
-                  f"{', ...' if len(failed) > 1 else ''}); listed in {report}")
+                  f"{', ...' if len(failed) > 1 else ''}); listed in {listing}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.preprocessed(index)
@@ -198,18 +202,22 @@ class _Preparation(Dataset):
         try:
             self.dataset.preprocessed(self.indices[k])
             return self.indices[k], ""
-        except DataError as error:
+        except DataError as error:  # the readers turn every fault of a file into one
             return self.indices[k], str(error)
 
 
 def prepare_datasets(datasets: list, workers: int, rank: int = 0, world: int = 1) -> None:
-    """MammogramDataset.prepare for each set (others have nothing to prepare). Under torchrun every process builds
-    its share, then, once all have, each leaves out the same unreadable images (their entries never appear)."""
+    """Build every missing cache entry of the mammogram sets (the others have none) and leave out the images that
+    cannot be used. Under torchrun every process first builds its share; then rank 0 alone retries what is still
+    missing and decides, and every process leaves out exactly the images it names, so all keep the same set."""
     for dataset in (d for d in datasets if isinstance(d, MammogramDataset)):
-        dataset.prepare(workers, part=(rank, world), verbose=rank == 0)
         if world > 1:
+            dataset.prepare(workers, share=(rank, world))
             torch.distributed.barrier()
-            dataset.prepare(workers, verbose=rank == 0)
+        failed = [dataset.prepare(workers) if rank == 0 else None]
+        if world > 1:
+            torch.distributed.broadcast_object_list(failed, src=0)
+        dataset.leave_out(failed[0], report=rank == 0)
 
 
 def _cache_file(cache_dir: Path, item: str, sources: list[Path], options: dict) -> Path:
@@ -323,6 +331,8 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
     else:
         items = [item for item in items if item.split == split]
     missing = fixed and fold is None and split != "test" and not items
+    if num_classes > 1 and items:
+        check_class_masks(items, num_classes)
     items = items[:limit]
     cache_dir = cache_folder("folder", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)

@@ -197,7 +197,8 @@ def print_metrics(candidate: Candidate, summary: dict) -> None:
 def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: str, runs: int,
                 original_sizes: bool = False) -> None:
     """Tables 2 and 4 of the thesis: Architecture, IoU, Dice (or mIoU), #Params, FLOPS, inference time. For binary
-    models IoU and Dice are means over images, as the thesis reports them, with the pooled values beside them."""
+    models IoU and Dice are means over images, as the thesis reports them (over the images with a lesion where some
+    have none, the mean over all then a column of its own), with the pooled values beside them."""
     scores = {"IoU (%)": "iou_mean_per_image", "DICE (%)": "dice_mean_per_image", "IoU pooled": "iou_pooled",
               "Dice pooled": "dice_pooled"} if binary else {"mIoU (%)": "mean_iou"}
     lesion_free = binary and _has_lesion_free_images(rows[0])  # the same images for every row

@@ -22,9 +22,10 @@ its whole name).
                    when masks/ holds it under another suffix), with a mask of another size, or sharing its id with
                    another image (a0.png, a0.dcm) is skipped and reported, and so is an image split.csv gives no
                    split when it fixes the others'.
+  * check_class_masks  a K-class set whose first masks hold only 0 and 255 is refused: binary masks, whose lesions
+                   a K-class model would ignore (255).
   * load_folder_item  one pair -> (image (H, W) float32 in [0, 1], one bool mask per class, their class labels);
-                   mask values that fit neither convention raise DataError naming the file and the values, and so
-                   does a 0/255 mask read for a K-class model (every lesion would be 255, ignored).
+                   mask values that fit neither convention raise DataError naming the file and the values.
 
     items, skipped, fixed = folder_items(Path("/data/inbreast"))
 """
@@ -168,25 +169,36 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
     """A mask PNG as (H, W) uint8 labels: 0/1 for a binary model (from 0/255 or 0/1), class indices (255 = ignore)
-    for a num_classes model; DataError naming the file and the values that fit neither, or, for a num_classes model,
-    a mask of 0 and 255 alone: a binary mask saved 0/255, whose lesions would all be ignored."""
-    with Image.open(path) as mask:
-        if mask.mode not in ("1", "L", "P", "I;16", "I"):
-            raise DataError(f"{path}: mask mode {mask.mode}; save a single-channel PNG (0/255, 0/1 or class indices)")
-        values = np.asarray(mask)
+    for a num_classes model; DataError naming the file and the values that fit neither, or why it cannot be read."""
+    try:
+        with Image.open(path) as mask:
+            if mask.mode not in ("1", "L", "P", "I;16", "I"):
+                raise DataError(f"{path}: mask mode {mask.mode}; save a single-channel PNG (0/255, 0/1 or class "
+                                "indices)")
+            values = np.asarray(mask)
+    except (OSError, Image.DecompressionBombError) as error:  # truncated, not an image, too large
+        raise DataError(f"{path}: cannot read the mask ({error})") from None
     found = np.unique(values)
     if num_classes == 1:
         if set(found.tolist()) <= {0, 1} or set(found.tolist()) <= {0, 255}:
             return (values > 0).astype(np.uint8)
         raise DataError(f"{path}: mask values {found[:8].tolist()}; a binary mask holds 0/255 or 0/1")
-    if set(found.tolist()) == {0, 255}:
-        raise DataError(f"{path}: mask values [0, 255] and no class 1-{num_classes - 1}: it looks like a binary 0/255 "
-                        "mask, whose lesions would all be ignored (255); train without --num-classes (binary) or save "
-                        "class indices")
     bad = np.setdiff1d(found, [*range(num_classes), 255])
     if bad.size:
         raise DataError(f"{path}: mask values {bad[:8].tolist()} are not classes 0-{num_classes - 1} or 255 (ignore)")
     return values.astype(np.uint8)
+
+
+def check_class_masks(items: list[FolderItem], num_classes: int, sample: int = 8) -> None:
+    """DataError when the first `sample` masks of a num_classes set all hold 0 and 255 alone: binary masks saved 0/255,
+    whose lesions a K-class model would ignore (255). One such mask is fine (a normal image with an ignored region)."""
+    values = set()
+    for item in items[:sample]:
+        values |= set(np.unique(read_mask(item.mask, num_classes)).tolist())
+    if 255 in values and values <= {0, 255}:
+        raise DataError(f"{items[0].mask.parent}: the first {min(sample, len(items))} masks hold only 0 and 255, no "
+                        f"class 1-{num_classes - 1}: binary 0/255 masks, whose lesions --num-classes {num_classes} "
+                        "would ignore (255); train without --num-classes (binary), or save class indices")
 
 
 def load_folder_item(item: FolderItem, num_classes: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:

@@ -227,6 +227,8 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             seconds["write"] += time.perf_counter() - tick
         except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
             report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
+            for path in earlier_outputs(base):  # write_prediction removed this run's; these are an earlier run's
+                path.unlink(missing_ok=True)
             continue
         record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
                                            spacing)

@@ -291,7 +291,7 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
     prepare_datasets([val_set, train_set], args.workers, rank, world)  # an image that cannot be used: left out, named
     for split, dataset in (("val", val_set), (args.train_split, train_set)):
         if dataset is not None and len(dataset) == 0:
-            raise DataError(f"{args.dataset} {split}: no images found under {args.data_root}; check --data-root")
+            raise DataError(f"{args.dataset} {split}: no usable images under {args.data_root}; check --data-root")
     if val_set.num_classes != config["num_classes"]:
         raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint {config['num_classes']}")
     options = dict(num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)

@@ -22,6 +22,7 @@ def write_finished_runs(out_dir):
                          iou_mean_per_image=every / 2, dice_pooled=lesion + 0.1, iou_pooled=lesion / 2 + 0.05,
                          images=15.0, images_with_lesion=11.0)
             (folder / "final.json").write_text(json.dumps({"final": final}))
+            (folder / "config.json").write_text(json.dumps({"args": {"epochs": 3}}))
             records = [{"epoch": epoch, "train_loss": 1 / (epoch + 1),
                         "val_dice_mean_lesion_images": lesion * (epoch + 1) / 3} for epoch in range(3)]
             (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -78,13 +79,26 @@ def test_a_run_killed_after_its_last_epoch_is_scored_from_its_log(tmp_path, caps
     write_finished_runs(out_dir)
     folder = out_dir / "unet" / "fold1"
     (folder / "final.json").unlink()
-    (folder / "config.json").write_text(json.dumps({"args": {"epochs": 3}}))
     args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path), "--folds", "3",
                                                   "--decoders", "fusion", "unet", "--out-dir", str(out_dir)])
     assert crossval.main(args) == 0
     assert "0 runs to do" in capsys.readouterr().out
     final = json.loads((folder / "final.json").read_text())
     assert final == {"final": {"dice_mean_lesion_images": 0.52 * 3 / 3}, "from": "log.jsonl"}  # epoch 2's
+
+
+def test_runs_of_an_older_version_are_scored_by_their_mean_over_all_images_and_say_so(tmp_path, capsys):
+    out_dir = tmp_path / "cv"
+    write_finished_runs(out_dir)
+    final = out_dir / "unet" / "fold0" / "final.json"
+    older = {key: value for key, value in json.loads(final.read_text())["final"].items() if "lesion" not in key}
+    final.write_text(json.dumps({"final": older}))
+    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path), "--folds", "3",
+                                                  "--decoders", "fusion", "unet", "--out-dir", str(out_dir)])
+    assert crossval.main(args) == 0
+    summary, printed = json.loads((out_dir / "summary.json").read_text()), capsys.readouterr().out
+    assert summary["runs"]["unet"][0]["dice_mean_lesion_images"] == 0.69  # that fold's mean over all images
+    assert "1 run(s) predate the means over images with a lesion" in printed and "fusion wins 1 of 3 folds" in printed
 
 
 def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
@@ -101,3 +115,12 @@ def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
         crossval.main(parse("--data-root", str(tmp_path), "--folds", "2", "--decoders", "unet"))
     with pytest.raises(crossval.UsageError, match="train_args"):
         crossval.main(parse("--data-root", str(tmp_path), "--folds", "3", "--", "--epochs", "9"))
+    corrected = ["--dataset", "mias", "--data-root", str(tmp_path), "--out-dir", str(tmp_path / "cv2"), "--folds",
+                 "2", "--decoders", "unet", "--", "--epochs", "5"]
+    typo = crossval.get_args_parser().parse_args([*corrected[:-2], "--epoch", "5"])
+    assert crossval.main(typo) == 1  # every run fails at once, before its folder holds a run
+    assert not any((tmp_path / "cv2").glob("*/fold*/config.json"))
+    crossval.check_settings(crossval.get_args_parser().parse_args(corrected), tmp_path / "cv2")  # so this is taken
+    # how the runs run is not what they compute: another device or worker count, flags in another order
+    assert crossval.recipe_flags(["--epochs", "5", "--device", "cuda:1", "--amp=bf16"]) == \
+        crossval.recipe_flags(["--amp", "bf16", "--workers", "2", "--epochs", "5"])

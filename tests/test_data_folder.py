@@ -12,7 +12,7 @@ from PIL import Image
 
 import folders
 import splits
-from helpers import write_dicom
+from helpers import run_processes, write_dicom
 from data import DataError, build_dataset, prepare_datasets
 
 SIZE = 32
@@ -145,12 +145,19 @@ def reasons(root) -> dict[str, str]:
 
 def test_a_0_255_mask_for_a_multiclass_model_is_refused_as_binary(tmp_path):
     root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(5)))
-    with pytest.raises(DataError, match=r"a\d.png: mask values \[0, 255\] .*looks like a binary 0/255 mask.*train "
-                                        "without --num-classes"):
-        build(root, "train", num_classes=2)[0]
+    with pytest.raises(DataError, match=r"masks: the first \d masks hold only 0 and 255, no class 1-1: binary 0/255 "
+                                        "masks, .*train without --num-classes"):
+        build(root, "train", num_classes=2)
     assert set(build(root, "train")[0][1].unique().tolist()) == {0, 1}  # read as binary, the lesion is there
     tiny(root, *(f"a{i}.png" for i in range(5)), value=0)  # no lesion at all: a class-index mask like any other
     assert set(build(root, "train", num_classes=2)[0][1].unique().tolist()) == {0}
+    tiny(root, "a0.png", value=255)  # one normal image with an ignored region, in a set of class indices: fine
+    tiny(root, "a1.png", "a2.png", "a3.png", "a4.png", value=1)
+    dataset = build(root, "train", num_classes=2)
+    assert {int(dataset[i][1].max()) for i in range(len(dataset))} >= {1}
+    (root / "masks" / "a2.png").write_bytes((root / "masks" / "a2.png").read_bytes()[:60])  # cut short
+    with pytest.raises(DataError, match="a2.png: cannot read the mask"):
+        folders.read_mask(root / "masks" / "a2.png", 2)
 
 
 def test_a_fixed_split_without_the_requested_split_names_split_csv(tmp_path):
@@ -269,8 +276,37 @@ def test_an_image_that_cannot_be_used_is_left_out_before_training_not_an_epoch_i
     assert len(train_set.cache_files) == len(train_set.sources) == count - 1
     printed = capsys.readouterr().out
     assert "train: 1 image(s) left out, since they cannot be used" in printed and "mask mode RGB" in printed
-    with open(tmp_path / "cache" / "unreadable_train.csv", newline="") as file:
+    (listing,) = (tmp_path / "cache").glob("unreadable_train-*.csv")
+    with open(listing, newline="") as file:
         assert [row["id"] for row in csv.DictReader(file)] == ["case04"]
     prepare_datasets([train_set], workers=2)  # every entry built: nothing to do, nothing more left out
     assert len(train_set) == count - 1
     train_set[0]  # the cache hit an epoch would read
+
+
+def _prepare_on_rank(rank, root, store, out):
+    torch.set_num_threads(1)  # forked child: keep clear of the parent's thread pool
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dataset = build(root, "train")
+        prepare_datasets([dataset], 0, rank, 2)
+        (out / f"rank{rank}.json").write_text(json.dumps(dataset.ids))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_under_torchrun_every_process_keeps_the_same_images(folder, tmp_path):
+    """Each process builds its share of the cache, rank 0 decides what is left out, all keep one set (or DDP would
+    hang on sets of different lengths), and one listing names every image left out."""
+    listed = build(folder, "train").ids
+    unusable = [stem for stem in listed if stem in ("case01", "case04", "case09", "case13")]
+    assert len(unusable) >= 2
+    for stem in unusable:
+        Image.open(folder / "masks" / f"{stem}.png").convert("RGB").save(folder / "masks" / f"{stem}.png")
+    expected = [stem for stem in listed if stem not in unusable]
+    run_processes(_prepare_on_rank, (folder, tmp_path / "store", tmp_path), 2)
+    assert json.loads((tmp_path / "rank0.json").read_text()) == json.loads((tmp_path / "rank1.json").read_text()) \
+        == expected
+    (listing,) = (tmp_path / "cache").glob("unreadable_train-*.csv")
+    with open(listing, newline="") as file:
+        assert [row["id"] for row in csv.DictReader(file)] == unusable

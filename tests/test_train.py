@@ -269,7 +269,7 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         (["--decoder-channels", "64,32"], {}, "five positive widths"),
         (["--decoder-channels", "64,32,16,8,0"], {}, "five positive widths"),
         (["--dataset", "cbis", "--data-root", str(empty), "--weights", "none"], {}, "CSV"),
-        (["--dataset", "voc", "--data-root", str(tmp_path / "voc"), "--weights", "none"], {}, "no images"),
+        (["--dataset", "voc", "--data-root", str(tmp_path / "voc"), "--weights", "none"], {}, "no usable images"),
         (["--schedule", "40:1e-4"], {}, "start at 0"),
         (["--loss", "dice+nonsense"], {}, "nonsense"),
         (["--weights", str(tmp_path / "missing.pth")], {}, "missing.pth"),
