@@ -332,8 +332,7 @@ def _decoder_plan(encoder_channels, decoder_channels):
     if len(decoder_channels) != len(encoder_channels) or min(decoder_channels) < 1:
         raise ValueError(f"decoder_channels needs {len(encoder_channels)} positive widths, one per level, got "
                          f"{list(decoder_channels)}")
-    in_channels = [encoder_channels[0]] + list(decoder_channels[:-1])
-    skip_channels = encoder_channels[1:] + [0]
+    in_channels, skip_channels = [encoder_channels[0]] + list(decoder_channels[:-1]), encoder_channels[1:] + [0]
     return in_channels, skip_channels, list(decoder_channels)
 
 
