@@ -285,7 +285,10 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
         found = find_inputs(inputs, output_folder, records)
         if not found and not records:
             raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
-        earlier = [path for _, base in found for path in earlier_outputs(base)]
+        # Inputs renamed to keep their outputs apart (scan.dcm, scan.png -> scan_dcm, scan_png) may have been predicted
+        # under the plain name before: those files are an earlier prediction's too, and would pass for this run's.
+        renamed = {base.with_name(_output_name(file)) for file, base in found} - {base for _, base in found}
+        earlier = [path for base in [*(base for _, base in found), *renamed] for path in earlier_outputs(base)]
         if earlier and not overwrite:
             raise UsageError(f"--output {output} holds {len(earlier)} file(s) of an earlier prediction ({earlier[0]}):"
                              " choose another folder, or pass --overwrite to replace them")
@@ -300,6 +303,8 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
             except OSError:
                 break
         raise
+    for path in (path for base in renamed for path in earlier_outputs(base)):  # --overwrite was given
+        path.unlink()
     size = image_size_for({checkpoint: saved}, image_size)
     model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=onnx_cache(checkpoint, device),
                        size=size)

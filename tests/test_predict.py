@@ -293,6 +293,17 @@ def test_an_earlier_prediction_is_replaced_only_when_asked_and_a_failed_image_ke
     assert run_predict("--checkpoint", checkpoints["fusion"], "--input", scans, "--output", out, "--overwrite") == 1
     assert sorted(path.name for path in out.iterdir()) == ["a_mask.png", "a_overlay.png", "a_prob.png"]
     assert (out / "a_prob.png").read_bytes() != earlier["a_prob.png"]  # the fusion model's now
+    # An input that now shares its name (scan.png beside scan.dcm) is renamed: the plain name's files are old ones.
+    scan_dicom(scans / "c.dcm", 40, 30, 2)
+    assert run_predict("--checkpoint", checkpoints["unet"], "--input", scans / "c.dcm", "--output", out,
+                       "--overwrite") == 0
+    write_png(scans / "c.png", 3)
+    with pytest.raises(UsageError, match=r"holds 3 file\(s\) of an earlier prediction .*c_mask.png"):
+        run_predict("--checkpoint", checkpoints["unet"], "--input", scans / "c.dcm", scans / "c.png", "--output", out)
+    assert run_predict("--checkpoint", checkpoints["unet"], "--input", scans / "c.dcm", scans / "c.png", "--output",
+                       out, "--overwrite") == 0
+    assert sorted(path.name for path in out.glob("c*")) == [f"c_{suffix}_{kind}.png" for suffix in ("dcm", "png")
+                                                             for kind in ("mask", "overlay", "prob")]
     untrained = save_checkpoint(tmp_path / "last.pt", checkpoints["models"]["unet"], epoch=-1,
                                 args=dict(image_size=64, dataset="synthetic"))
     capsys.readouterr()
