@@ -199,6 +199,12 @@ def earlier_outputs(base: Path) -> list[Path]:
     return found
 
 
+def remove_outputs(base: Path) -> None:
+    """Remove the files an earlier prediction left for one image (earlier_outputs)."""
+    for path in earlier_outputs(base):
+        path.unlink(missing_ok=True)
+
+
 def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], records: list[dict], size: tuple[int, int],
                   *, tta: bool, amp: str, mammogram: bool | None = None) -> list[dict]:
     """Predict every (image file, output base) of find_inputs, print one line per image, and add one record each to
@@ -218,8 +224,7 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             seconds["prepare"] += time.perf_counter() - tick - (seconds["model"] - model_before)
         except DataError as error:
             report_failure(records, source, error_line(error))
-            for path in earlier_outputs(base):
-                path.unlink(missing_ok=True)
+            remove_outputs(base)
             continue
         try:
             tick = time.perf_counter()
@@ -227,8 +232,7 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             seconds["write"] += time.perf_counter() - tick
         except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
             report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
-            for path in earlier_outputs(base):  # write_prediction removed this run's; these are an earlier run's
-                path.unlink(missing_ok=True)
+            remove_outputs(base)  # write_prediction removed this run's; these are an earlier run's
             continue
         record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
                                            spacing)
@@ -303,8 +307,8 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
             except OSError:
                 break
         raise
-    for path in (path for base in renamed for path in earlier_outputs(base)):  # --overwrite was given
-        path.unlink()
+    for base in renamed:  # --overwrite was given
+        remove_outputs(base)
     size = image_size_for({checkpoint: saved}, image_size)
     model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=onnx_cache(checkpoint, device),
                        size=size)
