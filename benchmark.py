@@ -28,8 +28,10 @@ import torch
 
 from losses import WithLoss, build_loss
 from model import build_model
-from utils import (ArgumentParser, UsageError, autocast, check_writable_file, count_flops, count_parameters,
-                   environment, graph_latency, median_seconds, resolve_device, run_command, write_json)
+from engine.cli import ArgumentParser, UsageError, check_writable_file, run_command
+from engine.devices import autocast, environment, resolve_device
+from engine.measure import count_flops, count_parameters, graph_latency, median_seconds
+from readers.atomic import write_json
 
 # (label, build_model kwargs, input side, thesis #params in M, thesis FLOPS, thesis V100 inference time in s)
 THESIS_ROWS = [

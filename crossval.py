@@ -32,10 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-from charts import draw_crossval
+from engine.charts import draw_crossval
 from recipes import PRESETS
-from runs import RunFolder
-from utils import ArgumentParser, UsageError, default_workers, run_command, write_json
+from engine.run_folder import RunFolder
+from engine.cli import ArgumentParser, UsageError, run_command
+from engine.devices import default_workers
+from readers.atomic import write_json
 
 DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP Unet, (C) SMP Unet++
 # The table's columns (header -> final.json key) for binary masks and for class-index ones (-- --num-classes K);

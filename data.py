@@ -50,15 +50,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
-from folders import check_class_masks, folder_items, load_folder_item
-from mammograms import DataError, augment_mammogram, fitted_size, preprocess_mammogram, read_dicom
-from mias import MiasImage, load_mias, patient_of, read_mias
+from readers.cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
+from readers.folders import check_class_masks, folder_items, load_folder_item
+from readers.mammograms import DataError, augment_mammogram, fitted_size, preprocess_mammogram, read_dicom
+from readers.mias import MiasImage, load_mias, patient_of, read_mias
 from model import default_normalisation
-from splits import SPLITS, check_fold, groups_of_split
-from synthetic import synthetic_mammogram
-from utils import atomic_write
-from voc import VOC_CLASSES, VOC_SPLITS, read_voc_label, transform_voc, voc_files
+from readers.splits import SPLITS, check_fold, groups_of_split
+from readers.synthetic import synthetic_mammogram
+from readers.atomic import atomic_write
+from readers.voc import VOC_CLASSES, VOC_SPLITS, read_voc_label, transform_voc, voc_files
 
 __all__ = ["DataError", "read_dicom", "build_dataset", "preprocess_mammogram", "augment_mammogram", "fitted_size",
            "transform_voc", "VOC_CLASSES", "MammogramDataset", "SyntheticMammograms", "VOCSegmentation",

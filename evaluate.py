@@ -33,17 +33,19 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from checkpoints import CheckpointError, load_checkpoint
+from engine.checkpoints import CheckpointError, load_checkpoint
 from data import DataError, build_dataset, cache_folder, prepare_datasets
-from inference import image_size_for, inference_seconds, predict_dataset_batch
-from prediction import run_prediction
+from engine.inference import image_size_for, inference_seconds, predict_dataset_batch
+from engine.scans import run_prediction
 from metrics import ConfusionMatrix, build_metrics
-from panels import write_panel
+from engine.panels import write_panel
 from recipes import PRESETS
-from runners import BACKENDS, fast_model
-from utils import (AMP_DTYPES, ArgumentParser, UsageError, check_writable_file, count_flops, count_parameters,
-                   default_workers, resolve_device, run_command, write_json)
-from voc import VOC_CLASSES, read_voc_label
+from engine.backends import BACKENDS, fast_model
+from engine.devices import AMP_DTYPES, default_workers, resolve_device
+from engine.cli import ArgumentParser, UsageError, check_writable_file, run_command
+from engine.measure import count_flops, count_parameters
+from readers.atomic import write_json
+from readers.voc import VOC_CLASSES, read_voc_label
 
 PANELS_PER_KIND = 3  # Fig. 7-9 show two or three cases each
 DISAGREEMENTS_LISTED = 5

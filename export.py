@@ -20,13 +20,14 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from checkpoints import CheckpointError, load_checkpoint
+from engine.checkpoints import CheckpointError, load_checkpoint
 from data import DataError, preprocess_mammogram, transform_voc
-from inference import image_size_for, to_model_input, trained_on_mammograms
-from runners import NormalisedModel, export_graph
-from mammograms import read_image_file
-from synthetic import synthetic_mammogram
-from utils import ArgumentParser, UsageError, atomic_write, check_writable_file, run_command
+from engine.inference import image_size_for, to_model_input, trained_on_mammograms
+from engine.backends import NormalisedModel, export_graph
+from readers.mammograms import read_image_file
+from readers.synthetic import synthetic_mammogram
+from engine.cli import ArgumentParser, UsageError, check_writable_file, run_command
+from readers.atomic import atomic_write
 
 # ONNX Runtime may differ from PyTorch by at most TOLERANCE x max(1, max |logit|). Measured here (2 CPU cores, torch
 # 2.14.1, onnxruntime 1.32.0, random weights, two sizes; table in README-export-section.md), the worst ratio of the

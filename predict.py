@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import sys
 
-from checkpoints import CheckpointError
-from prediction import run_prediction
-from mammograms import DataError
-from runners import BACKENDS
-from utils import AMP_DTYPES, ArgumentParser, UsageError, resolve_device, run_command
+from engine.checkpoints import CheckpointError
+from engine.scans import run_prediction
+from readers.mammograms import DataError
+from engine.backends import BACKENDS
+from engine.devices import AMP_DTYPES, resolve_device
+from engine.cli import ArgumentParser, UsageError, run_command
 
 
 def get_args_parser() -> ArgumentParser:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from utils import UsageError
-
 CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
     encoder="resnet34",  # Table 1 "Encoder"
     decoder="fusion",  # §4.2, Fig. 5-6: the proposed decoder, Table 2 (A)
@@ -77,7 +75,7 @@ RUN_DEFAULTS = {"data_root": None, "seed": 0, "amp": "none", "weight_decay": 0.0
 def apply_recipe(args, saved: dict) -> list[str]:
     """Fill every setting the flags left unset (None) from `saved`, the --resume checkpoint's run (empty for a new
     one), else from RUN_DEFAULTS and the dataset's PRESETS entry; then parse --decoder-channels, --weights none and
-    --schedule. Returns the settings given by a flag that differ from the checkpoint's. UsageError for a value that
+    --schedule. Returns the settings given by a flag that differ from the checkpoint's. ValueError, naming the flag, for a value that
     cannot be read or is out of range."""
     lr_flag = args.lr  # an explicit --lr rescales the schedule; without it an explicit --schedule is taken as is
     for key, default in {**RUN_DEFAULTS, **PRESETS[args.dataset]}.items():
@@ -87,28 +85,25 @@ def apply_recipe(args, saved: dict) -> list[str]:
         channels = args.decoder_channels
         args.decoder_channels = [int(c) for c in channels.split(",")] if isinstance(channels, str) else channels
     except ValueError:
-        raise UsageError(f"--decoder-channels {channels!r}: write integers such as 128,64,32,16,16") from None
+        raise ValueError(f"--decoder-channels {channels!r}: write integers such as 128,64,32,16,16") from None
     args.decoder_channels = list(args.decoder_channels) if args.decoder_channels else None
     if args.decoder_channels is not None and (len(args.decoder_channels) != 5 or min(args.decoder_channels) < 1):
-        raise UsageError(f"--decoder-channels {channels}: five positive widths, deepest level first, e.g. "
+        raise ValueError(f"--decoder-channels {channels}: five positive widths, deepest level first, e.g. "
                          "128,64,32,16,16")
     if args.data_root is not None and not Path(args.data_root).is_dir():  # before any weights are downloaded
-        raise UsageError(f"--data-root {args.data_root}: folder not found")
+        raise ValueError(f"--data-root {args.data_root}: folder not found")
     for flag, value in (("--lr", lr_flag), ("--weight-decay", args.weight_decay)):
         if value is not None and value < 0:
-            raise UsageError(f"{flag} {value}: must be >= 0")
+            raise ValueError(f"{flag} {value}: must be >= 0")
     args.weights = None if str(args.weights).lower() == "none" else args.weights
     if isinstance(args.fold, str):  # "2/5" -> [2, 5]: validate on fold 2 of 5
         text, parts = args.fold, args.fold.split("/")
         args.fold = [int(p) for p in parts] if len(parts) == 2 and all(p.isdigit() for p in parts) else None
         if args.fold is None or not args.fold[0] < args.fold[1] or args.fold[1] < 2:
-            raise UsageError(f"--fold {text}: write K/N, fold K (0..N-1) of N >= 2 folds, e.g. 0/5")
+            raise ValueError(f"--fold {text}: write K/N, fold K (0..N-1) of N >= 2 folds, e.g. 0/5")
     args.eval_batch_size = args.eval_batch_size or args.batch_size
     args.schedule = f"0:{args.lr}" if args.schedule == "constant" else args.schedule
-    try:
-        args.milestones, args.lr_factors, args.lr = parse_schedule(args.schedule, lr_flag)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    args.milestones, args.lr_factors, args.lr = parse_schedule(args.schedule, lr_flag)
     # As run, every digit kept (repr), so a resumed run rebuilds exactly this schedule from the string
     args.schedule = ",".join(f"{m}:{args.lr * f!r}" for m, f in zip(args.milestones, args.lr_factors))
     return sorted(k for k in RUN_DEFAULTS.keys() | PRESETS[args.dataset].keys()

@@ -27,19 +27,21 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_checkpoint, read_checkpoint,
-                         restore_training_state, training_checkpoint)
+from engine.checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_checkpoint, read_checkpoint,
+                                restore_training_state, training_checkpoint)
 from data import DataError, build_dataset, prepare_datasets
 from losses import WithLoss, build_loss
 from metrics import all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
-from panels import write_dataset_panels
+from engine.panels import write_dataset_panels
 from recipes import PRESETS, SOURCE, PiecewiseConstant, apply_recipe
-from runs import RunFolder
-from sampling import EpochSampler, SeededItems
-from utils import (AMP_DTYPES, ArgumentParser, AutocastReplica, DiskFullError, Progress, UsageError, autocast,
-                   check_writable_file, count_parameters, default_workers, device_name, git_commit, init_distributed,
-                   resolve_device, run_command, to_device, versions, write_json)
+from engine.run_folder import RunFolder
+from readers.sampling import EpochSampler, SeededItems
+from engine.devices import (AMP_DTYPES, AutocastReplica, autocast, default_workers, device_name, git_commit,
+                            init_distributed, resolve_device, to_device, versions)
+from engine.cli import ArgumentParser, Progress, UsageError, check_writable_file, run_command
+from readers.atomic import DiskFullError, write_json
+from engine.measure import count_parameters
 
 FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")  # its network
 NON_FINITE_EXIT = 3
@@ -189,7 +191,10 @@ def resolve_args(args) -> list[str]:
                          "would make it another run: drop --dataset, or evaluate it there with --eval-only")
     args.dataset = args.dataset or saved.get("dataset", "synthetic")
     saved = saved if saved.get("dataset") == args.dataset else {}
-    differing = apply_recipe(args, saved)
+    try:
+        differing = apply_recipe(args, saved)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})" for k in differing]
     fixed = [line for key, line in zip(differing, changed) if key in FIXED_ON_RESUME]
     if fixed:  # the network comes from the checkpoint: such a flag would be listed, then ignored

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from inference import to_model_input  # noqa: E402
+from engine.inference import to_model_input  # noqa: E402
 from model import build_model  # noqa: E402
-from runners import OnnxRuntimeModel, export_graph  # noqa: E402
-from synthetic import synthetic_mammogram  # noqa: E402
-from utils import environment, median_seconds  # noqa: E402
+from engine.backends import OnnxRuntimeModel, export_graph  # noqa: E402
+from readers.synthetic import synthetic_mammogram  # noqa: E402
+from engine.devices import environment
+from engine.measure import median_seconds  # noqa: E402
 
 ROWS = {  # label: (build_model kwargs, input side)
     "Table 2 (A) proposed decoder, ResNet-34": (dict(encoder="resnet34", decoder="fusion"), 256),

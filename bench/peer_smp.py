@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from checkpoints import state_dict_from_smp, state_dict_from_timm_bit  # noqa: E402
+from engine.checkpoints import state_dict_from_smp, state_dict_from_timm_bit  # noqa: E402
 from model import ResNetV2Encoder, build_model  # noqa: E402
-from utils import environment, graph_latency, median_seconds, resolve_device  # noqa: E402
+from engine.devices import environment, resolve_device
+from engine.measure import graph_latency, median_seconds  # noqa: E402
 
 
 def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module, int]:

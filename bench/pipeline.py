@@ -22,10 +22,11 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from prediction import run_prediction  # noqa: E402
+from engine.scans import run_prediction  # noqa: E402
 from model import build_model  # noqa: E402
-from synthetic import synthetic_mammogram  # noqa: E402
-from utils import autocast, environment, graph_latency, median_seconds, resolve_device  # noqa: E402
+from readers.synthetic import synthetic_mammogram  # noqa: E402
+from engine.devices import autocast, environment, resolve_device
+from engine.measure import graph_latency, median_seconds  # noqa: E402
 
 
 def main(args: argparse.Namespace) -> None:

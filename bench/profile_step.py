@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 from losses import WithLoss, build_loss  # noqa: E402
 from model import build_model  # noqa: E402
-from utils import autocast, environment, resolve_device  # noqa: E402
+from engine.devices import autocast, environment, resolve_device  # noqa: E402
 
 MODELS = {"fusion-r34": (dict(encoder="resnet34", decoder="fusion", num_classes=1), 256, "jaccard+focal_tversky"),
           "fusion-bit": (dict(encoder="bit_r50x1", decoder="fusion", num_classes=21), 384, "ce+focal_tversky")}

@@ -1,4 +1,4 @@
-"""benchmark.py and the timing helpers of utils.py: the arithmetic of each row on a fake clock, the model table, the
+"""benchmark.py and the timing helpers of engine/measure.py: the arithmetic of each row on a fake clock, the model table, the
 refused flags, and bench/gpu.sh's CPU dry run (speed itself is measured by the scripts, never asserted here)."""
 import json
 import os
@@ -11,20 +11,21 @@ import torch
 from PIL import Image
 
 import benchmark
-import utils
-from utils import UsageError, count_flops
+from engine import measure
+from engine.cli import UsageError
+from engine.measure import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_median_seconds_runs_warmup_and_repeats_and_takes_the_median(monkeypatch):
     clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])  # three timed runs of 3, 1 and 2 seconds
-    monkeypatch.setattr(utils.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
     calls = []
-    seconds = utils.median_seconds(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=3)
+    seconds = measure.median_seconds(lambda: calls.append(1), device=torch.device("cpu"), warmup=2, repeats=3)
     assert len(calls) == 5 and seconds == 2.0
     with pytest.raises(ValueError, match="repeats"):
-        utils.median_seconds(lambda: None, device=torch.device("cpu"), warmup=0, repeats=0)
+        measure.median_seconds(lambda: None, device=torch.device("cpu"), warmup=0, repeats=0)
 
 
 def test_speed_row_derives_its_rates_from_the_timings_and_trains_the_model(monkeypatch):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import charts
-from charts import draw_crossval
+from engine import charts
+from engine.charts import draw_crossval
 
 DECODERS = {"fusion": 0.62, "unet": 0.58, "unetplusplus": 0.57}
 

@@ -10,15 +10,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import data
-import mammograms
-import mias as mias_lib
+from readers import mammograms
+from readers import mias as mias_lib
 import train
 from data import DataError, build_dataset
-from sampling import EpochSampler, SeededItems
+from readers.sampling import EpochSampler, SeededItems
 from losses import WithLoss, build_loss
 from metrics import all_background_scores
 from model import build_model
-from utils import Progress
+from engine.cli import Progress
 
 def _info_lines(mias: Path) -> list[list[str]]:
     return [line.split() for line in (mias / "Info.txt").read_text().splitlines() if line.startswith("mdb")]

@@ -14,10 +14,10 @@ from pydicom.data import get_testdata_files
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
 
-import cbis
+from readers import cbis
 from helpers import write_dicom
 import data
-import mammograms
+from readers import mammograms
 from data import DataError, build_dataset, read_dicom
 
 MASS_HEADER = ["patient_id", "breast_density", "left or right breast", "image view", "abnormality id",

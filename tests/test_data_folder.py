@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import folders
-import splits
+from readers import folders
+from readers import splits
 from helpers import run_processes, write_dicom
 from data import DataError, build_dataset, prepare_datasets
 

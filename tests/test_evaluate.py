@@ -16,14 +16,15 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import evaluate
-import panels
-from checkpoints import CheckpointError, load_checkpoint
+from engine import panels
+from engine.checkpoints import CheckpointError, load_checkpoint
 from data import build_dataset
 from metrics import BinaryStats, ConfusionMatrix, predict_labels
 from model import build_model
-from panels import write_panel
+from engine.panels import write_panel
 from helpers import save_checkpoint
-from utils import UsageError, count_flops
+from engine.cli import UsageError
+from engine.measure import count_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 

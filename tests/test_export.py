@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime", reason="export.py's optional dependency
 
 import export  # noqa: E402 (after the skips: export.py imports them itself, lazily)
 from model import build_model  # noqa: E402
-from inference import to_model_input  # noqa: E402
+from engine.inference import to_model_input  # noqa: E402
 
 TINY_DECODER = (16, 16, 16, 16, 16)
 

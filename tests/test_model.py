@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import benchmark
 import model as model_lib
-from checkpoints import state_dict_from_smp, state_dict_from_timm_bit
+from engine.checkpoints import state_dict_from_smp, state_dict_from_timm_bit
 from fusion import DEFAULT_WIDTHS, FusionDecoder, FusionLayer, SEBlock
 from model import WeightsError, build_model, load_encoder_weights
 

@@ -20,16 +20,16 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import evaluate
-import inference
-import prediction
+from engine import inference
+from engine import scans as scan_files
 import predict
-from checkpoints import CheckpointError
+from engine.checkpoints import CheckpointError
 from data import DataError, fitted_size, preprocess_mammogram, read_dicom, transform_voc
 from metrics import predict_labels
 from model import build_model
 from helpers import save_checkpoint, write_dicom
-from panels import to_rgb8
-from utils import UsageError
+from engine.panels import to_rgb8
+from engine.cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,25 +174,25 @@ def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, 
     (scans / "b" / "NOTES").write_text("not an image")
     # Files given one by one: same names from different folders never share an output.
     files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
-    bases = [base.relative_to(out.resolve()) for _, base in prediction.find_inputs(list(map(str, files)), out)]
+    bases = [base.relative_to(out.resolve()) for _, base in scan_files.find_inputs(list(map(str, files)), out)]
     assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
     # A folder: subfolders kept, DICOMs named otherwise found by their marker, the index and the text left alone.
     found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
-             for file, base in prediction.find_inputs([str(scans)], out)}
+             for file, base in scan_files.find_inputs([str(scans)], out)}
     assert found == {"a/scan.dcm": "a/scan_dcm", "a/scan.png": "a/scan_png", "b/IM000001": "b/IM000001",
                      "b/1.2.840.1.3": "b/1.2.840.1.3", "b/scan.png": "b/scan"}
-    assert prediction.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
+    assert scan_files.read_image_file(scans / "b" / "IM000001")[1]  # read as a DICOM
     # Nothing is written beside an input: the output folder may not hold one.
     (scans / "a" / "scan_mask.png").write_bytes(b"the ground truth")
     with pytest.raises(DataError, match="holds the input"):
-        prediction.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
+        scan_files.find_inputs([str(scans / "a" / "scan.png")], scans / "a")
     with pytest.raises(DataError, match="is the --output folder"):
-        prediction.find_inputs([str(scans / "b")], scans / "b")
+        scan_files.find_inputs([str(scans / "b")], scans / "b")
     assert (scans / "a" / "scan_mask.png").read_bytes() == b"the ground truth"
     # An image too large to decode safely is a one-line DataError, not a crash of the whole run.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
     with pytest.raises(DataError, match="scan.png: Image size"):
-        prediction.read_image_file(scans / "a" / "scan.png")
+        scan_files.read_image_file(scans / "a" / "scan.png")
 
 
 def test_tta_averages_the_probabilities_of_mirrored_inputs(checkpoints):

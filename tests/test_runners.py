@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-import runners
+from engine import backends
 from helpers import save_checkpoint
 from model import build_model
 
@@ -27,30 +27,30 @@ def test_eager_channels_last_and_graph_on_a_cpu_give_the_eager_logits(tiny):
     with torch.no_grad():
         expected = model(x)
         for backend in ("eager", "channels_last", "graph", "auto"):
-            runner = runners.fast_model(model, torch.device("cpu"), backend=backend)
+            runner = backends.fast_model(model, torch.device("cpu"), backend=backend)
             assert runner.config == model.config and next(runner.parameters()).device.type == "cpu"
             torch.testing.assert_close(runner(x), expected, rtol=1e-4, atol=1e-4)
-    assert isinstance(runners.fast_model(model, torch.device("cpu"), backend="graph"), runners.GraphedModel)
-    assert runners.GraphedModel(model).graphs == {}  # nothing is captured off a GPU
+    assert isinstance(backends.fast_model(model, torch.device("cpu"), backend="graph"), backends.GraphedModel)
+    assert backends.GraphedModel(model).graphs == {}  # nothing is captured off a GPU
     with pytest.raises(ValueError, match="backend"):
-        runners.fast_model(model, torch.device("cpu"), backend="tensorrt")
+        backends.fast_model(model, torch.device("cpu"), backend="tensorrt")
 
 
 def test_onnxruntime_is_checked_cached_and_falls_back_when_missing(tiny, monkeypatch, capsys):
     pytest.importorskip("onnxruntime", reason="the ONNX Runtime path's optional dependency: pip install onnxruntime")
     model, checkpoint, folder = tiny
-    runner = runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+    runner = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                                 cache=folder / "cache", size=(64, 64))
-    assert isinstance(runner, runners.OnnxRuntimeModel) and "exporting" in capsys.readouterr().out
+    assert isinstance(runner, backends.OnnxRuntimeModel) and "exporting" in capsys.readouterr().out
     x = torch.randn(1, 1, 64, 128)  # another size than the check's: the graph's axes are dynamic
     with torch.no_grad():
         torch.testing.assert_close(runner(x), model(x), rtol=1e-3, atol=1e-3)
     exported = list((folder / "cache").glob("*.onnx"))
     assert len(exported) == 1
-    runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+    backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                        cache=folder / "cache", size=(64, 64))
     assert "exporting" not in capsys.readouterr().out  # the cached export is used again
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
-    fallback = runners.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+    fallback = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                                   cache=folder / "cache")
     assert fallback is model and "running the model eagerly" in capsys.readouterr().err

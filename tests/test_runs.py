@@ -1,4 +1,4 @@
-"""Runs that never lose work (runs.py, train.py, utils.atomic_write, data.cache_folder): a new run never replaces an
+"""Runs that never lose work (runs.py, train.py, atomic.atomic_write, data.cache_folder): a new run never replaces an
 old one, one run per folder at a time, a resume continues the same run with a log that matches its weights, and a full
 disk or an unwritable cache ends in one line with the earlier files intact. Tiny synthetic runs, in this process."""
 import errno
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train
-import utils
+from readers import atomic
 from data import DataError, build_dataset
 
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
@@ -111,9 +111,9 @@ def test_atomic_write_names_a_full_disk_and_leaves_nothing_behind(tmp_path, monk
     def replace_on_a_full_disk(source, destination):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(utils.os, "replace", replace_on_a_full_disk)
-    with pytest.raises(utils.DiskFullError, match=r"no space left on .* writing .*last.pt, needed about 1.0 MB"):
-        utils.atomic_write(target, b"x" * 2 ** 20)
+    monkeypatch.setattr(atomic.os, "replace", replace_on_a_full_disk)
+    with pytest.raises(atomic.DiskFullError, match=r"no space left on .* writing .*last.pt, needed about 1.0 MB"):
+        atomic.atomic_write(target, b"x" * 2 ** 20)
     assert target.read_bytes() == b"the previous file" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
@@ -129,7 +129,7 @@ def test_an_unwritable_cache_is_named_in_one_line_and_the_cache_is_group_readabl
     monkeypatch.setenv("UNET_FUSION_CACHE", str(tmp_path / "shared-cache"))
     build_dataset("mias", tmp_path, "train", 64, verbose=False)
     written = list((tmp_path / "shared-cache").rglob("skipped_train.csv"))
-    assert written and written[0].stat().st_mode & 0o044 == 0o044 & ~utils._UMASK  # readable as the umask allows
+    assert written and written[0].stat().st_mode & 0o044 == 0o044 & ~atomic._UMASK  # readable as the umask allows
     assert train.cli([*TINY, "--dataset", "mias", "--data-root", str(tmp_path), "--weights", "none",
                       "--cache-dir", str(blocker), "--out-dir", str(tmp_path / "o")]) == 2
     assert "--cache-dir" in capsys.readouterr().err

@@ -18,7 +18,8 @@ import torch
 import recipes
 import train
 from model import build_model
-from utils import AutocastReplica, UsageError, error_line
+from engine.devices import AutocastReplica
+from engine.cli import UsageError, error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",

@@ -28,11 +28,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data import fitted_size, preprocess_mammogram, transform_voc
-from mammograms import faces_right
+from readers.mammograms import faces_right
 from metrics import predict_labels
-from panels import to_rgb8
+from .panels import to_rgb8
 from recipes import PRESETS
-from utils import UsageError, autocast, median_seconds
+from .cli import UsageError
+from .devices import autocast
+from .measure import median_seconds
 
 MAX_CLASSES = 255  # labels are written as 8-bit class indices
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from mammograms import DataError, read_image_file
+from .mammograms import DataError, read_image_file
 
 MASSES = ("CIRC", "SPIC", "MISC")
 

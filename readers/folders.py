@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from mammograms import IMAGE_SUFFIXES, DataError, dicom_shape, is_dicom, read_image_file
+from .mammograms import IMAGE_SUFFIXES, DataError, dicom_shape, is_dicom, read_image_file
 
 SPLIT_NAMES = ("train", "val", "test")
 

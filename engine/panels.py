@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from metrics import IGNORE_INDEX, BinaryStats, ConfusionMatrix, predict_labels
-from utils import autocast
+from .devices import autocast
 
 LESION_COLOUR, TRUTH_COLOUR, IGNORE_COLOUR = (255, 48, 48), (48, 220, 96), (224, 224, 192)
 MIN_TILE_WIDTH = 160  # narrower panel tiles are enlarged (nearest) so their labels fit

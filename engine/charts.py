@@ -17,7 +17,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageDraw, ImageFont
 
-from utils import atomic_write
+from readers.atomic import atomic_write
 
 METRIC_LABELS = {"dice_mean_per_image": "Dice, mean over images (%)", "iou_mean_per_image": "IoU, mean over images (%)",
                  "dice_mean_lesion_images": "Dice, mean over lesion images (%)",

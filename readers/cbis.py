@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mammograms import DataError, dicom_shape, read_dicom
-from splits import groups_in_part
+from .mammograms import DataError, dicom_shape, read_dicom
+from .splits import groups_in_part
 
 CSV_NAMES = {  # (abnormality, official split) -> file name as TCIA publishes it
     ("mass", "train"): "mass_case_description_train_set.csv",

@@ -28,14 +28,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from checkpoints import CheckpointError, load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint
 from data import DataError, cache_folder
-from inference import MAX_CLASSES, image_size_for, predict_image, trained_on_mammograms
-from mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
-from panels import overlay, voc_palette
-from runners import fast_model
-from utils import UsageError, atomic_write, check_output_folder, check_writable_file, error_line, write_json
-from voc import VOC_CLASSES
+from .inference import MAX_CLASSES, image_size_for, predict_image, trained_on_mammograms
+from readers.mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
+from .panels import overlay, voc_palette
+from .backends import fast_model
+from .cli import UsageError, check_output_folder, check_writable_file, error_line
+from readers.atomic import atomic_write, write_json
+from readers.voc import VOC_CLASSES
 
 OUTPUT_KINDS = ("mask", "prob", "overlay")  # <base>_<kind>.png for every image
 

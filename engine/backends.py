@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from utils import atomic_write
+from readers.atomic import atomic_write
 
 BACKENDS = ("auto", "eager", "graph", "onnxruntime", "channels_last")
 ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, justified by measurement in the README ("Export to ONNX")

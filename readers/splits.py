@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mammograms import DataError
+from .mammograms import DataError
 
 SPLITS = ("train", "val", "test")
 

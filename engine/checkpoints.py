@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from model import build_model
-from utils import atomic_write, error_line, versions
+from readers.atomic import atomic_write
+from .cli import error_line
+from .devices import versions
 
 MODEL_ENTRIES = ("model", "model_config")
 RESUME_ENTRIES = (*MODEL_ENTRIES, "optimizer", "scheduler", "scaler", "rng", "epoch", "best_metric", "args")

@@ -25,8 +25,9 @@ import os
 import shutil
 from pathlib import Path
 
-from checkpoints import read_checkpoint, save_checkpoint, share_file
-from utils import UsageError, atomic_write, write_json
+from .checkpoints import read_checkpoint, save_checkpoint, share_file
+from .cli import UsageError
+from readers.atomic import atomic_write, write_json
 
 try:
     import fcntl  # POSIX; elsewhere runs are not locked

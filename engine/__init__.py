@@ -1,0 +1,10 @@
+"""The run side: what the commands (train, evaluate, predict, crossval, export, benchmark) share.
+
+  cli, devices, measure     flags and one-line errors, --device/--amp/torchrun, timing and FLOPs
+  checkpoints, run_folder   the checkpoint format and the run's folder (nothing a run writes is ever lost)
+  inference, backends       a model's logits for batches and whole images; eager, CUDA graph or ONNX Runtime
+  scans                     image files in, mask files out (predict.py)
+  panels, charts            pictures of predictions (Fig. 7-11) and of a cross-validation
+
+Imported only by the commands and bench/; imports the paper's files and readers/, never a command.
+"""

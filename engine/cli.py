@@ -1,0 +1,115 @@
+"""The command line every script shares: the parser, one-line errors and exit codes, the step lines of training,
+and the checks of output paths made before any work starts.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+class UsageError(Exception):
+    """A bad flag or flag combination; the message names the flag. One line on stderr, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ('train.py: error: ... (see --help)') with exit code 2, not a usage block,
+    and whose --help keeps the docstring's layout."""
+
+    def __init__(self, **options):
+        super().__init__(**{"formatter_class": argparse.RawDescriptionHelpFormatter, **options})
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def error_line(error: BaseException) -> str:
+    """The one line a user sees for an error: its first line; for one raised in a DataLoader worker, which arrives
+    with the worker's traceback wrapped around it, the original message (the last line, without the type name)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    if "Original Traceback" in str(error):
+        return re.sub(r"^[\w.]*Error: ", "", lines[-1])
+    return lines[0]
+
+
+def run_command(prog: str, main: Callable[[], object], user_errors: tuple[type[BaseException], ...], *,
+                exit_codes: dict[type, int] | None = None, quiet: bool = False) -> int:
+    """main() -> its exit code (an int it returns, else 0); an error of `user_errors` -> 'prog: error: <one line>' on
+    stderr (not printed when quiet, e.g. on every rank but 0) and its code in exit_codes, else 2. Other errors are
+    bugs: they keep their traceback."""
+    try:
+        code = main()
+        return code if isinstance(code, int) else 0
+    except user_errors as error:
+        if not quiet:
+            print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
+        return (exit_codes or {}).get(type(error), 2)
+
+
+class Progress:
+    """The step lines of training: one fixed-format line every print_freq steps and at an epoch's end, and on a
+    terminal a live line redrawn in between. Silent where not enabled (every rank but 0)."""
+
+    def __init__(self, *, steps: int, epochs: int, print_freq: int, enabled: bool, world: int, device: torch.device):
+        self.steps, self.epochs, self.print_freq, self.enabled, self.world = steps, epochs, print_freq, enabled, world
+        self.device, self.tty, self.started = device, sys.stdout.isatty(), None
+        self.window = [0.0, 0.0, 0]  # seconds waiting for data, seconds per step, images, since the last fixed line
+
+    def step(self, epoch: int, i: int, values: dict, images: int, data_time: float, step_time: float,
+             lr: float) -> None:
+        if i == 0:
+            self.started, self.window = time.time(), [0.0, 0.0, 0]
+        self.window = [self.window[0] + data_time, self.window[1] + step_time, self.window[2] + images]
+        fixed = (i + 1) % self.print_freq == 0 or i + 1 == self.steps
+        if not self.enabled or not (fixed or self.tty):
+            return
+        done = epoch * self.steps + i + 1
+        seconds_per_step = (time.time() - self.started) / (i + 1)
+        eta = datetime.timedelta(seconds=round(seconds_per_step * (self.epochs * self.steps - done)))
+        steps_in_window = max(1, (i + 1) % self.print_freq or self.print_freq) if fixed else i + 1
+        terms = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "loss")
+        line = (f"epoch {epoch} step {done} ({i + 1}/{self.steps}) loss {values['loss']:.4f} ({terms}) lr {lr:.2e} "
+                f"img/s {self.window[2] * self.world / self.window[1]:.1f} "
+                f"data {1000 * self.window[0] / steps_in_window:.0f}ms eta {eta}")
+        if self.device.type == "cuda":
+            line += f" mem {torch.cuda.max_memory_allocated(self.device) / 2 ** 30:.1f}GiB"
+        if fixed:
+            print(("\r\x1b[2K" if self.tty else "") + line, flush=True)
+            self.window = [0.0, 0.0, 0]
+        else:  # a terminal: redraw one live line between the fixed-format lines
+            print("\r\x1b[2K" + line[:200], end="", flush=True)
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
+    """Fail now, in one line naming `flag`, if `path` could not be written later (a folder, or in a folder that
+    cannot be made or written): checked before an hour of work, not after it."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
+    check_output_folder(path.parent if str(path.parent) else ".", flag)
+    return path
+
+
+def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Path:
+    """Make `folder` (and its parents) if needed and check that files can be created in it; UsageError naming
+    `flag` otherwise (a file in the way, a read-only file system, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {folder} is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # the one sure test: create (and at once delete) a file there
+    except OSError as error:
+        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); choose another "
+                         "folder") from None
+    return folder

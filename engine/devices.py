@@ -1,0 +1,103 @@
+"""Devices and precision (--device, --amp, torchrun's variables) and the record of where a run ran.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .cli import UsageError
+
+AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # --amp, as every script spells it
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """--device auto (or None), cpu, cuda or cuda:N -> torch.device; UsageError naming the flag otherwise."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, amp: str, **options) -> torch.autocast:
+    """torch.autocast for --amp none | bf16 | fp16 (none: disabled, so the model runs in fp32)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != "none", **options)
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment variables only (RANK, WORLD_SIZE, LOCAL_RANK), the
+    process group initialised (NCCL on GPUs, gloo on CPUs); (0, 1, device) in a single process. A CUDA device without
+    an index becomes the process' LOCAL_RANK GPU, made current, with cuDNN's benchmark mode: every batch of a run has
+    one shape, so cuDNN times its algorithms once and keeps the fastest."""
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world, local_rank = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = device if device.index is not None else torch.device("cuda", local_rank)  # for set_device and DDP
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    if not torchrun:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch onto the device, images channels_last on a GPU (faster convolutions), without blocking the host."""
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=memory_format), masks.to(device, non_blocking=True)
+
+
+class AutocastReplica(nn.Module):
+    """Runs `module` under --amp's autocast. nn.DataParallel runs each replica in a thread of its own, and autocast's
+    dtype is per thread: without this, --amp bf16 replicas would run CUDA's default autocast dtype, fp16, unscaled."""
+
+    def __init__(self, module: nn.Module, amp: str):
+        super().__init__()
+        self.module, self.amp = module, amp
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(images.device, self.amp):
+            return self.module(images)
+
+
+def default_workers() -> int:
+    """DataLoader workers by default: one per core this process may use, at most 4 (torch warns past the cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(4, cores)
+
+
+def versions() -> dict:
+    import numpy
+    import torchvision
+    return {"python": platform.python_version(), "torch": str(torch.__version__),  # TorchVersion: not a plain str
+            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__, "cuda": torch.version.cuda}
+
+
+def git_commit() -> str | None:
+    """The project's commit, or None outside a git checkout (the record then says so)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def environment(device: torch.device) -> str:
+    """One line naming the device and the versions, printed above every table of measurements."""
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
+    return f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}, Python {platform.python_version()}"

@@ -1,0 +1,9 @@
+"""Dataset readers and preprocessing (thesis §4.1): what data.py builds its datasets from.
+
+  mammograms  DICOM and image files, the mammogram preprocessing and augmentation
+  cbis, mias, folders, voc, synthetic   one reader per kind of download (or generated images)
+  splits      splits by patient and cross-validation folds;  sampling  seeded training streams
+  atomic      atomic file writes, shared with engine/
+
+Imports nothing of the project above it but model.py's normalisation (through data.py) -- nothing from engine/.
+"""
