@@ -1,24 +1,20 @@
-"""Training script of the thesis (§4.3, Table 1): one file that trains the same way on a CPU, one GPU or many.
+"""Training (thesis §4.3, Table 1): one script for a CPU, one GPU, DataParallel or torchrun.
 
-    python train.py                      # demo: synthetic mammograms on the CPU, no download, about a minute
-    python train.py --dataset cbis --data-root DATA/CBIS-DDSM                 # Table 2 (A), one GPU
+    python train.py                                              # the demo: synthetic mammograms, CPU
+    python train.py --dataset cbis --data-root DATA/CBIS-DDSM    # Table 2 (A) on one GPU
     torchrun --standalone --nproc_per_node=4 train.py --dataset cbis --data-root DATA/CBIS-DDSM --batch-size 4
-    python train.py --dataset cbis --data-root DATA/CBIS-DDSM --data-parallel    # DataParallel over all GPUs
-    python train.py --resume runs/cbis/last.pt                   # continue exactly; the other flags come back too
-    python train.py --resume runs/cbis/best.pt --eval-only       # validation metrics of a checkpoint
+    python train.py --resume runs/cbis/last.pt                   # continue exactly where it stopped
+    python train.py --resume runs/cbis/best.pt --eval-only       # the validation scores of a checkpoint
 
-Each dataset has a recipe in recipes.py (Table 1's columns, ours for the others); a flag overrides its entry. Shaped
-like torchvision's references: get_args_parser(), a linear main(args), plain train_one_epoch() and evaluate(). Several
-processes come from torchrun's environment variables only; NCCL on GPUs, gloo on CPUs. The run's folder is described
-in runs.py; the README's "Exactness" says why a resumed run ends bit-identical and why no metric depends on the number
-of processes. Exit codes: 2 for a bad flag or data problem (one line on stderr), 3 for a non-finite loss.
+Defaults are each dataset's recipe (recipes.py, Table 1); docs/runs.md describes the run folder, resume,
+checkpoints and exit codes (2: a bad flag or data, 3: a non-finite loss, 130/143: Ctrl-C/SIGTERM).
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
+import signal
 import sys
 import time
 
@@ -27,168 +23,206 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 
-from engine.checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_checkpoint, read_checkpoint,
-                                restore_training_state, training_checkpoint)
 from data import DataError, build_dataset, prepare_datasets
-from losses import WithLoss, build_loss
+from engine.checkpoints import (MODEL_ENTRIES, RESUME_ENTRIES, CheckpointError, model_from_checkpoint,
+                                read_checkpoint, restore_training_state, tensor_bytes, training_checkpoint)
+from engine.cli import (ArgumentParser, Progress, Stopped, StopRequests, UsageError, check_writable_file,
+                        run_command)
+from engine.devices import (AMP_DTYPES, autocast, check_device_flags, default_workers, device_name,
+                            git_commit, init_distributed, resolve_device, to_device, versions,
+                            wrap_for_devices)
+from engine.measure import count_parameters, process_seconds
+from engine.panels import write_dataset_panels
+from engine.run_folder import RunFolder
+from losses import build_loss
 from metrics import all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
-from engine.panels import write_dataset_panels
-from recipes import PRESETS, SOURCE, PiecewiseConstant, apply_recipe
-from engine.run_folder import RunFolder
-from readers.sampling import EpochSampler, SeededItems
-from engine.devices import (AMP_DTYPES, AutocastReplica, autocast, default_workers, device_name, git_commit,
-                            init_distributed, resolve_device, to_device, versions)
-from engine.cli import ArgumentParser, Progress, UsageError, check_writable_file, run_command
 from readers.atomic import DiskFullError, write_json
-from engine.measure import count_parameters
+from readers.sampling import EpochSampler, SeededItems
+from recipes import PRESETS, PiecewiseConstant, apply_recipe
 
-FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")  # its network
+FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")
 NON_FINITE_EXIT = 3
 
 
 class NonFiniteLoss(Exception):
-    """The loss became NaN or infinite: one line naming the epoch and step, exit code 3 (last.pt is the last good)."""
+    """The loss became NaN or infinite; exit code 3, last.pt saved just before the step that failed."""
+
+    def __init__(self, message: str, step: int = 0, totals: dict | None = None):
+        super().__init__(message)
+        self.step, self.totals = step, totals or {}
 
 
-def preset(key: str) -> str:
-    """The defaults of a flag, one per recipe, for its --help."""
-    return "default: " + ", ".join(f"{name} {PRESETS[name][key]}" for name in PRESETS)
+def recipe_default(key: str) -> str:
+    values = {}
+    for name, recipe in PRESETS.items():
+        values.setdefault(str(recipe[key]), []).append(name)
+    return "default: " + ", ".join(f"{'/'.join(names)} {value}" for value, names in values.items())
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0], add_help=add_help,
                        epilog=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
-    add("--dataset", choices=list(PRESETS), help="recipe and data: " + "; ".join(f"{k} ({v})" for k, v in
-                                                                                     SOURCE.items()) +
-        " (default: the --resume checkpoint's, else synthetic). With --resume, every setting of the recipe and the "
-        "run not given is the checkpoint's (recipes.py); how it runs (--device, --workers, --compile...) is not")
-    add("--data-root", help="dataset folder (cbis: the NBIA download and its CSVs; mias: Info.txt and images; folder: "
-        "images/ and masks/; voc: holds VOCdevkit)")
-    add("--fold", metavar="K/N", help="cross-validation: validate on fold K of N, by patient (crossval.py)")
-    add("--cache-dir", help="folder of the preprocessed mammograms (default: data.cache_folder's)")
-    add("--encoder", choices=["resnet34", "bit_r50x1"], help=f"Table 1 'Encoder'; {preset('encoder')}")
-    add("--decoder", choices=["fusion", "unet", "unetplusplus"], help="fusion = §4.2 (row A of Tables 2-4), unet / "
-        f"unetplusplus = the SMP baselines (rows B, C); {preset('decoder')}")
-    add("--decoder-channels", help="decoder widths, deepest first, e.g. 128,64,32,16,16; "
-        f"{preset('decoder_channels')} (None: the widths that match Tables 2 and 4)")
-    add("--weights", help="encoder weights: imagenet (downloaded once; model.WEIGHT_URLS lists the others, e.g. "
-        f"imagenet-timm), none (random: Table 3 row B) or a .pth/.npz path; {preset('weights')}")
-    add("--in-channels", type=int, choices=[1, 3], help=f"image channels; {preset('in_channels')}")
-    add("--num-classes", type=int, help="model outputs: 1 = a lesion logit (binary masks), K > 1 = classes (a folder "
-        f"of class-index masks); {preset('num_classes')}")
-    add("--loss", help=f"'+'-joined losses of losses.py, Table 1 'Loss Function'; {preset('loss')}")
-    add("--epochs", type=int, help=f"Table 1 'Num epochs'; {preset('epochs')}")
-    add("--batch-size", type=int, help="images per step and process (per GPU under torchrun; split over the GPUs "
-        f"with --data-parallel); not given in the thesis, so ours; {preset('batch_size')}")
+    add("--dataset", choices=list(PRESETS), help="recipe and data (default: the --resume checkpoint's, "
+        "else synthetic, the demo)")
+    add("--data-root", help="the dataset's folder (docs/data.md says what each holds)")
+    add("--fold", metavar="K/N", help="validate on fold K of N, split by patient (crossval.py runs them all)")
+    add("--cache-dir", help="folder of the preprocessed images (default: ~/.cache/unet-fusion)")
+    add("--encoder", choices=["resnet34", "bit_r50x1"], help=f"Table 1 'Encoder'; {recipe_default('encoder')}")
+    add("--decoder", choices=["fusion", "unet", "unetplusplus"],
+        help="fusion: §4.2 (row A of Tables 2-4); unet, unetplusplus: the SMP baselines (rows B, C)")
+    add("--decoder-channels", help="decoder widths, deepest first, e.g. 128,64,32,16,16 (default: Tables 2, 4)")
+    add("--weights", help="encoder weights: imagenet, imagenet-timm, imagenet21k, none or a file; "
+        + recipe_default("weights"))
+    add("--in-channels", type=int, choices=[1, 3], help="1: grayscale; 3: gray replicated for ImageNet encoders")
+    add("--num-classes", type=int, help="1: a lesion logit (binary masks); K > 1: class-index masks")
+    add("--loss", help=f"'+'-joined losses of losses.py, Table 1; {recipe_default('loss')}")
+    add("--epochs", type=int, help=f"Table 1 'Num epochs'; {recipe_default('epochs')}")
+    add("--batch-size", type=int, help=f"images per step and process; {recipe_default('batch_size')}")
     add("--eval-batch-size", type=int, help="images per validation step (default: --batch-size)")
-    add("--image-size", type=int, help=f"side in pixels, a multiple of 32, Table 1; {preset('image_size')}")
-    add("--lr", type=float, help="AdamW (amsgrad) learning rate at epoch 0, Table 1; it rescales the whole "
-        f"--schedule; {preset('lr')}")
-    add("--schedule", help="piecewise-constant LR over epochs as EPOCH:LR,... (Table 1 'Scheduler'), or constant; "
-        f"{preset('schedule')}")
-    add("--weight-decay", type=float, help="AdamW weight decay; not in the thesis, so PyTorch's default "
-        "(default: 0.01)")
-    add("--clip-grad", type=float, help="max gradient norm, 0 = off (default: 0)")
-    add("--train-split", help=f"training split (voc: train or trainaug); {preset('train_split')}")
-    add("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of the training images "
-        "(mammograms.augment_mammogram, data.transform_voc for VOC); not in the thesis, so ours; "
-        f"{preset('augment')}")
-    add("--amp", choices=list(AMP_DTYPES), help="autocast precision, a gradient scaler only "
-        "for fp16 (default: none, as far as we know the thesis' V100s ran fp32; bf16 is fast and safe on A100/H100)")
-    add("--compile", action="store_true", help="the fast path on a GPU: the training step (model and loss) under "
-        "torch.compile, and fused AdamW (README, \"Speed\": what each measured)")
-    add("--data-parallel", action="store_true", help="nn.DataParallel over all visible GPUs of one process (the "
-        "thesis trained on 4 V100s, §4.3, without saying how); torchrun (DDP) is faster")
-    add("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes (default: off)")
-    add("--workers", type=int, default=default_workers(), help="DataLoader worker processes per training process "
-        f"(default: the machine's cores, at most 4: {default_workers()} here)")
-    add("--seed", type=int, help="seed of the initialisation, shuffle and augmentation (default: 0)")
-    add("--out-dir", help="the run's folder (runs.py). Default: the --resume checkpoint's folder, else the first free "
-        "runs/<dataset>, runs/<dataset>-2, ...; a given folder that holds a run is refused, unless --overwrite")
-    add("--overwrite", action="store_true", help="replace the run in --out-dir (its log, checkpoints and panels)")
-    add("--resume", help="checkpoint to continue from exactly (or to evaluate, with --eval-only)")
-    add("--eval-only", action="store_true", help="evaluate the --resume checkpoint on the val split, then stop")
-    add("--limit", type=int, help="use only the first N items of each split (smoke tests)")
+    add("--image-size", type=int, help=f"side of the input, a multiple of 32; {recipe_default('image_size')}")
+    add("--lr", type=float, help=f"AdamW learning rate at epoch 0, scales --schedule; {recipe_default('lr')}")
+    add("--schedule", help="piecewise-constant learning rate, EPOCH:LR,... or constant (Table 1)")
+    add("--weight-decay", type=float, help="AdamW weight decay (default: 0.01, PyTorch's)")
+    add("--clip-grad", type=float, help="largest gradient norm, 0 = off (default: 0)")
+    add("--train-split", help="training split (voc: train or trainaug; default: train)")
+    add("--augment", action=argparse.BooleanOptionalAction, help="augment the training images (ours; on)")
+    add("--amp", choices=list(AMP_DTYPES), help="autocast precision (default: none, i.e. fp32)")
+    add("--compile", action="store_true", help="torch.compile the network, fused AdamW (fast on a GPU)")
+    add("--data-parallel", action="store_true", help="nn.DataParallel over the visible GPUs of one process")
+    add("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes")
+    add("--workers", type=int, default=default_workers(),
+        help=f"DataLoader workers per process (default: cores, at most 4: {default_workers()} here)")
+    add("--seed", type=int, help="seed of initialisation, shuffle and augmentation (default: 0)")
+    add("--out-dir", help="the run's folder (default: the --resume checkpoint's, else a free runs/<dataset>)")
+    add("--overwrite", action="store_true", help="replace the run in --out-dir")
+    add("--resume", help="last.pt to continue exactly (or any checkpoint, with --eval-only)")
+    add("--eval-only", action="store_true", help="score the --resume checkpoint on the val split, then stop")
+    add("--save-every", type=float, default=5.0, metavar="MINUTES",
+        help="minutes between writes of last.pt; it is also written at the end and on Ctrl-C (default: 5)")
+    add("--limit", type=int, help="only the first N images of each split (smoke tests)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add("--print-freq", type=int, default=20, help="steps between log lines (default: 20)")
-    add("--panels", type=int, default=4, help="validation images drawn as prediction panels at the end (default: 4)")
-    add("--json", help="also write the final validation metrics to this JSON file (checked before training)")
+    add("--panels", type=int, default=4, help="validation images drawn as panels at the end (default: 4)")
+    add("--json", help="also write the final validation metrics to this JSON file")
     return p
 
 
-def main(args) -> dict:
-    """Train (or, with --eval-only, evaluate) as `args` say; returns the last validation summary."""
+def main(args, stop: StopRequests | None = None) -> dict:
+    """Train (or, with --eval-only, score) as `args` say; returns the last validation summary."""
+    stop = stop or StopRequests()
     changed = resolve_args(args)
-    rank, world, device = setup_device(args)
+    device = resolve_device(args.device)
+    check_device_flags(device, args.device, amp=args.amp, sync_bn=args.sync_bn,
+                       data_parallel=args.data_parallel)
+    rank, world, device = init_distributed(device)
     log = print if rank == 0 else (lambda *a, **k: None)
-    checkpoint = read_checkpoint(args.resume, needs=RESUME_ENTRIES, flag="--resume") if args.resume else None
+    needs = (*MODEL_ENTRIES, "args") if args.eval_only else RESUME_ENTRIES
+    checkpoint = read_checkpoint(args.resume, needs=needs, flag="--resume") if args.resume else None
     model = build_network(args, checkpoint, rank, device)
     train_set, val_set, train_loader, val_loader = build_loaders(args, model.config, rank, world, device)
-    criterion = build_loss(args.loss, model.config["num_classes"], distributed=world > 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, amsgrad=True,
-                                  fused=args.compile and device.type == "cuda")  # Table 1: AdamW with amsgrad
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, PiecewiseConstant(args.milestones, args.lr_factors))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    step, eval_net = wrap_for_devices(model, criterion, args, world, device)
-    metric_name = "dice_mean_per_image" if model.config["num_classes"] == 1 else "mean_iou"  # README, "Metrics"
-    if args.eval_only:  # the --resume checkpoint's validation metrics
-        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set))
+    num_classes = model.config["num_classes"]
+    metric = "dice_mean_per_image" if num_classes == 1 else "mean_iou"  # chooses best.pt (docs/metrics.md)
+    train_net, eval_net = wrap_for_devices(model, world=world, device=device, amp=args.amp,
+                                           sync_bn=args.sync_bn, data_parallel=args.data_parallel,
+                                           compile_model=args.compile)
+    if args.eval_only:
+        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set))
         log(f"eval {args.resume}: " + " ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         if args.json and rank == 0:
             write_json(args.json, summary)
         return summary
 
-    start_epoch, best, records = 0, None, []
+    criterion = build_loss(args.loss, num_classes, distributed=world > 1)  # Table 1 "Loss Function"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                  amsgrad=True, fused=args.compile and device.type == "cuda")  # Table 1
+    schedule = PiecewiseConstant(args.milestones, args.lr_factors)  # Table 1 "Scheduler"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    first_epoch, first_step, totals, best, records, scores = 0, 0, {}, None, [], None
     if checkpoint:
-        start_epoch, best, records = restore(checkpoint, optimizer, scheduler, scaler, args, metric_name, changed, log)
-    folder = open_run_folder(args, rank, world, device, checkpoint, records)
-    state = functools.partial(training_checkpoint, model, optimizer, scheduler, scaler, metric_name=metric_name,
-                              steps_per_epoch=len(train_loader), args=vars(args))  # checkpoints.py: the format
-    if rank == 0 and checkpoint is None:  # the starting point: a run killed during epoch 0 leaves a loadable last.pt
-        folder.save(state(epoch=-1, best_metric=None, metrics=None, log=[]), best=False)
-    log(f"{model.config['encoder']} + {model.config['decoder']}: {count_parameters(model) / 1e6:.2f}M parameters on "
-        f"{device_name(device)} x {world} process(es); effective batch {args.batch_size * world}, lr {args.lr:g}; "
-        f"{len(train_set)} train / {len(val_set)} val images, {len(train_loader)} steps per epoch, "
-        f"epochs {start_epoch}..{args.epochs - 1}; writing {folder.path}")
-    progress = Progress(steps=len(train_loader), epochs=args.epochs, print_freq=args.print_freq, enabled=rank == 0,
-                        world=world, device=device)
-    started = time.time()
-    for epoch in range(start_epoch, args.epochs):
-        train_loader.sampler.set_epoch(epoch)
-        epoch_start, lr = time.time(), optimizer.param_groups[0]["lr"]
-        try:
-            losses = train_one_epoch(step, optimizer, scaler, train_loader, device, epoch, amp=args.amp,
-                                     clip_grad=args.clip_grad, progress=progress)
-        except NonFiniteLoss as error:
-            kept = f"epoch {epoch - 1}" if epoch > 0 else "the starting weights"
-            raise NonFiniteLoss(f"{error}; last good checkpoint: {folder.path / 'last.pt'} ({kept}). Try --amp bf16 "
-                                "or none, a lower --lr, or --clip-grad 1") from None
-        scheduler.step()
-        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set))
-        improved = best is None or summary[metric_name] > best
-        best = summary[metric_name] if improved else best
-        records.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in losses.items()},
-                        **{f"val_{k}": v for k, v in summary.items()}, "seconds": round(time.time() - epoch_start, 1)})
-        if rank == 0:
-            folder.save(state(epoch=epoch, best_metric=best, metrics=summary, log=records), best=improved)
-        log(f"epoch {epoch} val {metric_name} {summary[metric_name]:.4f} (best {best:.4f}) " +
-            " ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != metric_name) +
-            f" | {time.time() - epoch_start:.0f}s" + (" | saved best.pt" if improved else ""))
-    return final_report(args, model, val_set, val_loader, summary, best, folder, device, time.time() - started,
+        first_epoch, first_step, totals, best, records = restore(checkpoint, optimizer, scheduler,
+                                                                 scaler, args, metric, changed, log)
+        scores = checkpoint.get("metrics")
+    steps_per_epoch = len(train_loader)
+
+    def state(epoch: int, next_step: int = 0, partial: dict | None = None) -> dict:  # for last.pt
+        return training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch,
+                                   steps_per_epoch=steps_per_epoch, best_metric=best,
+                                   metric_name=metric, metrics=scores, args=vars(args), log=records,
+                                   next_step=next_step, partial_losses=partial)
+
+    folder = open_run_folder(args, rank, world, device, checkpoint, records, model)
+    log(f"{model.config['encoder']} + {model.config['decoder']}: {count_parameters(model) / 1e6:.2f}M "
+        f"parameters on {device_name(device)} x {world} process(es); effective batch "
+        f"{args.batch_size * world}, lr {args.lr:g}; {len(train_set)} train / {len(val_set)} val "
+        f"images, {steps_per_epoch} steps per epoch, epochs {first_epoch}..{args.epochs - 1}; "
+        f"writing {folder.path}")
+    progress = Progress(steps=steps_per_epoch, epochs=args.epochs, print_freq=args.print_freq,
+                        enabled=rank == 0, world=world, device=device)
+    clock = {"start-up": process_seconds(), "training": 0.0, "validation": 0.0}
+    stop.graceful = True  # from here Ctrl-C and SIGTERM end the run at the next step, saving last.pt
+    epoch = first_epoch
+    try:
+        for epoch in range(first_epoch, args.epochs):
+            started, lr = time.time(), optimizer.param_groups[0]["lr"]
+            train_loader.sampler.set_epoch(epoch)
+            train_loader.sampler.skip = first_step * args.batch_size  # a run resumed mid-epoch
+            totals, steps = train_one_epoch(train_net, criterion, optimizer, scaler, train_loader,
+                                            device, epoch, amp=args.amp, clip_grad=args.clip_grad,
+                                            progress=progress, stop=stop, first_step=first_step,
+                                            totals=totals)
+            validated = time.time()
+            summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set),
+                               stop=stop if world == 1 else None)  # ranks validate all images
+            clock["training"] += validated - started
+            clock["validation"] += time.time() - validated
+            if steps < steps_per_epoch or summary is None:  # a signal: validation runs on resume
+                save_now(folder, rank, state(epoch - 1, steps, totals))
+                raise Stopped(stop.signum, stopped_line(stop, epoch, steps, steps_per_epoch, folder))
+            scheduler.step()
+            improved, scores = best is None or summary[metric] > best, summary
+            best = summary[metric] if improved else best
+            records.append({"epoch": epoch, "lr": lr,
+                            **{f"train_{k}": v / steps_per_epoch for k, v in totals.items()},
+                            **{f"val_{k}": v for k, v in summary.items()},
+                            "seconds": round(time.time() - started, 1)})
+            first_step, totals = 0, {}
+            if rank == 0:  # log.jsonl now, last.pt when --save-every minutes have passed or at the end
+                folder.end_epoch(records, lambda: state(epoch), improved=improved,
+                                 final=epoch == args.epochs - 1)
+            log(f"epoch {epoch} val {metric} {summary[metric]:.4f} (best {best:.4f}) "
+                + " ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != metric)
+                + f" | {time.time() - started:.0f}s" + (" | best so far" if improved else ""))
+        stop.graceful = False
+        folder.close()  # the last write ends before the run reports
+    except NonFiniteLoss as error:
+        stop.graceful = False
+        finite = all(t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point())
+        if finite:  # the weights before the update, BatchNorm's statistics after that forward pass
+            save_now(folder, rank, state(epoch - 1, error.step, error.totals))
+        kept = "saved before that step" if finite else "kept as last written"
+        raise NonFiniteLoss(f"{error}; last.pt {kept} ({folder.path / 'last.pt'}). Try --amp bf16 or "
+                            "none, a lower --lr, or --clip-grad 1") from None
+    finally:
+        stop.graceful = False
+        folder.writer.cancel()  # after an error or a second Ctrl-C: a write in flight is abandoned whole
+    clock["checkpoints (waited)"] = folder.writer.seconds_waited
+    return final_report(args, model, val_set, val_loader, scores, best, folder, device, clock,
                         is_main=rank == 0)
 
 
-# ------------------------------------------------------------------------------------------------------ setup
+# ------------------------------------------------------------------------------------------------- setup
 def resolve_args(args) -> list[str]:
-    """Fill unset flags (from the --resume checkpoint's run, else from the preset) and check every combination we can
-    before touching data. Returns the flags given that differ from the checkpoint's."""
-    saved = read_checkpoint(args.resume, needs=RESUME_ENTRIES, flag="--resume", mmap=True)["args"] if args.resume \
-        else {}
+    """Fill unset flags from the --resume checkpoint's run, else the recipe, and check every combination
+    before touching data. Returns the given flags that differ from the checkpoint's."""
+    needs = ("args",) if args.eval_only else RESUME_ENTRIES
+    saved = read_checkpoint(args.resume, needs=needs, flag="--resume", mmap=True)["args"] if args.resume else {}
     if saved and args.dataset not in (None, saved.get("dataset")) and not args.eval_only:
-        raise UsageError(f"--resume {args.resume} continues a {saved.get('dataset')} run; --dataset {args.dataset} "
-                         "would make it another run: drop --dataset, or evaluate it there with --eval-only")
+        raise UsageError(f"--resume {args.resume} continues a {saved.get('dataset')} run; --dataset "
+                         f"{args.dataset} would make it another run: drop --dataset, or score it there with "
+                         "--eval-only")
     args.dataset = args.dataset or saved.get("dataset", "synthetic")
     saved = saved if saved.get("dataset") == args.dataset else {}
     try:
@@ -198,19 +232,20 @@ def resolve_args(args) -> list[str]:
     changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})" for k in differing]
     fixed = [line for key, line in zip(differing, changed) if key in FIXED_ON_RESUME]
     if fixed:  # the network comes from the checkpoint: such a flag would be listed, then ignored
-        raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop the flag, or start "
-                         "a new run")
+        raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop the flag, "
+                         "or start a new run")
+    size = args.image_size
     problems = [
-        (args.eval_only and not args.resume, "--eval-only needs --resume CHECKPOINT (the weights to evaluate)"),
-        (args.data_parallel and "RANK" in os.environ, "--data-parallel is for one process; under torchrun each "
-                                                      "process already drives one GPU (DDP): drop one of the two"),
-        (args.image_size < 32 or args.image_size % 32 != 0, f"--image-size {args.image_size} must be a positive "
-         f"multiple of 32 (the encoder's output stride), e.g. {max(32, round(args.image_size / 32) * 32)}"),
-        (min(args.batch_size, args.eval_batch_size, args.epochs, args.print_freq, args.limit or 1) < 1,
-         "--batch-size, --eval-batch-size, --epochs, --print-freq and --limit must be >= 1"),
-        (args.workers < 0, "--workers must be >= 0"),
-        (args.overwrite and (args.resume or not args.out_dir), "--overwrite replaces the run in a given --out-dir; "
-                                                               "it does not go with --resume")]
+        (args.eval_only and not args.resume, "--eval-only needs --resume CHECKPOINT (the weights to score)"),
+        (size < 32 or size % 32 != 0, f"--image-size {size} must be a positive multiple of 32 (the encoder's "
+         f"output stride), e.g. {max(32, round(size / 32) * 32)}"),
+        (min(args.batch_size, args.eval_batch_size, args.epochs, args.print_freq) < 1,
+         "--batch-size, --eval-batch-size, --epochs and --print-freq must be >= 1"),
+        (args.limit is not None and args.limit < 1, f"--limit {args.limit}: must be >= 1 (or left out)"),
+        (args.workers < 0 or args.panels < 0, "--workers and --panels must be >= 0"),
+        (not args.save_every > 0, f"--save-every {args.save_every}: minutes, > 0"),
+        (args.overwrite and (args.resume or not args.out_dir), "--overwrite replaces the run in a given "
+         "--out-dir; it does not go with --resume")]
     for failed, message in problems:
         if failed:
             raise UsageError(message)
@@ -223,28 +258,8 @@ def resolve_args(args) -> list[str]:
     return changed
 
 
-def setup_device(args) -> tuple[int, int, torch.device]:
-    """(rank, world size, device), the process group initialised (utils.init_distributed), after the checks of the
-    flags that need the device."""
-    torchrun, device = "RANK" in os.environ, resolve_device(args.device)
-    problems = [(args.amp == "fp16" and device.type != "cuda", "--amp fp16 needs a CUDA GPU; on the CPU use bf16 or "
-                                                               "none"),
-                (args.sync_bn and device.type != "cuda", "--sync-bn needs CUDA GPUs"),
-                (args.data_parallel and device.type != "cuda", "--data-parallel needs CUDA GPUs; on the CPU use "
-                                                               "torchrun --nproc_per_node=N"),
-                ((torchrun or args.data_parallel) and args.device.startswith("cuda:"),
-                 f"--device {args.device} names one GPU, but torchrun gives each process the GPU of its LOCAL_RANK "
-                 "and --data-parallel uses all visible GPUs: use --device cuda (choose GPUs with "
-                 "CUDA_VISIBLE_DEVICES)")]
-    for failed, message in problems:
-        if failed:
-            raise UsageError(message)
-    return init_distributed(device)
-
-
 def build_network(args, checkpoint: dict | None, rank: int, device: torch.device) -> nn.Module:
-    """The checkpoint's network (no architecture flag needed), else a new one from the flags with --weights loaded
-    (under torchrun rank 0 downloads them while the others wait, then all read the cached file)."""
+    """The checkpoint's network (no architecture flag needed), else a new one with --weights loaded."""
     torch.manual_seed(args.seed)  # the initialisation; the data streams have their own seeds
     if checkpoint:
         model = model_from_checkpoint(checkpoint, args.resume)
@@ -253,12 +268,12 @@ def build_network(args, checkpoint: dict | None, rank: int, device: torch.device
         model = build_model(args.encoder, args.decoder, args.num_classes, args.in_channels, None, **options)
         if args.weights:
             load_weights(model, args.weights, rank)
-    return model.to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
 
 
 def load_weights(model: nn.Module, weights: str, rank: int) -> None:
-    """--weights into the encoder. Under torchrun, rank 0 downloads the file into torch.hub's cache while the others
-    wait, then they read it; a failure on rank 0 stops every rank with its message."""
+    """--weights into the encoder; under torchrun rank 0 downloads while the others wait, then they read."""
     def load():
         load_encoder_weights(model.encoder, model.config["encoder"], weights, mean=model.config["mean"],
                              std=model.config["std"])
@@ -270,7 +285,7 @@ def load_weights(model: nn.Module, weights: str, rank: int) -> None:
         except WeightsError as error:
             failure = [str(error)]
     if dist.is_initialized():
-        dist.broadcast_object_list(failure, src=0)
+        dist.broadcast_object_list(failure, src=0)  # a failure on rank 0 stops every rank with its message
     if failure[0]:
         raise WeightsError(failure[0])
     if rank != 0:
@@ -278,7 +293,7 @@ def load_weights(model: nn.Module, weights: str, rank: int) -> None:
 
 
 def dataset_options(args) -> dict:
-    """The options build_dataset takes from the flags: --fold, --cache-dir, and a folder's --num-classes."""
+    """What build_dataset takes from the flags: --fold, --cache-dir, and a folder's --num-classes."""
     options = {"fold": args.fold[0], "folds": args.fold[1]} if args.fold else {}
     if args.cache_dir and args.dataset != "synthetic":
         options["cache_dir"] = args.cache_dir
@@ -286,130 +301,147 @@ def dataset_options(args) -> dict:
 
 
 def build_loaders(args, config: dict, rank: int, world: int, device: torch.device):
-    """(train set, val set, train loader, val loader), normalised as the model's encoder expects (its config). The
-    validation set is sharded rank::world without padding, so every image is scored exactly once."""
+    """(train set, val set, train loader, val loader), normalised as the model's encoder expects."""
     common = dict(in_channels=config["in_channels"], mean=config["mean"], std=config["std"], seed=args.seed,
                   limit=args.limit, verbose=rank == 0, **dataset_options(args))
     val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
     train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
                                                           args.image_size, augment=args.augment, **common)
-    prepare_datasets([val_set, train_set], args.workers, rank, world)  # an image that cannot be used: left out, named
-    for split, dataset in (("val", val_set), (args.train_split, train_set)):
+    listed = [len(d) if d is not None else 0 for d in (val_set, train_set)]
+    prepare_datasets([val_set, train_set], args.workers, rank, world)  # unusable images: left out, named
+    for split, dataset, count in (("val", val_set, listed[0]), (args.train_split, train_set, listed[1])):
         if dataset is not None and len(dataset) == 0:
-            raise DataError(f"{args.dataset} {split}: no usable images under {args.data_root}; check --data-root")
+            raise DataError(f"{args.dataset} {split}: all {count} images were left out as unusable (the "
+                            "line above says why)" if count else f"{args.dataset} {split}: no images found "
+                            f"under {args.data_root}; check --data-root")
     if val_set.num_classes != config["num_classes"]:
-        raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint {config['num_classes']}")
-    options = dict(num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=args.workers > 0)
-    val_loader = DataLoader(Subset(val_set, range(rank, len(val_set), world)), batch_size=args.eval_batch_size,
-                            **options)
+        raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint "
+                         f"{config['num_classes']}")
+    options = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
+                   persistent_workers=args.workers > 0)  # workers started once, not every epoch
+    shard = Subset(val_set, range(rank, len(val_set), world))  # every image scored once, no padding
+    val_loader = DataLoader(shard, batch_size=args.eval_batch_size, **options)
     if train_set is None:
         return None, val_set, None, val_loader
+    sampler = EpochSampler(train_set, world, rank, shuffle=True, seed=args.seed)
     train_loader = DataLoader(SeededItems(train_set, args.seed), batch_size=args.batch_size, drop_last=True,
-                              sampler=EpochSampler(train_set, world, rank, shuffle=True, seed=args.seed), **options)
+                              sampler=sampler, **options)
     if len(train_loader) == 0:
-        raise UsageError(f"{args.dataset} {args.train_split} has {len(train_set)} images, fewer than one batch of "
-                         f"--batch-size {args.batch_size} per process; lower --batch-size")
+        raise UsageError(f"{args.dataset} {args.train_split} has {len(train_set)} images, fewer than one "
+                         f"batch of --batch-size {args.batch_size} per process; lower --batch-size")
     return train_set, val_set, train_loader, val_loader
 
 
-def wrap_for_devices(model: nn.Module, criterion: nn.Module, args, world: int,
-                     device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """(training step: (images, masks) -> (loss, terms), network to validate) with SyncBN, DDP or DataParallel and
-    torch.compile as the flags ask. Each rank validates its own shard without DDP's wrapper, whose forward would wait
-    for the others; --compile compiles after DDP wraps, so gradients travel while the backward pass runs."""
-    net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if args.sync_bn and world > 1 else model
-    step, eval_net = WithLoss(net, criterion), net
-    if world > 1:
-        # SMP's Unet++ keeps an scSE block on its last level, which has no skip for it to attend: its parameters
-        # get no gradient, and DDP must be told to expect that.
-        step = nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None,
-                                                   find_unused_parameters=model.config["decoder"] == "unetplusplus")
-    elif args.data_parallel:  # the replicas compute the logits, the loss sees the whole gathered batch
-        eval_net = nn.DataParallel(AutocastReplica(net, args.amp))
-        step = WithLoss(eval_net, criterion)
-    if args.compile:
-        step, eval_net = torch.compile(step), torch.compile(eval_net)
-    return step, eval_net
-
-
-def open_run_folder(args, rank: int, world: int, device, checkpoint: dict | None, records: list) -> RunFolder:
-    """The run's folder (runs.py), and on rank 0 its lock, a log that matches the weights, and config.json."""
+def open_run_folder(args, rank: int, world: int, device, checkpoint: dict | None, records: list,
+                    model: nn.Module) -> RunFolder:
+    """The run's folder; on rank 0 its lock, a log that matches the weights, config.json and a space check."""
     folder = RunFolder.choose(args.out_dir, os.path.join("runs", args.dataset), resume=args.resume,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, save_minutes=args.save_every)
     args.out_dir = str(folder.path)  # as run: config.json and the checkpoints say where it went
     if rank == 0:
         config = {"args": vars(args), "versions": versions(), "git_commit": git_commit(), "world_size": world,
                   "device": device_name(device), "effective_batch_size": args.batch_size * world}
         folder.start(overwrite=args.overwrite, checkpoint=checkpoint, resume=args.resume, records=records,
                      config=config)
+        folder.check_space(5 * tensor_bytes(model.state_dict()))  # last.pt: weights, 3 moments; best.pt
     return folder
 
 
-def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric_name: str, changed: list[str], log) -> tuple:
-    """Optimizer, schedule, scaler and RNG of a resumed run -> (first epoch to run, best metric, epoch records)."""
-    start_epoch = checkpoint["epoch"] + 1
-    if start_epoch >= args.epochs:
-        raise UsageError(f"{args.resume} already finished epoch {start_epoch - 1}; pass --epochs > {start_epoch}")
+def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric: str, changed: list[str],
+            log) -> tuple:
+    """A resumed run's optimizer, schedule, scaler and RNG -> (first epoch, first step in it, its partial
+    loss sums, best score, epoch records)."""
+    first_epoch, first_step = checkpoint["epoch"] + 1, checkpoint.get("next_step", 0)
+    if first_epoch >= args.epochs:
+        raise UsageError(f"{args.resume} already finished epoch {first_epoch - 1}; pass --epochs > "
+                         f"{first_epoch}")
     restore_training_state(checkpoint, optimizer, scheduler, scaler, lr=args.lr, milestones=args.milestones,
                            factors=args.lr_factors)
-    log(f"resumed {args.resume} (epoch {checkpoint['epoch']})" + ("; changed: " * bool(changed)) + ", ".join(changed))
+    where = f"epoch {checkpoint['epoch']}" + (f", {first_step} steps into epoch {first_epoch}"
+                                               if first_step else "")
+    log(f"resumed {args.resume} ({where})" + ("; changed: " * bool(changed)) + ", ".join(changed))
     best = checkpoint["best_metric"]
-    if checkpoint.get("metric_name") != metric_name:  # an older file chose best.pt by another score
-        log(f"note: {args.resume} chose best.pt by {checkpoint.get('metric_name')}; from now on it is {metric_name}, "
-            "and the next epoch's checkpoint is the first best.pt by it")
+    if checkpoint.get("metric_name") != metric:  # an older file chose best.pt by another score
+        log(f"note: {args.resume} chose best.pt by {checkpoint.get('metric_name')}; from now on by {metric}")
         best = None
-    return start_epoch, best, RunFolder.records_at_resume(checkpoint, args.resume)
+    records = RunFolder.records_at_resume(checkpoint, args.resume)
+    return first_epoch, first_step, dict(checkpoint.get("partial_losses") or {}), best, records
 
 
-# --------------------------------------------------------------------------------------------- training loop
-def train_one_epoch(step, optimizer, scaler, loader, device, epoch: int, *, amp: str, clip_grad: float,
-                    progress: Progress) -> dict:
-    """One pass over the training set with `step` ((images, masks) -> (loss, terms)); returns the mean loss and the
-    mean of each of its terms."""
-    step.train()
+def save_now(folder: RunFolder, rank: int, checkpoint: dict) -> None:
+    """last.pt of a run that stops (a signal, a non-finite loss), written before the process ends."""
+    if rank == 0:
+        folder.save(checkpoint)
+        folder.close()
+
+
+def stopped_line(stop: StopRequests, epoch: int, steps: int, steps_per_epoch: int, folder: RunFolder) -> str:
+    name = "SIGINT (Ctrl-C)" if stop.signum == 2 else "SIGTERM"
+    return (f"stopped by {name} at epoch {epoch}, step {steps} of {steps_per_epoch}; saved "
+            f"{folder.path / 'last.pt'}: continue with python train.py --resume {folder.path / 'last.pt'}")
+
+
+# ----------------------------------------------------------------------------------------- training loop
+def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: int, *, amp: str,
+                    clip_grad: float, progress: Progress, stop: StopRequests, first_step: int = 0,
+                    totals: dict | None = None) -> tuple[dict, int]:
+    """One pass over the training set from `first_step` -> (summed loss terms, steps done); fewer steps
+    than the epoch's if a stop was requested."""
+    model.train()
     world = dist.get_world_size() if dist.is_initialized() else 1
-    totals, tick = {}, time.time()
-    for i, (images, masks) in enumerate(loader):
+    totals, step, tick = dict(totals or {}), first_step, time.time()
+    for images, masks in loader:
         data_time = time.time() - tick  # waiting for the loader: > 0 means the workers cannot keep up
         images, masks = to_device(images, masks, device)
         with autocast(device, amp):
-            loss, terms = step(images, masks)  # the loss computes in float32
-        logged = torch.stack([loss.detach(), *(t.detach() for t in terms.values())])
-        if world > 1:  # every rank must learn of a NaN on any rank, or the others hang in the next all-reduce
+            logits = model(images)  # (B, K, H, W)
+            loss, terms = criterion.forward_with_terms(logits, masks)  # Table 1's loss, in float32
+        # One host sync a step: every rank learns of a NaN or a stop on any rank, and they stop together
+        logged = torch.stack([loss.detach(), *(t.detach() for t in terms.values()),
+                              torch.tensor(float(stop.signum is not None), device=loss.device)])
+        if world > 1:
             dist.all_reduce(logged)
-            logged /= world
-        values = dict(zip(["loss", *terms], logged.tolist()))
+            logged[:-1] /= world
+        *values, stopping = logged.tolist()
+        values = dict(zip(["loss", *terms], values))
         if not math.isfinite(values["loss"]):
             raise NonFiniteLoss(f"non-finite loss ({values['loss']}) at epoch {epoch}, step "
-                                f"{epoch * len(loader) + i + 1} ({i + 1} of {len(loader)} in the epoch); stopped "
-                                "before the update")
+                                f"{epoch * progress.steps + step + 1} ({step + 1} of {progress.steps} in "
+                                "the epoch); stopped before the update", step, totals)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad > 0:
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            nn.utils.clip_grad_norm_(step.parameters(), clip_grad)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
         for name, value in values.items():
             totals[name] = totals.get(name, 0.0) + value
-        progress.step(epoch, i, values, len(images), data_time, time.time() - tick, optimizer.param_groups[0]["lr"])
-        tick = time.time()
-    return {name: value / len(loader) for name, value in totals.items()}
+        progress.step(epoch, step, values, len(images), data_time, time.time() - tick,
+                      optimizer.param_groups[0]["lr"])
+        step, tick = step + 1, time.time()
+        if stopping:  # after the update: the forward pass has moved BatchNorm's statistics
+            stop.signum = stop.signum or signal.SIGTERM  # another rank's signal
+            break
+    return totals, step
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp: str, num_logits: int, images: int) -> dict:
-    """Exact metrics over this rank's share of the set, reduced over all ranks (metrics.py): every image of the
-    set (`images` of them) scored exactly once, whatever the number of processes."""
-    if dist.is_initialized():  # BN statistics drift apart on each rank's last batch: score (and save) rank 0's
+def evaluate(model, loader, device, amp: str, num_logits: int, images: int,
+             stop: StopRequests | None = None) -> dict | None:
+    """Exact metrics over this rank's shard, reduced over all ranks (metrics.py): every one of the set's
+    `images` scored once, whatever the number of processes. None if a stop was requested."""
+    if dist.is_initialized():  # BN statistics drift apart on each rank's last batch: keep rank 0's
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
     model.eval()
     metrics = build_metrics(num_logits)
     for batch, masks in loader:
+        if stop is not None and stop.signum is not None:
+            return None
         batch, masks = to_device(batch, masks, device)
         with autocast(device, amp):
-            logits = model(batch)
+            logits = model(batch)  # (B, K, H, W)
         metrics.update(predict_labels(logits.float()), masks)
     metrics.reduce()
     summary = metrics.summary()
@@ -417,35 +449,43 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int) -> d
     return summary
 
 
-# ---------------------------------------------------------------------------------------------------- the end
+# ------------------------------------------------------------------------------------------------ the end
 def final_report(args, model, val_set, val_loader, summary: dict, best: float, folder: RunFolder, device,
-                 seconds: float, *, is_main: bool) -> dict:
-    """The last epoch's scores beside the all-background floor, the panels, and --json."""
+                 clock: dict, *, is_main: bool) -> dict:
+    """The last epoch's scores beside the all-background floor, where the time went, panels, --json."""
     floor = all_background_scores((masks for _, masks in val_loader), model.config["num_classes"])
     if not is_main:
         return summary
     panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device, args.amp)
     if model.config["num_classes"] == 1:
-        scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {len(val_set)} validation images "
-                  f"({summary['dice_pooled']:.4f} pooled over their pixels), best {best:.4f}; predicting all "
-                  f"background scores {floor['dice_mean_per_image']:.4f} ({floor['dice_pooled']:.4f} pooled)")
+        scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {len(val_set)} validation "
+                  f"images ({summary['dice_pooled']:.4f} pooled over their pixels), best "
+                  f"{best:.4f}; predicting all background scores {floor['dice_mean_per_image']:.4f} "
+                  f"({floor['dice_pooled']:.4f} pooled)")
     else:
         scores = (f"mIoU {summary['mean_iou']:.4f} on the {len(val_set)} validation images, best {best:.4f}; "
                   f"predicting all background scores {floor['mean_iou']:.4f}")
-    print(f"done in {seconds:.0f}s. After epoch {args.epochs - 1}: {scores}\ncheckpoints: {folder.path / 'best.pt'} "
-          f"(best), {folder.path / 'last.pt'} (last)\npanels: " + " ".join(panels))
+    seconds = process_seconds()
+    steps = clock["training"] + clock["validation"]
+    timing = dict(clock, total=seconds, checkpoint_bytes=folder.writer.bytes_written)
+    print(f"done in {seconds:.0f}s, {100 * steps / seconds:.0f}% of it in training and validation "
+          f"(start-up {clock['start-up']:.1f}s, waiting for checkpoint writes "
+          f"{clock['checkpoints (waited)']:.1f}s, {folder.writer.bytes_written / 2**20:.0f} MB written). "
+          f"After epoch {args.epochs - 1}: {scores}\ncheckpoints: {folder.path / 'best.pt'} (best), "
+          f"{folder.path / 'last.pt'} (last)" + ("\npanels: " + " ".join(panels) if panels else ""))
     if args.json:
-        write_json(args.json, {"final": summary, "best": best, "all_background": floor})
+        write_json(args.json, {"final": summary, "best": best, "all_background": floor, "time": timing})
     return summary
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Parse, run main(), and turn the errors a user can cause into one line on stderr and an exit code."""
-    args = get_args_parser().parse_args(argv)
+    """Parse, run main(), and turn the errors a user can cause into one line and an exit code."""
+    args, stop = get_args_parser().parse_args(argv), StopRequests()
     try:
-        return run_command("train.py", lambda: main(args), (UsageError, DataError, WeightsError,
-                                                                   CheckpointError, DiskFullError, NonFiniteLoss),
-                           exit_codes={NonFiniteLoss: NON_FINITE_EXIT}, quiet=int(os.environ.get("RANK", 0)) != 0)
+        return run_command("train.py", lambda: main(args, stop),
+                           (UsageError, DataError, WeightsError, CheckpointError, DiskFullError,
+                            NonFiniteLoss), exit_codes={NonFiniteLoss: NON_FINITE_EXIT},
+                           quiet=int(os.environ.get("RANK", 0)) != 0, stop=stop)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

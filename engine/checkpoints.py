@@ -1,66 +1,79 @@
-"""The checkpoint format: what train.py writes and how every script reads it back (thesis §4.3's trained models).
+"""The checkpoint format (thesis §4.3's trained models): what train.py writes and how every script reads it.
 
-A checkpoint is a dict of tensors and primitives only, so torch.load(weights_only=True) opens it and no pickled code
-ever runs:
-  model         state dict of the unwrapped, uncompiled model
-  model_config  build_model's keyword arguments: the network is rebuilt from the file alone, no architecture flags
-  optimizer, scheduler, scaler, rng   what an exact --resume needs
-  epoch, step, best_metric, metric_name, metrics, args (train.py's flags as a dict), versions
-  log           the epoch records up to this one (runs.py rebuilds log.jsonl from them)
-training_checkpoint builds it and restore_training_state puts its training state back; save_checkpoint writes it
-atomically (utils.atomic_write: a reader or a killed run never meets half a file); read_checkpoint and load_checkpoint
-read it; best.pt is a hard link to the last.pt it was when it was best (share_file).
+A checkpoint holds tensors and primitives only, so torch.load(weights_only=True) opens it and no pickled code runs.
+Every file has model (state dict), model_config (build_model's arguments: no architecture flags needed), checksum,
+epoch, metrics and args; last.pt adds what an exact --resume needs (optimizer, scheduler, scaler, rng, log and the
+position within an epoch); best.pt holds the weights only. docs/runs.md lists every entry.
 
-    model, checkpoint = load_checkpoint("runs/cbis/best.pt")   # model in eval mode, rebuilt from model_config
+    model, checkpoint = load_checkpoint("runs/cbis/best.pt")   # in eval mode, rebuilt from model_config
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
+import threading
+import time
+import zlib
 from pathlib import Path
 
 import torch
 
 from model import build_model
 from readers.atomic import atomic_write
+
 from .cli import error_line
 from .devices import versions
 
 MODEL_ENTRIES = ("model", "model_config")
 RESUME_ENTRIES = (*MODEL_ENTRIES, "optimizer", "scheduler", "scaler", "rng", "epoch", "best_metric", "args")
+WEIGHT_ENTRIES = (*MODEL_ENTRIES, "epoch", "step", "metrics", "metric_name", "best_metric", "args", "versions")
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be opened or rebuilt; the message names the file and what to do."""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Building and writing
+# ---------------------------------------------------------------------------------------------------- building
+def training_checkpoint(model: torch.nn.Module, optimizer, scheduler, scaler, *, epoch: int,
+                        steps_per_epoch: int, best_metric: float | None, metric_name: str,
+                        metrics: dict | None, args: dict, log: list[dict], next_step: int = 0,
+                        partial_losses: dict | None = None) -> dict:
+    """last.pt after `epoch` (-1: none yet), and `next_step` steps into the next one (a run stopped mid-epoch)."""
+    return {"kind": "training", "model": model.state_dict(), "model_config": model.config,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
+            "epoch": epoch, "step": (epoch + 1) * steps_per_epoch + next_step, "next_step": next_step,
+            "partial_losses": partial_losses or {}, "best_metric": best_metric, "metric_name": metric_name,
+            "metrics": metrics, "args": args, "versions": versions(), "log": list(log)}
 
-def training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler, *, epoch: int,
-                        steps_per_epoch: int, best_metric: float | None, metric_name: str, metrics: dict | None,
-                        args: dict, log: list[dict]) -> dict:
-    """The dict train.py saves after `epoch` (-1: before the first step). `model` is the unwrapped model; `log`
-    the records of every epoch so far, so log.jsonl can always be rebuilt to match the weights (runs.py)."""
-    return {"model": model.state_dict(), "model_config": model.config, "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
-            "epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "best_metric": best_metric,
-            "metric_name": metric_name, "metrics": metrics, "args": args, "versions": versions(), "log": list(log)}
+
+def weights_checkpoint(checkpoint: dict) -> dict:
+    """best.pt: a training checkpoint's weights and record, without the optimizer's state (a third the size)."""
+    return {"kind": "weights", **{key: checkpoint[key] for key in WEIGHT_ENTRIES}}
 
 
-def restore_training_state(checkpoint: dict, optimizer: torch.optim.Optimizer, scheduler, scaler, *, lr: float,
+def restore_training_state(checkpoint: dict, optimizer, scheduler, scaler, *, lr: float,
                            milestones: list[int], factors: list[float]) -> None:
-    """training_checkpoint's inverse for --resume: the optimizer, scaler and RNG as they were, the schedule at its
-    epoch with the run's learning rates (the checkpoint's, unless --lr or --schedule was given again)."""
+    """training_checkpoint's inverse for --resume; the schedule takes the run's (possibly new) lr and steps."""
     optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(dict(checkpoint["scheduler"], base_lrs=[lr], lr_lambdas=[
-        {"milestones": milestones, "factors": factors}]))
+    lambdas = [{"milestones": milestones, "factors": factors}]
+    scheduler.load_state_dict(dict(checkpoint["scheduler"], base_lrs=[lr], lr_lambdas=lambdas))
     optimizer.param_groups[0]["lr"] = lr * scheduler.lr_lambdas[0](checkpoint["epoch"] + 1)
     if checkpoint["scaler"]:  # empty unless saved with fp16
         scaler.load_state_dict(checkpoint["scaler"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
+
+
+def copy_to_cpu(value):
+    """Nested dicts and lists with every tensor copied to the CPU: a state that training can no longer change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: copy_to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(copy_to_cpu(item) for item in value)
+    return value
 
 
 def tensor_bytes(value) -> int:
@@ -74,69 +87,144 @@ def tensor_bytes(value) -> int:
     return 0
 
 
-def save_checkpoint(checkpoint: dict, path: str | os.PathLike) -> None:
-    """torch.save, atomically: readers see the old or the new file, never a partial one (utils.atomic_write)."""
-    atomic_write(path, lambda file: torch.save(checkpoint, file), size_hint=tensor_bytes(checkpoint))
+def weights_checksum(state: dict[str, torch.Tensor]) -> str:
+    """CRC-32 of every weight's name, dtype, shape and bytes (about 2 GB/s: small beside reading the file)."""
+    crc = 0
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode(), crc)
+        crc = zlib.crc32(tensor.view(-1).view(torch.uint8).numpy(), crc)  # bytes of any dtype, bf16 too
+    return f"crc32:{crc:08x}"
 
 
-def share_file(source: Path, target: Path) -> None:
-    """Atomically make `target` a copy of `source`: a hard link (no second write of a checkpoint of up to 3 GB) or,
-    where the file system has none, a copy. Safe because save_checkpoint replaces a file by a new inode instead of
-    rewriting it."""
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
+# ----------------------------------------------------------------------------------------------------- writing
+class WriteCancelled(Exception):
+    """A background write abandoned on request (a second Ctrl-C): the temporary file is removed."""
+
+
+class _CancellableFile:
+    """A binary file whose writes stop once `cancel` is set, so torch.save gives up between chunks."""
+
+    def __init__(self, file, cancel: threading.Event):
+        self.file, self.cancel = file, cancel
+
+    def write(self, data) -> int:
+        if self.cancel.is_set():
+            raise WriteCancelled()
+        return self.file.write(data)
+
+    def __getattr__(self, name: str):  # flush, tell, seek, ... as the file has them
+        return getattr(self.file, name)
+
+
+def save_checkpoint(checkpoint: dict, path: str | os.PathLike,
+                    cancel: threading.Event | None = None) -> int:
+    """torch.save atomically (readers see the old or the new file), the weights' checksum added; returns bytes."""
+    if "model" in checkpoint and "checksum" not in checkpoint:
+        checkpoint = dict(checkpoint, checksum=weights_checksum(checkpoint["model"]))
+    cancel = cancel or threading.Event()
+    atomic_write(path, lambda file: torch.save(checkpoint, _CancellableFile(file, cancel)),
+                 size_hint=tensor_bytes(checkpoint))
+    return os.path.getsize(path)
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, one job at a time, so training never waits for the disk.
+
+    write() first waits for the previous job; close() waits for the last one. A failed write (a full disk) is
+    raised in the training thread at the next write() or close(). cancel() abandons the job in flight."""
+
+    def __init__(self):
+        self.bytes_written, self.seconds_waited = 0, 0.0
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._cancel = threading.Event()
+
+    def write(self, files: list[tuple[Path, dict]]) -> None:
+        """Save each (path, checkpoint) in turn; the checkpoints must hold CPU copies (copy_to_cpu)."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(files,), name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self, files: list[tuple[Path, dict]]) -> None:
+        try:
+            for path, checkpoint in files:
+                self.bytes_written += save_checkpoint(checkpoint, path, self._cancel)
+        except BaseException as error:  # re-raised in the training thread
+            self._error = error
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            started = time.perf_counter()
+            self._thread.join()
+            self.seconds_waited += time.perf_counter() - started
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def cancel(self) -> None:
+        """Abandon the write in flight (its temporary file removed) and forget its error: the caller is
+        already stopping for another reason."""
+        self._cancel.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._error = None
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def _open(path: Path, flag: str, mmap: bool) -> dict:
     try:
         try:
-            os.link(source, temporary)
-        except OSError:
-            shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading
-
-def read_checkpoint(path: str | os.PathLike, *, needs: tuple[str, ...] = MODEL_ENTRIES, flag: str = "--checkpoint",
-                    mmap: bool = False) -> dict:
-    """torch.load(weights_only=True) on the CPU, checking that the file holds the entries `needs` (and a dict
-    model_config); mmap=True reads only the entries touched (the args of a 3 GB file, say). Raises CheckpointError
-    naming the file and `flag`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found ({flag})")
-    try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError:
             if not mmap:
                 raise
-            # torch.save's legacy (non-zip) format cannot be memory-mapped: read it whole
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
     except Exception as error:  # torch raises many types for a truncated, foreign or object-holding file
         found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(error))
         if found:  # an object that would need code to run: never loaded, and never advised to load
-            raise CheckpointError(f"{path}: holds a Python object besides tensors and numbers ({found.group(0)}), "
-                                  f"which is never loaded because loading it can run code; {flag} takes a file "
-                                  "written by train.py") from None
-        raise CheckpointError(f"{path}: cannot open the checkpoint ({type(error).__name__}: {error_line(error)}); "
-                              f"pass a complete file written by train.py ({flag})") from None
+            raise CheckpointError(f"{path}: holds a Python object besides tensors and numbers "
+                                  f"({found.group(0)}), which is never loaded because loading it can run "
+                                  f"code; {flag} takes a file written by train.py") from None
+        # torch's advice to retry with weights_only=False would send users the wrong way: the reason only
+        unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        reason = unpickler.group(1).strip() if unpickler else error_line(error)
+        raise CheckpointError(f"{path}: cannot open it as a checkpoint ({type(error).__name__}: {reason}); "
+                              f"{flag} takes a complete file written by train.py") from None
+
+
+def read_checkpoint(path: str | os.PathLike, *, needs: tuple[str, ...] = MODEL_ENTRIES,
+                    flag: str = "--checkpoint", mmap: bool = False) -> dict:
+    """torch.load(weights_only=True) on the CPU with the entries `needs` checked, and the weights' checksum
+    when they are read whole (mmap=True reads only the entries touched). CheckpointError names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found ({flag})")
+    checkpoint = _open(path, flag, mmap)
     missing = [entry for entry in needs if not isinstance(checkpoint, dict) or entry not in checkpoint]
+    if missing and isinstance(checkpoint, dict) and checkpoint.get("kind") == "weights":
+        raise CheckpointError(f"{path} holds the best epoch's weights only, not the optimizer's state a "
+                              f"--resume needs: continue from {path.with_name('last.pt')}, or score this "
+                              "file with evaluate.py or --eval-only")
     if missing:
         found = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path}: no {', '.join(map(repr, missing))} entries (found {found}); {flag} takes a "
-                              "file written by train.py, which stores the model_config that names the network (a "
-                              "bare state_dict does not)")
+        raise CheckpointError(f"{path}: no {', '.join(map(repr, missing))} entries (found {found}); {flag} "
+                              "takes a file written by train.py, which stores the model_config that names the "
+                              "network (a bare state_dict does not)")
     if "model_config" in needs and not isinstance(checkpoint["model_config"], dict):
-        raise CheckpointError(f"{path}: its model_config is a {type(checkpoint['model_config']).__name__}, not the "
-                              f"dict of build_model arguments train.py writes ({flag})")
+        raise CheckpointError(f"{path}: its model_config is a {type(checkpoint['model_config']).__name__}, not "
+                              f"the dict of build_model arguments train.py writes ({flag})")
+    if "model" in needs and not mmap and "checksum" in checkpoint:
+        if weights_checksum(checkpoint["model"]) != checkpoint["checksum"]:
+            raise CheckpointError(f"{path}: its weights do not match the checksum saved with them (the file "
+                                  "was damaged after it was written); use another checkpoint of the run")
     return checkpoint
 
 
 def plain_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Weight names without the prefixes of DataParallel/DDP ("module.") or torch.compile ("_orig_mod."), with a
-    note on stderr when there were any."""
+    """Weight names without DataParallel/DDP's "module." or torch.compile's "_orig_mod." (noted on stderr)."""
     stripped, plain = set(), {}
     for key, value in state.items():
         name = key
@@ -146,8 +234,8 @@ def plain_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) ->
             stripped.add(key[:len(key) - len(name)])
         plain[name] = value
     if stripped:
-        print(f"note: {path}: stripped {', '.join(map(repr, sorted(stripped)))} from the weight names (saved from "
-              "a DataParallel/DDP-wrapped or compiled model)", file=sys.stderr)
+        print(f"note: {path}: stripped {', '.join(map(repr, sorted(stripped)))} from the weight names (saved "
+              "from a DataParallel/DDP-wrapped or compiled model)", file=sys.stderr)
     return plain
 
 
@@ -160,13 +248,12 @@ def state_dict_from_smp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def state_dict_from_timm_bit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm's resnetv2_50x1_bit features (as SMP's tu- encoder wraps them) under model.py's names, which follow the
-    .npz: stem_conv -> root.conv, stages_0.blocks.0 -> body.block1.unit01, norm1 -> gn1, downsample.conv ->
-    downsample."""
+    """timm's resnetv2_50x1_bit features (as SMP's tu- encoder wraps them) under model.py's names, which follow
+    the .npz: stem_conv -> root.conv, stages_0.blocks.0 -> body.block1.unit01, norm1 -> gn1."""
     def ours(key: str) -> str:
         key = key.replace("encoder.model.", "encoder.").replace("stem_conv.", "root.conv.")
-        key = re.sub(r"stages_(\d)\.blocks\.(\d+)\.", lambda m: f"body.block{int(m[1]) + 1}.unit{int(m[2]) + 1:02d}.",
-                     key)
+        key = re.sub(r"stages_(\d)\.blocks\.(\d+)\.",
+                     lambda m: f"body.block{int(m[1]) + 1}.unit{int(m[2]) + 1:02d}.", key)
         return re.sub(r"\.norm(\d)\.", r".gn\1.", key.replace(".downsample.conv.", ".downsample."))
     return {ours(key): value for key, value in state.items()}
 
@@ -174,7 +261,7 @@ def state_dict_from_timm_bit(state: dict[str, torch.Tensor]) -> dict[str, torch.
 def model_from_checkpoint(checkpoint: dict, path: str | os.PathLike) -> torch.nn.Module:
     """build_model(**model_config) with the checkpoint's weights loaded, on the CPU."""
     config = dict(checkpoint["model_config"])
-    config.pop("weights", None)  # the trained weights come from the state dict: never download encoder weights here
+    config.pop("weights", None)  # the trained weights come from the state dict: never download any here
     try:
         model = build_model(**config)
     except (TypeError, ValueError, KeyError) as error:
@@ -182,21 +269,19 @@ def model_from_checkpoint(checkpoint: dict, path: str | os.PathLike) -> torch.nn
     state, expected = plain_state_dict(checkpoint["model"], path), model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
-    misshapen = [key for key in expected if key in state and getattr(state[key], "shape", None) != expected[key].shape]
+    misshapen = [key for key in expected
+                 if key in state and getattr(state[key], "shape", None) != expected[key].shape]
     if missing or unexpected or misshapen:
         examples = (missing + unexpected + misshapen)[:2]
         raise CheckpointError(f"{path}: the weights do not fit its model_config ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(misshapen)} of another shape, e.g. {examples}); "
-                              "was the file edited or written by another program?")
+                              f"{len(unexpected)} unexpected, {len(misshapen)} of another shape, e.g. "
+                              f"{examples}); was the file edited or written by another program?")
     model.load_state_dict(state)
     return model
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a train.py checkpoint and load its weights -> (model in eval mode on device, checkpoint).
-
-    Only "model" (state dict) and "model_config" (build_model kwargs) are used; the other entries come back as they
-    are. Raises CheckpointError for a missing, unreadable or incomplete file, or weights that do not fit the config.
-    """
+def load_checkpoint(path: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A train.py checkpoint -> (model in eval mode on `device`, the checkpoint's entries as saved)."""
     checkpoint = read_checkpoint(path)
     return model_from_checkpoint(checkpoint, path).to(device).eval(), checkpoint

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -43,17 +46,24 @@ def error_line(error: BaseException) -> str:
 
 
 def run_command(prog: str, main: Callable[[], object], user_errors: tuple[type[BaseException], ...], *,
-                exit_codes: dict[type, int] | None = None, quiet: bool = False) -> int:
-    """main() -> its exit code (an int it returns, else 0); an error of `user_errors` -> 'prog: error: <one line>' on
-    stderr (not printed when quiet, e.g. on every rank but 0) and its code in exit_codes, else 2. Other errors are
-    bugs: they keep their traceback."""
+                exit_codes: dict[type, int] | None = None, quiet: bool = False,
+                stop: "StopRequests | None" = None) -> int:
+    """main() -> its exit code; a user's error -> 'prog: error: <one line>' and exit_codes' code (else 2);
+    Ctrl-C or SIGTERM -> one line and 130 or 143. Other errors are bugs: they keep their traceback. Nothing is
+    printed when quiet (every torchrun rank but 0)."""
     try:
-        code = main()
+        with stop or StopRequests():
+            code = main()
         return code if isinstance(code, int) else 0
     except user_errors as error:
         if not quiet:
             print(f"{prog}: error: {error_line(error)}", file=sys.stderr)
         return (exit_codes or {}).get(type(error), 2)
+    except (Stopped, KeyboardInterrupt) as error:
+        stopped = error if isinstance(error, Stopped) else Stopped(signal.SIGINT)
+        if not quiet:
+            print(f"\n{prog}: {stopped}", file=sys.stderr)
+        return stopped.exit_code
 
 
 class Progress:
@@ -62,21 +72,22 @@ class Progress:
 
     def __init__(self, *, steps: int, epochs: int, print_freq: int, enabled: bool, world: int, device: torch.device):
         self.steps, self.epochs, self.print_freq, self.enabled, self.world = steps, epochs, print_freq, enabled, world
-        self.device, self.tty, self.started = device, sys.stdout.isatty(), None
+        self.device, self.tty, self.started, self.first = device, sys.stdout.isatty(), None, 0
         self.window = [0.0, 0.0, 0]  # seconds waiting for data, seconds per step, images, since the last fixed line
 
     def step(self, epoch: int, i: int, values: dict, images: int, data_time: float, step_time: float,
              lr: float) -> None:
-        if i == 0:
-            self.started, self.window = time.time(), [0.0, 0.0, 0]
+        if i == 0 or self.started is None:  # an epoch's first step (a resumed run may start mid-epoch)
+            self.started, self.first, self.window = time.time(), i, [0.0, 0.0, 0]
         self.window = [self.window[0] + data_time, self.window[1] + step_time, self.window[2] + images]
         fixed = (i + 1) % self.print_freq == 0 or i + 1 == self.steps
         if not self.enabled or not (fixed or self.tty):
             return
         done = epoch * self.steps + i + 1
-        seconds_per_step = (time.time() - self.started) / (i + 1)
+        seconds_per_step = (time.time() - self.started) / (i + 1 - self.first)
         eta = datetime.timedelta(seconds=round(seconds_per_step * (self.epochs * self.steps - done)))
         steps_in_window = max(1, (i + 1) % self.print_freq or self.print_freq) if fixed else i + 1
+        steps_in_window = min(steps_in_window, i + 1 - self.first)
         terms = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "loss")
         line = (f"epoch {epoch} step {done} ({i + 1}/{self.steps}) loss {values['loss']:.4f} ({terms}) lr {lr:.2e} "
                 f"img/s {self.window[2] * self.world / self.window[1]:.1f} "
@@ -113,3 +124,38 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Pa
         raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); choose another "
                          "folder") from None
     return folder
+
+
+class Stopped(BaseException):
+    """A run stopped by SIGINT or SIGTERM; exit code 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}")
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+class StopRequests:
+    """SIGINT (Ctrl-C) and SIGTERM (timeout, SLURM, Kubernetes) as requests: while `graceful`, the training
+    loop stops at its next step and saves; otherwise, and on a second Ctrl-C, Stopped is raised at once (an
+    atomic write then removes its temporary file). The previous handlers come back on exit."""
+
+    def __init__(self):
+        self.signum, self.graceful, self._previous = None, False, {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.graceful and self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt (Ctrl-C "
+                  "again stops at once, without saving)", file=sys.stderr, flush=True)
+            return
+        raise Stopped(signum)
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

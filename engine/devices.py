@@ -51,6 +51,43 @@ def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def check_device_flags(device: torch.device, flag: str, *, amp: str, sync_bn: bool,
+                       data_parallel: bool) -> None:
+    """The flag combinations a device cannot run, each refused in one line before any work."""
+    torchrun = "RANK" in os.environ
+    problems = [
+        (amp == "fp16" and device.type != "cuda", "--amp fp16 needs a CUDA GPU; on the CPU use bf16 or none"),
+        (sync_bn and device.type != "cuda", "--sync-bn needs CUDA GPUs"),
+        (data_parallel and device.type != "cuda", "--data-parallel needs CUDA GPUs; on the CPU use torchrun "
+         "--nproc_per_node=N"),
+        (data_parallel and torchrun, "--data-parallel is for one process; under torchrun each process "
+         "already drives one GPU (DDP): drop one of the two"),
+        ((torchrun or data_parallel) and flag.startswith("cuda:"), f"--device {flag} names one GPU, but "
+         "torchrun gives each process the GPU of its LOCAL_RANK and --data-parallel uses all visible GPUs: "
+         "use --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)")]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
+
+
+def wrap_for_devices(model: nn.Module, *, world: int, device: torch.device, amp: str, sync_bn: bool,
+                     data_parallel: bool, compile_model: bool) -> tuple[nn.Module, nn.Module]:
+    """(network to train, network to validate): SyncBN, then DDP or DataParallel, then torch.compile."""
+    net = nn.SyncBatchNorm.convert_sync_batchnorm(model) if sync_bn and world > 1 else model
+    train_net = eval_net = net  # each rank validates its own shard without DDP, whose forward waits for all
+    if world > 1:
+        # SMP's Unet++ keeps an scSE block on its last level, with no skip to attend: its parameters get no
+        # gradient, and DDP must be told to expect that
+        train_net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.config["decoder"] == "unetplusplus")
+    elif data_parallel:  # each replica runs in a thread of its own: AutocastReplica sets its dtype
+        train_net = eval_net = nn.DataParallel(AutocastReplica(net, amp))
+    if compile_model:  # after DDP, so that gradients travel while the backward pass runs
+        train_net, eval_net = torch.compile(train_net), torch.compile(eval_net)
+    return train_net, eval_net
+
+
 def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch onto the device, images channels_last on a GPU (faster convolutions), without blocking the host."""
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format

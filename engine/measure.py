@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from typing import Callable
@@ -60,3 +61,16 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(input_shape, device=device))
     return counter.get_total_flops()
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (Linux's /proc; elsewhere since this module was imported)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, in clock ticks
+            return float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()

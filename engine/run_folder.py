@@ -1,79 +1,81 @@
 """The run folder train.py writes (thesis §4.3's training runs), kept so that no command loses a user's work.
 
     runs/<name>/config.json   the resolved run (flags, versions, commit, device), written before step 0
-                log.jsonl     one JSON line per epoch, each epoch once, in order, matching last.pt
-                last.pt       after every epoch (and before step 0); it holds the log too (checkpoints.py)
-                best.pt       a hard link to the last.pt that scored best on validation
+                log.jsonl     one JSON line per epoch, each epoch once, in order
+                last.pt       every few minutes (--save-every), at the end, and when a run is stopped
+                best.pt       the weights of the epoch that scored best on validation
                 panels/       prediction panels of a few validation images, at the end
 
-Rules (RunFolder):
-  * A fresh run never writes into a folder that holds a run: without --out-dir it takes the next free runs/<dataset>,
-    runs/<dataset>-2, ... and says so; an explicit --out-dir that holds a run is refused in one line naming --resume
-    and --overwrite (which replaces the old run on purpose).
-  * One run at a time per folder: a lock (flock on <folder>/.lock) that the kernel releases when the process ends,
-    however it ends, so a killed run never blocks the next.
-  * A resumed run continues in the folder its checkpoint is in (a moved or copied run resumes where it now is). Its
-    log is rewritten from the checkpoint, so it holds each epoch once up to the checkpoint's; a newer last.pt, when
-    resuming from an older best.pt, is kept as last-epoch<N>.pt rather than overwritten.
-  * After an epoch, last.pt is written first, then log.jsonl from the records last.pt holds: a kill between the two
-    leaves the log one line short, which the next --resume restores.
+docs/runs.md gives the rules RunFolder keeps: a new run never writes into a folder that holds a run, one run per
+folder at a time, a resume continues in its own folder (or an empty one), and a kept file is never replaced.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
+from typing import Callable
 
-from .checkpoints import read_checkpoint, save_checkpoint, share_file
-from .cli import UsageError
 from readers.atomic import atomic_write, write_json
+
+from .checkpoints import CheckpointWriter, copy_to_cpu, read_checkpoint, weights_checkpoint
+from .cli import UsageError
 
 try:
     import fcntl  # POSIX; elsewhere runs are not locked
 except ImportError:  # pragma: no cover
     fcntl = None
 
-RUN_FILES = ("config.json", "log.jsonl", "last.pt", "best.pt")
+CHECKPOINTS = ("last.pt", "best.pt")
+RUN_FILES = ("config.json", "log.jsonl", *CHECKPOINTS)
 
 
 class RunFolder:
     """One run's folder: chosen, locked, and written in an order that survives a kill at any moment."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, save_minutes: float = 5.0):
         self.path = Path(path)
-        self._lock_file = None
+        self.save_minutes, self.writer = save_minutes, CheckpointWriter()
+        self._lock_file, self._best, self._last_save = None, None, time.monotonic()
 
     @classmethod
-    def choose(cls, out_dir: str | None, default: str, *, resume: str | None, overwrite: bool) -> "RunFolder":
-        """The folder of this run: the --resume checkpoint's folder unless --out-dir names another; --out-dir; or the
-        first free one of default, default-2, default-3, ... (said on stdout by the caller)."""
+    def choose(cls, out_dir: str | None, default: str, *, resume: str | None, overwrite: bool,
+               save_minutes: float = 5.0) -> "RunFolder":
+        """--out-dir, else the --resume checkpoint's folder, else the first free default, default-2, ..."""
         if resume is not None:
-            return cls(out_dir or Path(resume).parent)
+            own = Path(resume).parent
+            folder = cls(out_dir or own, save_minutes=save_minutes)
+            if folder.path.exists() and not os.path.samefile(folder.path, own) and folder.holds_run():
+                raise UsageError(f"--out-dir {out_dir} holds another run ({folder.describe()}); a resume "
+                                 f"continues in its own folder ({own}) or in an empty one")
+            return folder
         if out_dir is not None:
-            folder = cls(out_dir)
+            folder = cls(out_dir, save_minutes=save_minutes)
             if folder.holds_run() and not overwrite:
-                raise UsageError(f"--out-dir {out_dir} holds a run ({folder.describe()}): continue it with --resume "
-                                 f"{folder.path / 'last.pt'}, write elsewhere with another --out-dir, or replace it "
-                                 "with --overwrite")
+                raise UsageError(f"--out-dir {out_dir} holds a run ({folder.describe()}): continue it with "
+                                 f"--resume {folder.path / 'last.pt'}, write elsewhere with another --out-dir, "
+                                 "or replace it with --overwrite")
             return folder
         number = 1
-        while (folder := cls(default if number == 1 else f"{default}-{number}")).holds_run():
+        while (folder := cls(default if number == 1 else f"{default}-{number}",
+                             save_minutes=save_minutes)).holds_run():
             number += 1
         return folder
 
     def holds_run(self) -> bool:
-        return any((self.path / name).exists() for name in RUN_FILES)
+        """A checkpoint or a logged epoch; a config.json alone (a run that died before any) is no run."""
+        return any((self.path / name).exists() for name in CHECKPOINTS) or bool(self.read_log())
 
     def describe(self) -> str:
-        """What the folder holds, e.g. 'last.pt after epoch 4'."""
         records = self.read_log()
-        return f"log.jsonl up to epoch {records[-1]['epoch']}" if records else \
-            ", ".join(name for name in RUN_FILES if (self.path / name).exists())
+        if records:
+            return f"log.jsonl up to epoch {records[-1]['epoch']}"
+        return ", ".join(name for name in RUN_FILES if (self.path / name).exists())
 
     def lock(self) -> None:
-        """Hold the folder for this process; UsageError if another run holds it. The kernel drops the lock when the
-        process ends, so a killed run leaves nothing behind that blocks the next."""
+        """Hold the folder for this process (flock: the kernel drops it however the process ends)."""
         self.path.mkdir(parents=True, exist_ok=True)
         if fcntl is None:
             return
@@ -85,8 +87,8 @@ class RunFolder:
             holder = self._lock_file.read().strip() or "another process"
             self._lock_file.close()
             self._lock_file = None
-            raise UsageError(f"--out-dir {self.path} is in use by a running train.py ({holder}); wait for it to "
-                             "finish or choose another --out-dir") from None
+            raise UsageError(f"--out-dir {self.path} is in use by a running train.py ({holder}); wait for it "
+                             "to finish or choose another --out-dir") from None
         self._lock_file.seek(0)
         self._lock_file.truncate()
         self._lock_file.write(f"pid {os.getpid()}\n")
@@ -94,13 +96,19 @@ class RunFolder:
 
     def start(self, *, overwrite: bool, checkpoint: dict | None, resume: str | None, records: list[dict],
               config: dict) -> None:
-        """Lock the folder, clear an old run on --overwrite, bring the log back to the weights a resumed run starts
-        from (each epoch once, up to the checkpoint's), write config.json."""
+        """Lock; remove what a killed writer left; clear an old run on --overwrite; on resume keep newer
+        checkpoints aside and bring the log back to the weights; write config.json."""
         self.lock()
+        stale = [path for path in (*self.path.glob(".*.tmp"), *self.path.glob("panels/.*.tmp"))]
+        for path in stale:  # the lock is ours: whoever wrote them is gone
+            path.unlink(missing_ok=True)
+        if stale:
+            print(f"note: removed {len(stale)} temporary file(s) in {self.path} left by a run killed while "
+                  "writing")
         if overwrite:
             self.clear()
         if checkpoint:
-            self.keep_newer_last(checkpoint, resume)
+            self.keep_newer(checkpoint, resume)
             self.write_log(records)
         write_json(self.path / "config.json", config)
 
@@ -110,16 +118,43 @@ class RunFolder:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / "panels", ignore_errors=True)
 
-    def save(self, checkpoint: dict, *, best: bool) -> None:
-        """last.pt, then log.jsonl from the records it holds, then best.pt (a hard link) if this epoch is the best."""
-        save_checkpoint(checkpoint, self.path / "last.pt")
-        self.write_log(checkpoint["log"])
-        if best:
-            share_file(self.path / "last.pt", self.path / "best.pt")
+    # ------------------------------------------------------------------------------------------- saving
+    def check_space(self, checkpoint_bytes: int) -> None:
+        """Refuse to start when the disk cannot hold a checkpoint beside the one it replaces."""
+        free = shutil.disk_usage(self.path).free
+        if free < checkpoint_bytes:
+            raise UsageError(f"--out-dir {self.path}: {free / 2**30:.2f} GB free, this run's checkpoints need "
+                             f"about {checkpoint_bytes / 2**30:.2f} GB; free some space or write elsewhere")
 
-    # ----------------------------------------------------------------------------------------------------- the log
+    def end_epoch(self, records: list[dict], state: Callable[[], dict], *, improved: bool,
+                  final: bool) -> None:
+        """log.jsonl now; the best weights copied aside; last.pt (and best.pt) when due, in the background."""
+        self.write_log(records)
+        due = final or time.monotonic() - self._last_save >= 60 * self.save_minutes
+        if not (improved or due):
+            return
+        checkpoint = state()
+        if improved:  # copied now: training goes on changing the weights
+            self._best = copy_to_cpu(weights_checkpoint(checkpoint))
+        if due:
+            self.save(checkpoint)
+
+    def save(self, checkpoint: dict) -> None:
+        """Write last.pt, then best.pt if it changed, in the background (the previous write finishes first)."""
+        files = [(self.path / "last.pt", copy_to_cpu(checkpoint))]
+        if self._best is not None:
+            files.append((self.path / "best.pt", self._best))
+            self._best = None
+        self.writer.write(files)
+        self._last_save = time.monotonic()
+
+    def close(self) -> None:
+        """Wait for the last write (raising its error, e.g. a full disk)."""
+        self.writer.wait()
+
+    # ---------------------------------------------------------------------------------------------- the log
     def read_log(self) -> list[dict]:
-        """The records of log.jsonl (an unreadable last line, from an older version killed mid-write, is dropped)."""
+        """The records of log.jsonl (an unreadable last line, from an older version killed mid-write, dropped)."""
         records = []
         try:
             lines = (self.path / "log.jsonl").read_text().splitlines()
@@ -133,28 +168,40 @@ class RunFolder:
         return records
 
     def write_log(self, records: list[dict]) -> None:
-        atomic_write(self.path / "log.jsonl", "".join(json.dumps(record) + "\n" for record in records).encode())
+        atomic_write(self.path / "log.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
 
     @staticmethod
     def records_at_resume(checkpoint: dict, resume: str) -> list[dict]:
-        """The epoch records a resumed run starts from: those the checkpoint holds (older checkpoints hold none: then
-        the log's lines up to its epoch), rewritten to log.jsonl so it matches the weights."""
+        """The epoch records a resumed run starts from: the checkpoint's (older files hold none: the log's)."""
         records = checkpoint.get("log")
         if records is None:
             source = RunFolder(Path(resume).parent)
             records = [r for r in source.read_log() if r.get("epoch", -1) <= checkpoint["epoch"]]
         return list(records)
 
-    def keep_newer_last(self, checkpoint: dict, resume: str) -> None:
-        """When resuming from a checkpoint older than this folder's last.pt (an earlier best.pt, say), move that
-        last.pt aside as last-epoch<N>.pt instead of overwriting it, and say so."""
-        last = self.path / "last.pt"
-        if not last.exists() or os.path.samefile(last, resume):  # best.pt is a hard link to last.pt when newest
-            return
-        newer = read_checkpoint(last, needs=("epoch",), flag="--resume", mmap=True)["epoch"]
-        if newer <= checkpoint["epoch"]:
-            return
-        kept = self.path / f"last-epoch{newer}.pt"
-        os.replace(last, kept)
-        print(f"note: resuming from epoch {checkpoint['epoch']}, older than {last} (epoch {newer}), which is kept as "
-              f"{kept}")
+    def keep_newer(self, checkpoint: dict, resume: str) -> None:
+        """Resuming from an older checkpoint: this folder's newer last.pt and best.pt are kept under free
+        names (last-epoch<N>.pt, last-epoch<N>-2.pt, ...), never replaced, and said so."""
+        for name in CHECKPOINTS:
+            current = self.path / name
+            if not current.exists() or os.path.samefile(current, resume):
+                continue
+            newer = read_checkpoint(current, needs=("epoch",), flag="--resume", mmap=True)["epoch"]
+            if newer <= checkpoint["epoch"]:
+                continue
+            stem, number = f"{current.stem}-epoch{newer}", 1
+            while (kept := self.path / (f"{stem}.pt" if number == 1 else f"{stem}-{number}.pt")):
+                try:
+                    os.link(current, kept)  # fails if the name is taken: an atomic "create, never replace"
+                except FileExistsError:
+                    number += 1
+                    continue
+                except OSError:  # a file system without hard links
+                    if kept.exists():
+                        number += 1
+                        continue
+                    os.rename(current, kept)
+                break
+            current.unlink(missing_ok=True)
+            print(f"note: resuming from epoch {checkpoint['epoch']}, older than {current} (epoch {newer}), "
+                  f"which is kept as {kept}")

@@ -21,8 +21,13 @@ class EpochSampler(DistributedSampler):
     """DistributedSampler yielding (epoch, index): workers cannot see set_epoch (persistent ones keep an old copy
     of the dataset), so the epoch travels with the index."""
 
+    skip = 0  # indices of this epoch already trained on (a run resumed mid-epoch): a whole number of batches
+
     def __iter__(self):
-        return ((self.epoch, index) for index in super().__iter__())
+        return ((self.epoch, index) for index in list(super().__iter__())[self.skip:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
 
 
 class SeededItems(Dataset):

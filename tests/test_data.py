@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -15,10 +16,10 @@ from readers import mias as mias_lib
 import train
 from data import DataError, build_dataset
 from readers.sampling import EpochSampler, SeededItems
-from losses import WithLoss, build_loss
+from losses import build_loss
 from metrics import all_background_scores
 from model import build_model
-from engine.cli import Progress
+from engine.cli import Progress, StopRequests
 
 def _info_lines(mias: Path) -> list[list[str]]:
     return [line.split() for line in (mias / "Info.txt").read_text().splitlines() if line.startswith("mdb")]
@@ -336,28 +337,44 @@ def test_synthetic_loads_with_two_workers():
     assert [tuple(images.shape) for images, _ in batches] == [(4, 3, 32, 32)] * 2
 
 
+def ring_contrast(image: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean intensity inside a mass minus that of a 4-pixel ring around it: masses are denser than the
+    tissue around them, so an outline on its mass scores well above zero, one moved off it near zero."""
+    inside = mask.float()[None, None]
+    ring = (F.max_pool2d(inside, 9, 1, 4) - inside)[0, 0] > 0
+    return float(image[0][mask > 0].mean() - image[0][ring].mean())
+
+
 @pytest.mark.slow
-def test_a_short_run_on_real_mammograms_learns_the_real_outlines(mias, tmp_path, one_thread):
-    """30 epochs on 8 real mini-MIAS masses (64x64, their pixel outlines) end far above what predicting all
-    background scores on the same images: the real masks reach the loss aligned with their pixels, in the pipeline
-    train.py runs. What it does not show is generalisation: that is the cross-validation's (crossval.py), a GPU job."""
+def test_real_outlines_reach_the_loss_aligned_and_a_short_run_learns_them(mias, tmp_path, one_thread):
+    """What the pipeline guarantees on real mini-MIAS masses, on any machine: every outline, as a training
+    item holds it, lies on its mass (mean contrast 0.83 here; mirrored 0.16, shifted 8 pixels 0.20); and 20
+    epochs on 8 of them lower the loss and beat predicting all background (Dice 0) by a wide margin (seeds
+    and CPUs give pooled Dice 0.35-0.81 here). Generalisation is the cross-validation's question."""
     torch.manual_seed(0)
     model = build_model("resnet34", "unet", num_classes=1, in_channels=1, decoder_channels=(32, 32, 16, 16, 16))
-    images = build_dataset("mias", mias, "train", 64, in_channels=1, mean=model.config["mean"],
-                           std=model.config["std"], include_normals=False, limit=8, augment=False, verbose=False,
+    masses = build_dataset("mias", mias, "train", 64, in_channels=1, mean=model.config["mean"],
+                           std=model.config["std"], include_normals=False, augment=False, verbose=False,
                            cache_dir=tmp_path / "cache")
+    contrast = [ring_contrast(*masses[i]) for i in range(len(masses))]
+    assert len(contrast) >= 30 and min(contrast) > 0 and np.mean(contrast) > 0.5, contrast
+    images = torch.utils.data.Subset(masses, range(8))
     loader = DataLoader(SeededItems(images, 0), batch_size=4, drop_last=True,
                         sampler=EpochSampler(images, 1, 0, shuffle=True, seed=0))
-    step = WithLoss(model, build_loss("jaccard+focal_tversky", 1))
+    criterion = build_loss("jaccard+focal_tversky", 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, amsgrad=True)  # Table 1's optimiser
-    progress = Progress(steps=len(loader), epochs=30, print_freq=100, enabled=False, world=1,
+    progress = Progress(steps=len(loader), epochs=20, print_freq=100, enabled=False, world=1,
                         device=torch.device("cpu"))
-    for epoch in range(30):
+    losses = []
+    for epoch in range(20):
         loader.sampler.set_epoch(epoch)
-        train.train_one_epoch(step, optimizer, torch.amp.GradScaler("cpu", enabled=False), loader,
-                              torch.device("cpu"), epoch, amp="none", clip_grad=0.0, progress=progress)
+        totals, steps = train.train_one_epoch(model, criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                                              loader, torch.device("cpu"), epoch, amp="none", clip_grad=0.0,
+                                              progress=progress, stop=StopRequests())
+        losses.append(totals["loss"] / steps)
     scored = DataLoader(images, batch_size=8)
     summary = train.evaluate(model, scored, torch.device("cpu"), "none", 1, len(images))
     floor = all_background_scores((masks for _, masks in scored), 1)
-    assert floor["dice_mean_per_image"] == 0.0 and summary["images"] == 8
-    assert summary["dice_mean_per_image"] > 0.25 and summary["dice_pooled"] > 0.4, summary  # here: 0.45 and 0.68
+    assert floor["dice_pooled"] == 0.0 and summary["images"] == 8
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert summary["dice_pooled"] > 0.2 and summary["dice_mean_per_image"] > 0.15, summary

@@ -4,14 +4,20 @@ disk or an unwritable cache ends in one line with the earlier files intact. Tiny
 import errno
 import fcntl
 import json
+import os
 import shutil
+import signal
+import threading
 
 import pytest
 import torch
 
 import train
-from readers import atomic
 from data import DataError, build_dataset
+from engine import checkpoints, run_folder
+from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
+from model import build_model
+from readers import atomic
 
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
         "--panels", "0", "--print-freq", "100", "--workers", "0"]
@@ -133,3 +139,132 @@ def test_an_unwritable_cache_is_named_in_one_line_and_the_cache_is_group_readabl
     assert train.cli([*TINY, "--dataset", "mias", "--data-root", str(tmp_path), "--weights", "none",
                       "--cache-dir", str(blocker), "--out-dir", str(tmp_path / "o")]) == 2
     assert "--cache-dir" in capsys.readouterr().err
+
+
+def final_weights(folder) -> dict:
+    return torch.load(folder / "last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path, monkeypatch, capsys):
+    """SIGTERM (what timeout, SLURM and Kubernetes send) stops at the next step with exit code 143 and one
+    line saying how to resume; last.pt then holds the position within the epoch, and the resumed run ends
+    with the weights of a run never stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    straight, stopped, three_steps = tmp_path / "straight", tmp_path / "stopped", ["--limit", "9"]
+    assert train.cli([*TINY, *three_steps, "--epochs", "2", "--out-dir", str(straight)]) == 0
+    real_step, sent = train.Progress.step, []
+
+    def step_then_signal(self, epoch, i, *args):
+        real_step(self, epoch, i, *args)
+        if (epoch, i) == (1, 0) and not sent:  # after the first step of epoch 1
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+
+    monkeypatch.setattr(train.Progress, "step", step_then_signal)
+    capsys.readouterr()
+    assert train.cli([*TINY, *three_steps, "--epochs", "2", "--out-dir", str(stopped)]) == 143
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # the step under way when it came finishes
+    assert error == (f"train.py: stopped by SIGTERM at epoch 1, step 2 of 3; saved {stopped / 'last.pt'}: "
+                     f"continue with python train.py --resume {stopped / 'last.pt'}")
+    saved = torch.load(stopped / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["next_step"]) == (0, 2) and epochs_logged(stopped) == [0]
+    assert not [p for p in stopped.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert train.cli(["--resume", str(stopped / "last.pt")]) == 0
+    a, b = final_weights(straight), final_weights(stopped)
+    assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
+    assert json.loads((stopped / "log.jsonl").read_text().splitlines()[1])["train_loss"] == \
+        json.loads((straight / "log.jsonl").read_text().splitlines()[1])["train_loss"]
+
+
+@pytest.mark.slow
+def test_resumes_never_replace_another_run_or_a_kept_checkpoint(tmp_path, capsys):
+    run, other = tmp_path / "run", tmp_path / "other"
+    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(run), "--save-every", "1e-9"]) == 0
+    shutil.copy(run / "last.pt", tmp_path / "epoch0.pt")
+    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(other)]) == 0
+    before = snapshot(other)
+    # Into another run's folder: refused in one line, that run untouched
+    assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "2", "--out-dir", str(other)]) == 2
+    assert "holds another run" in capsys.readouterr().err and snapshot(other) == before
+    # Into an empty folder: a copy of the run goes on there, the original untouched
+    original = snapshot(run)
+    assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "2", "--out-dir",
+                      str(tmp_path / "empty"), "--save-every", "1e-9"]) == 0
+    assert epochs_logged(tmp_path / "empty") == [0, 1] and snapshot(run) == original
+    # Two branches from the same older checkpoint reach the same epoch: neither kept file is replaced
+    kept = []
+    for _ in range(2):
+        shutil.copy(tmp_path / "epoch0.pt", run / "epoch0.pt")
+        assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "3", "--save-every", "1e-9"]) == 0
+        newest = (run / "last.pt").read_bytes()
+        assert train.cli(["--resume", str(run / "epoch0.pt"), "--epochs", "2", "--save-every", "1e-9"]) == 0
+        kept.append(newest)
+    assert (run / "last-epoch2.pt").read_bytes() == kept[0] and (run / "last-epoch2-2.pt").read_bytes() == kept[1]
+    assert "kept as" in capsys.readouterr().out
+
+
+def test_a_folder_without_a_checkpoint_is_no_run_and_stale_temporary_files_go(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")  # a run that died at its first save (a full disk, say)
+    (folder / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # a writer killed mid-write
+    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(folder), "--save-every", "1e-9"]) == 0
+    assert "removed 1 temporary file" in capsys.readouterr().out
+    assert not list(folder.glob(".*.tmp")) and epochs_logged(folder) == [0]
+
+
+def test_a_disk_too_small_for_a_checkpoint_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 2**20))
+    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "0.00 GB free, this run's checkpoints need about 0.4" in error
+
+
+def test_a_damaged_or_foreign_checkpoint_is_named_in_one_line(tmp_path):
+    model = build_model("resnet34", "unet", decoder_channels=(16, 16, 16, 16, 16))
+    path = tmp_path / "best.pt"
+    save_checkpoint({"model": model.state_dict(), "model_config": model.config}, path)
+    assert read_checkpoint(path)["checksum"].startswith("crc32:")
+    data = bytearray(path.read_bytes())
+    weight = model.state_dict()["head.weight"].numpy().tobytes()
+    at = data.find(weight)  # the head's weights, stored as they are in memory
+    data[at + 5] ^= 0x10  # one bit flipped inside the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"best.pt: its weights do not match the checksum"):
+        read_checkpoint(path)
+    path.write_bytes(b"\x80\x02not a checkpoint at all")
+    with pytest.raises(CheckpointError) as error:
+        read_checkpoint(path)
+    assert "cannot open it as a checkpoint" in str(error.value) and "weights_only" not in str(error.value)
+
+
+def test_a_write_abandoned_mid_way_leaves_the_previous_file_and_nothing_else(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"the previous last.pt")
+    writer = CheckpointWriter()
+    writer._cancel.set()  # as a second Ctrl-C does, here before torch.save's first chunk
+    writer.write([(path, {"model": {"w": torch.zeros(1000)}})])
+    writer.cancel()
+    assert path.read_bytes() == b"the previous last.pt" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("flags, words", [(["--limit", "0"], "--limit 0: must be >= 1"),
+                                          (["--save-every", "0"], "--save-every 0.0: minutes, > 0")])
+def test_bad_run_flags_are_named(tmp_path, capsys, flags, words):
+    assert train.cli([*TINY, "--out-dir", str(tmp_path / "o"), *flags]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_last_pt_is_written_when_due_and_at_the_end_not_every_epoch(tmp_path, monkeypatch):
+    written = []
+    real_save = checkpoints.save_checkpoint
+    monkeypatch.setattr(checkpoints, "save_checkpoint",
+                        lambda checkpoint, path, cancel=None: written.append(path.name) or
+                        real_save(checkpoint, path, cancel))
+    assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "a")]) == 0  # every 5 minutes
+    assert written.count("last.pt") == 1 and written.count("best.pt") == 1
+    written.clear()
+    assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "b"), "--save-every", "1e-9"]) == 0
+    assert written.count("last.pt") == 3 and 1 <= written.count("best.pt") <= 3
