@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from losses import WithLoss, build_loss
+from losses import build_loss
 from model import build_model
 from engine.cli import ArgumentParser, UsageError, check_writable_file, run_command
 from engine.devices import autocast, environment, resolve_device
@@ -69,8 +69,8 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192, re
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int, channels_last: bool,
               compile_model: bool, warmup: int, repeats: int) -> dict:
     """Latency at batch 1, forward throughput and training-step throughput at batch_size for one model. The training
-    step is train.py's: the model and Table 1's loss as one module (losses.WithLoss), AdamW with amsgrad; with
-    compile_model, train.py --compile's: that module under torch.compile, and fused AdamW on a GPU."""
+    step is train.py's: the model, Table 1's loss, AdamW with amsgrad; with compile_model, train.py --compile's:
+    the model under torch.compile, and fused AdamW on a GPU."""
     model = build_model(**kwargs).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -100,15 +100,14 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
 
     model.train()
     loss = "jaccard+focal_tversky" if num_classes == 1 else "ce+focal_tversky"  # Table 1
-    step = WithLoss(model, build_loss(loss, num_classes))
-    step = torch.compile(step) if compile_model else step
+    criterion = build_loss(loss, num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True,
                                   fused=compile_model and device.type == "cuda")
     target = torch.randint(0, max(2, num_classes), (batch_size, side, side), device=device)
 
     def train_step():
         with autocast(device, precision):
-            loss_value, _ = step(many, target)
+            loss_value = criterion(runner(many), target)  # train.py's step: the model, Table 1's loss
         loss_value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,48 +1,11 @@
 """Segmentation losses of the thesis (Table 1): Jaccard, Dice, (Focal) Tversky, cross-entropy, and their sums.
 
-The thesis trains CBIS-DDSM with Jaccard + Focal Tversky and Pascal VOC with CE + Focal Tversky (section 4.3,
-Table 1); `build_loss("jaccard+focal_tversky", num_classes=1)` and `build_loss("ce+focal_tversky", 21)` give them.
+    criterion = build_loss("jaccard+focal_tversky", num_classes=1)   # CBIS-DDSM's; VOC's: "ce+focal_tversky", 21
+    loss = criterion(logits, masks)          # logits (B, K, H, W), masks (B, H, W) int64; 255 counts nowhere
 
-Shapes (DESIGN.md). Binary, num_classes=1: logits (B, 1, H, W), target (B, H, W) int64 in {0, 1}; the channel is
-the lesion logit and CE is BCE-with-logits on it. Multiclass: logits (B, C, H, W), target in 0..C-1, softmax.
-In both, pixels labelled IGNORE_INDEX (255) count nowhere: not in any sum, not in any mean, and they get no gradient.
-
-Region losses (Jaccard, Dice, Tversky, Focal Tversky) follow segmentation_models_pytorch (SMP), which built the
-thesis baselines. Per class c, with p the predicted probabilities and t the one-hot target over valid pixels:
-    TP_c = sum p*t    FP_c = sum p*(1-t)    FN_c = sum (1-p)*t
-    Jaccard = (TP + smooth) / (TP + FP + FN + smooth)          Dice = (2TP + smooth) / (2TP + FP + FN + smooth)
-each denominator clamped to >= eps; loss = 1 - score. aggregation="batch" (default, as SMP) sums the counts over
-the whole batch, giving one score per class; aggregation="image" gives one score per (image, class). A class (or
-(image, class) pair) with no target pixel gets loss 0 but still counts in the final mean over all of them: SMP's
-exact rule, so absent classes neither push nor pull but do dilute the mean. So a binary batch without lesion
-gives region loss 0 with zero gradient (only CE then pushes towards background), and an all-255 batch gives every
-loss, CE included, 0 with zero gradient (CE divides its sum by max(valid pixels, 1)). smooth=0, eps=1e-7 are SMP's.
-
-Focal Tversky (Abraham & Khan, ISBI 2019, arXiv 1810.07842):
-    TI_c = (TP + smooth) / (TP + alpha*FN + beta*FP + smooth),   loss = mean_c (1 - TI_c) ** (1 / gamma)
-with the paper's alpha=0.7 on FALSE NEGATIVES, beta=0.3 on false positives, gamma=4/3 (so the exponent is 0.75).
-Mapping onto other code, so nobody ports it wrong:
-  - SMP TverskyLoss(alpha, beta, gamma): its alpha weights FALSE POSITIVES and its gamma IS the exponent, applied
-    once to the class mean: (mean_c (1 - TI_c)) ** gamma. The paper's loss is SMP's alpha=0.3, beta=0.7, gamma=0.75.
-    Passing alpha=0.7, beta=0.3 there swaps the FN/FP emphasis; passing gamma=4/3 there is a different loss.
-  - Official code (nabsabraham/focal-tversky-unet): alpha=0.7 on FN, 1-alpha on FP, smooth=1, one score for the
-    whole flattened batch, exponent 0.75 written directly: our binary batch mode with smooth=1.
-We raise each class's (1 - TI_c) to the power and then average, as the paper's sum over classes does (mean instead
-of sum, so the scale does not grow with C): the focal exponent is there to re-weight classes by how well each one
-is segmented, which an exponent applied after the mean cannot do. For one class (the CBIS lesion, batch mode) the
-two orders are the same number. (1 - TI) is clamped to >= eps before the power because x ** 0.75 has an infinite
-slope at 0; a perfect class therefore scores eps ** 0.75 (~6e-6 at eps=1e-7) instead of 0, with zero gradient.
-
-Several processes (torchrun + DDP, `distributed=True`): each process sees only its shard of the batch, so by
-default its counts and loss differ from those of the whole batch that one GPU or nn.DataParallel scores. With
-distributed=True every loss first sums a few numbers per class over the default process group: TP, predicted and
-target mass; CE's sum and valid-pixel count; in image mode the summed losses and the number of image-class pairs.
-The all-reduce keeps gradients (`_SumOverProcesses`), so value and DDP-averaged gradient are one process's on the
-whole batch, for any world size. Only counts travel, never pixels. Default off: nothing is exchanged.
-
-Every loss casts fp16/bf16 logits to float32 first (float64 stays float64, for gradcheck), so it is computed in
-float32 under autocast. Usage: `criterion = build_loss("jaccard+focal_tversky", 1); loss = criterion(logits, y)`;
-`criterion.forward_with_terms(logits, y)` also returns each term's value for logging.
+Binary models have one lesion logit (CE is then BCE); region losses count soft TP/FP/FN as SMP does, which built the
+thesis' baselines. docs/metrics.md gives the formulas, SMP's and the paper's conventions for Focal Tversky, and how
+the losses sum their counts over torchrun processes (distributed=True).
 """
 import torch
 import torch.distributed as dist
@@ -65,7 +28,8 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> tu
     target = target.long()
     num_labels = 2 if num_classes == 1 else num_classes
     out_of_range = (target != IGNORE_INDEX) & ((target < 0) | (target >= num_labels))
-    if bool(out_of_range.any()):  # one host sync; a wrong label would otherwise be trained on silently
+    # Checked where it costs no host sync; on a GPU the datasets have checked every mask as they read it
+    if target.device.type == "cpu" and bool(out_of_range.any()):
         found = torch.unique(target[out_of_range])[:8].tolist()
         raise ValueError(f"target holds labels {found} outside 0..{num_labels - 1} (and {IGNORE_INDEX} = ignore) for "
                          f"num_classes={num_classes}; binarise masks to 0/1 or remap labels before the loss")
@@ -130,7 +94,7 @@ class _RegionLoss(nn.Module):
         if aggregation not in ("batch", "image"):
             raise ValueError(f"aggregation must be 'batch' or 'image', got {aggregation!r}")
         self.num_classes, self.aggregation, self.smooth, self.eps = num_classes, aggregation, smooth, eps
-        self.distributed = distributed  # sum the counts over all processes (module docstring)
+        self.distributed = distributed  # sum the counts over all processes (docs/metrics.md)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = _prepare(logits, target, self.num_classes)
@@ -188,8 +152,7 @@ class TverskyLoss(_RegionLoss):
 class FocalTverskyLoss(TverskyLoss):
     """Focal Tversky loss mean_c (1 - TI_c) ** (1/gamma), paper defaults alpha=0.7 (FN), beta=0.3 (FP), gamma=4/3.
 
-    SMP equivalent (binary, or one class): TverskyLoss(mode, alpha=0.3, beta=0.7, gamma=0.75); see the module
-    docstring for why the exponent is applied per class before the mean.
+    SMP equivalent (binary, or one class): TverskyLoss(mode, alpha=0.3, beta=0.7, gamma=0.75).
     """
 
     def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3,
@@ -201,6 +164,8 @@ class FocalTverskyLoss(TverskyLoss):
         self.gamma = gamma
 
     def class_losses(self, tp, fp, fn):
+        # Per class, then the mean: the exponent re-weights classes by how well each is segmented. The clamp:
+        # x ** 0.75 has an infinite slope at 0.
         return (1 - self.tversky_index(tp, fp, fn)).clamp_min(self.eps) ** (1 / self.gamma)
 
     def extra_repr(self) -> str:
@@ -270,23 +235,10 @@ class CombinedLoss(nn.Module):
         return " + ".join(f"{self.weights[name]:g}*{name}" for name in self.parts)
 
 
-class WithLoss(nn.Module):
-    """A model and its criterion as one module, (images, target) -> (loss, {term: value}): what train.py runs, so that
-    DistributedDataParallel and torch.compile see the whole training forward, and the loss's passes over the full-
-    resolution logits can fuse with the model's last layers."""
-
-    def __init__(self, model: nn.Module, criterion: CombinedLoss):
-        super().__init__()
-        self.model, self.criterion = model, criterion
-
-    def forward(self, images: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        return self.criterion.forward_with_terms(self.model(images), target)
-
-
 def build_loss(spec: str, num_classes: int, *, distributed: bool = False) -> CombinedLoss:
     """Parses "jaccard+focal_tversky", "ce+focal_tversky", "0.5*dice+bce", ... into a CombinedLoss (paper defaults).
 
-    distributed=True makes every term sum its counts over all processes (module docstring); pass world_size > 1.
+    distributed=True makes every term sum its counts over all processes (docs/metrics.md); pass world_size > 1.
     """
     known = ", ".join(LOSSES)
     terms = []

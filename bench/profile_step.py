@@ -14,7 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
-from losses import WithLoss, build_loss  # noqa: E402
+from losses import build_loss  # noqa: E402
 from model import build_model  # noqa: E402
 from engine.devices import autocast, environment, resolve_device  # noqa: E402
 
@@ -38,8 +38,8 @@ def main(args: argparse.Namespace) -> None:
     side = args.image_size or side
     widths = {"decoder_channels": (16,) * 5} if args.narrow else {}  # the dry run's toy size
     model = build_model(**kwargs, **widths).to(device, memory_format=torch.channels_last)
-    step = WithLoss(model, build_loss(loss, kwargs["num_classes"]))
-    step = torch.compile(step) if args.compile else step
+    criterion = build_loss(loss, kwargs["num_classes"])
+    network = torch.compile(model) if args.compile else model  # as train.py --compile
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, fused=args.compile)
     images = torch.randn(args.batch_size, 3, side, side, device=device).to(memory_format=torch.channels_last)
     classes = max(2, kwargs["num_classes"])
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> None:
 
     def train_step():
         with autocast(device, args.amp):
-            loss_value, _ = step(images, masks)
+            loss_value = criterion(network(images), masks)  # train.py's step: the model, Table 1's loss
         loss_value.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

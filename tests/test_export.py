@@ -159,11 +159,11 @@ def test_missing_onnxruntime_is_one_line_with_the_pip_command(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("in_channels", [1, 3])
-def test_the_readme_snippet_runs_the_exported_file_on_gray_and_rgb_models(in_channels, tmp_path, capsys,
-                                                                          monkeypatch):
-    """The README's onnxruntime lines, run as written on an exported file: their mask is the model's own on the
-    image as they prepare it (the recipes' real-data models take RGB, the demo's gray)."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+def test_the_docs_snippet_runs_the_exported_file_on_gray_and_rgb_models(in_channels, tmp_path, capsys,
+                                                                        monkeypatch):
+    """docs/deploy.md's onnxruntime lines, run as written on an exported file: their mask is the model's own on
+    the image as they prepare it (the recipes' real-data models take RGB, the demo's gray)."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
     snippet = readme.split("Running the file:\n\n```python\n", 1)[1].split("```", 1)[0]
     assert len(snippet.strip().splitlines()) <= 6
     model = save_checkpoint(tmp_path / "best.pt", encoder="resnet34", decoder="unet", num_classes=1,
@@ -173,7 +173,7 @@ def test_the_readme_snippet_runs_the_exported_file_on_gray_and_rgb_models(in_cha
     Image.fromarray(scan).save(tmp_path / "scan.png")
     monkeypatch.chdir(tmp_path)
     names = {}
-    exec(snippet, names)  # noqa: S102 (the README's own code)
+    exec(snippet, names)  # noqa: S102 (the docs' own code)
     image = torch.from_numpy(np.asarray(Image.fromarray(scan).resize((256, 256)), np.float32) / 255)[None, None]
     with torch.no_grad():
         expected = model(to_model_input(image, model.config))[0, 0].numpy() > 0
