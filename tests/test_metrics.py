@@ -1,6 +1,6 @@
 """Tests for the metrics in metrics.py: hand-computed masks, independent reference formulas, the 255 rule, the
-empty-mask convention, batch-split/order invariance, lesion counts against scipy's labelling, and a real
-gloo reduce."""
+empty-mask convention, batch-split/order invariance, and a real two-process gloo reduce;
+lesion counts against scipy's labelling."""
 import json
 import math
 import os
@@ -206,17 +206,17 @@ def test_build_metrics_maps_logits_to_label_space():
         build_metrics(0)
 
 
-# ---------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
 # Lesions: connected components, found lesions, false-positive marks, FROC
 
 def random_logits(pred: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Logits (B, 1, H, W) whose 0.5 threshold gives `pred`, with graded values so thresholds differ."""
+    """Logits (B, 1, H, W) that give `pred` at 0.5, graded so that the thresholds differ."""
     gen = torch.Generator().manual_seed(seed)
     size = torch.rand(pred.shape, generator=gen) * 3
     return torch.where(pred == 1, 0.01 + size, -0.01 - size)[:, None]
 
 
-def scipy_count(marked: np.ndarray, target: np.ndarray, min_iou: float) -> tuple[int, int, int, int]:
+def scipy_count(marked: np.ndarray, target: np.ndarray, min_iou: float) -> tuple:
     """The documented rule restated with scipy's 8-connected labelling and pixel masks."""
     eight = np.ones((3, 3))
     lesions, num_lesions = ndimage.label(target == 1, structure=eight)
@@ -232,12 +232,12 @@ def scipy_count(marked: np.ndarray, target: np.ndarray, min_iou: float) -> tuple
 
 def test_label_components_equals_scipy_labels_on_random_masks():
     rng = np.random.default_rng(0)
-    for height, width, density in ((1, 1, 0.5), (1, 40, 0.5), (40, 1, 0.5), (17, 23, 0.2), (64, 64, 0.45),
-                                   (64, 70, 0.6), (33, 31, 0.8), (256, 256, 0.5)):
-        mask = rng.random((height, width)) < density
+    for shape, density in (((1, 1), 0.5), ((1, 40), 0.5), ((40, 1), 0.5), ((17, 23), 0.2),
+                           ((64, 64), 0.45), ((64, 70), 0.6), ((33, 31), 0.8), ((256, 256), 0.5)):
+        mask = rng.random(shape) < density
         ours, count = label_components(mask)
         reference, reference_count = ndimage.label(mask, structure=np.ones((3, 3)))
-        assert count == reference_count and np.array_equal(ours, reference), (height, width, density)
+        assert count == reference_count and np.array_equal(ours, reference), (shape, density)
     assert label_components(np.zeros((5, 4), bool))[1] == 0
     snake = np.zeros((9, 9), bool)  # one component that turns back on itself
     snake[::2, 1:8], snake[1::4, 7], snake[3::4, 1] = True, True, True
@@ -252,9 +252,9 @@ def test_count_lesions_on_hand_made_masks():
     marked[2:6, 2:5] = True  # IoU 12/16 with the first lesion; the second is missed
     assert count_lesions(marked, target) == (2, 1, 1, 0)
     normal = np.zeros((20, 20), np.int64)
-    assert count_lesions(marked, normal) == (0, 0, 1, 1)  # a mark on a normal image: a false positive
+    assert count_lesions(marked, normal) == (0, 0, 1, 1)  # a mark on a normal image: an FP
     bridge = np.zeros((20, 20), bool)
-    bridge[2:16, 2:16] = True  # touches both lesions, IoU 16/196 each: finds neither, a false positive
+    bridge[2:16, 2:16] = True  # touches both lesions, IoU 16/196 each: finds neither, an FP
     assert count_lesions(bridge, target) == (2, 0, 1, 1)
     pair = np.zeros((20, 20), np.int64)
     pair[2:6, 2:6], pair[2:6, 8:12] = 1, 1  # two lesions two columns apart
@@ -267,11 +267,11 @@ def test_count_lesions_on_hand_made_masks():
     split[2:3, 5:6] = False  # the small part now has IoU 3/16 < 0.2: a false positive
     assert count_lesions(split, target) == (2, 1, 2, 1)
     assert count_lesions(split, target, min_iou=0.1) == (2, 1, 2, 0)  # the rule is a parameter
-    inside = np.zeros((20, 20), bool)
-    inside[12:14, 12:14] = True  # IoU 4/20 = 0.2 exactly with a 4x5 lesion: found
-    assert count_lesions(inside, np.pad(np.ones((4, 5), np.int64), ((12, 4), (12, 3)))) == (1, 1, 1, 0)
+    inside, five = np.zeros((20, 20), bool), np.zeros((20, 20), np.int64)
+    inside[12:14, 12:14], five[12:16, 12:17] = True, 1  # IoU 4/20 = 0.2 exactly: found
+    assert count_lesions(inside, five) == (1, 1, 1, 0)
     diagonal = np.zeros((20, 20), bool)
-    diagonal[6, 6] = diagonal[7, 7] = True  # 8-connected: one mark, touching the first lesion's corner
+    diagonal[6, 6] = diagonal[7, 7] = True  # 8-connected: one mark at the first lesion's corner
     assert count_lesions(diagonal, target) == (2, 0, 1, 1)
     ignored = target.copy()
     ignored[2:6, 2:6] = IGNORE_INDEX  # ignored pixels are no lesion, and no mark lies on them
@@ -284,9 +284,10 @@ def test_count_lesions_agree_with_scipy_labelling():
         size = (int(rng.integers(8, 30)), int(rng.integers(8, 30)))
         target = (rng.random(size) < rng.uniform(0.1, 0.6)).astype(np.int64)
         target[rng.random(size) < 0.05] = IGNORE_INDEX
-        marked = np.where(rng.random(size) < 0.8, target == 1, rng.random(size) < 0.3)  # near the truth
+        near_truth = np.where(rng.random(size) < 0.8, target == 1, rng.random(size) < 0.3)
         for min_iou in (0.2, 0.5):
-            assert count_lesions(marked, target, min_iou) == scipy_count(marked, target, min_iou), trial
+            ours = count_lesions(near_truth, target, min_iou)
+            assert ours == scipy_count(near_truth, target, min_iou), trial
 
 
 def test_froc_of_a_perfect_prediction_is_sensitivity_1_at_0_false_positives():
@@ -297,9 +298,10 @@ def test_froc_of_a_perfect_prediction_is_sensitivity_1_at_0_false_positives():
     froc, summary = stats.froc(), stats.summary()
     assert froc["thresholds"] == list(FROC_THRESHOLDS) and 0.5 in froc["thresholds"]
     assert set(froc["sensitivity"]) == {1.0} and set(froc["false_positives_per_image"]) == {0.0}
-    assert summary["lesion_sensitivity"] == summary["lesion_sensitivity_at_0.5_fp_per_image"] == 1.0
-    assert summary["lesions"] == summary["lesions_found"] == summary["marks"] == 9  # images 3 and 8 are normal
-    assert summary["false_positives_per_normal_image"] == 0 and summary["normal_images"] == 2
+    assert summary["lesion_sensitivity"] == summary["lesion_sensitivity_at_0.5_fp_per_image"] == 1
+    assert summary["lesions"] == summary["lesions_found"] == summary["marks"] == 9
+    assert summary["normal_images"] == 2  # images 3 and 8
+    assert summary["false_positives_per_normal_image"] == 0
 
 
 def test_lesion_stats_counts_rates_and_froc_by_hand():
@@ -309,28 +311,29 @@ def test_lesion_stats_counts_rates_and_froc_by_hand():
     logits = torch.full((3, 1, 10, 10), -9.0)
     logits[0, 0, 1:4, 1:4] = 2.0  # probability 0.88: found at thresholds up to 0.85
     logits[0, 0, 6:9, 6:9] = -1.0  # probability 0.27: found at thresholds 0.01-0.25
-    logits[1, 0, 4:6, 4:6] = 0.5  # probability 0.62: a false positive on the normal image up to 0.6
+    logits[1, 0, 4:6, 4:6] = 0.5  # probability 0.62: a false positive up to 0.6
     logits[2] = 9.0  # on ignored pixels: no mark
     stats = LesionStats()
     stats.update(logits[:2], target[:2])
     stats.update(logits[2:], target[2:])
     summary = stats.summary()
-    assert {k: summary[k] for k in ("lesions", "lesions_found", "marks", "false_positive_marks",
-                                    "normal_images")} == {"lesions": 2, "lesions_found": 1, "marks": 2,
-                                                          "false_positive_marks": 1, "normal_images": 1}
+    counted = ("lesions", "lesions_found", "marks", "false_positive_marks", "normal_images")
+    assert [summary[key] for key in counted] == [2, 1, 2, 1, 1]
     assert summary["lesion_sensitivity"] == 0.5
-    assert summary["false_positives_per_image"] == 0.5  # 1 over the 2 scored images (not the all-255 one)
+    assert summary["false_positives_per_image"] == 0.5  # over the 2 scored images, not the 255 one
     assert summary["false_positives_per_normal_image"] == 1.0
     froc = stats.froc()
-    at = {t: (s, f) for t, s, f in zip(froc["thresholds"], froc["sensitivity"], froc["false_positives_per_image"])}
-    assert at[0.25] == (1.0, 0.5) and at[0.3] == (0.5, 0.5) and at[0.65] == (0.5, 0.0) and at[0.9] == (0.0, 0.0)
-    # best sensitivity at <= x false positives per image, 0 where no threshold has so few
-    assert summary["lesion_sensitivity_at_0.5_fp_per_image"] == summary["lesion_sensitivity_at_1_fp_per_image"] == 1
-    assert sensitivity_at({"sensitivity": [1.0, 0.5], "false_positives_per_image": [3.0, 0.6]}, 0.5) == 0.0
-    assert sensitivity_at({"sensitivity": [1.0, 0.5], "false_positives_per_image": [3.0, 0.6]}, 1) == 0.5
+    at = dict(zip(froc["thresholds"], zip(froc["sensitivity"], froc["false_positives_per_image"])))
+    assert at[0.25] == (1.0, 0.5) and at[0.3] == (0.5, 0.5) and at[0.65] == (0.5, 0.0)
+    assert at[0.9] == (0.0, 0.0)
+    # the best sensitivity at <= x false positives per image, 0 where no threshold has so few
+    assert summary["lesion_sensitivity_at_0.5_fp_per_image"] == 1
+    curve = {"sensitivity": [1.0, 0.5], "false_positives_per_image": [3.0, 0.6]}
+    assert sensitivity_at(curve, 0.5) == 0.0 and sensitivity_at(curve, 1) == 0.5
     assert stats.counts().tolist()[2] == [0, 0] + [0] * 3 * len(FROC_THRESHOLDS)
     nothing = LesionStats().summary()
-    assert math.isnan(nothing["lesion_sensitivity"]) and math.isnan(nothing["false_positives_per_image"])
+    assert math.isnan(nothing["lesion_sensitivity"])
+    assert math.isnan(nothing["false_positives_per_image"])
     assert math.isnan(nothing["lesion_sensitivity_at_1_fp_per_image"])
 
 
