@@ -31,7 +31,7 @@ from engine.checkpoints import (RESUME_ENTRIES, CheckpointError, model_from_chec
                                 restore_training_state, training_checkpoint)
 from data import DataError, build_dataset, prepare_datasets
 from losses import WithLoss, build_loss
-from metrics import all_background_scores, build_metrics, predict_labels
+from metrics import LesionStats, all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
 from engine.panels import write_dataset_panels
 from recipes import PRESETS, SOURCE, PiecewiseConstant, apply_recipe
@@ -134,7 +134,8 @@ def main(args) -> dict:
     step, eval_net = wrap_for_devices(model, criterion, args, world, device)
     metric_name = "dice_mean_per_image" if model.config["num_classes"] == 1 else "mean_iou"  # README, "Metrics"
     if args.eval_only:  # the --resume checkpoint's validation metrics
-        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set))
+        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"],
+                           len(val_set), lesions=True)
         log(f"eval {args.resume}: " + " ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         if args.json and rank == 0:
             write_json(args.json, summary)
@@ -166,7 +167,8 @@ def main(args) -> dict:
             raise NonFiniteLoss(f"{error}; last good checkpoint: {folder.path / 'last.pt'} ({kept}). Try --amp bf16 "
                                 "or none, a lower --lr, or --clip-grad 1") from None
         scheduler.step()
-        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set))
+        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"],
+                           len(val_set), lesions=epoch == args.epochs - 1)  # CPU time: last only
         improved = best is None or summary[metric_name] > best
         best = summary[metric_name] if improved else best
         records.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in losses.items()},
@@ -398,7 +400,8 @@ def train_one_epoch(step, optimizer, scaler, loader, device, epoch: int, *, amp:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp: str, num_logits: int, images: int) -> dict:
+def evaluate(model, loader, device, amp: str, num_logits: int, images: int,
+             lesions: bool = False) -> dict:
     """Exact metrics over this rank's share of the set, reduced over all ranks (metrics.py): every image of the
     set (`images` of them) scored exactly once, whatever the number of processes."""
     if dist.is_initialized():  # BN statistics drift apart on each rank's last batch: score (and save) rank 0's
@@ -406,13 +409,19 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int) -> d
             dist.broadcast(buffer, 0)
     model.eval()
     metrics = build_metrics(num_logits)
+    lesion_stats = LesionStats() if lesions and num_logits == 1 else None  # lesions found, FP
     for batch, masks in loader:
         batch, masks = to_device(batch, masks, device)
         with autocast(device, amp):
             logits = model(batch)
         metrics.update(predict_labels(logits.float()), masks)
+        if lesion_stats is not None:
+            lesion_stats.update(logits.float(), masks)
     metrics.reduce()
     summary = metrics.summary()
+    if lesion_stats is not None:
+        lesion_stats.reduce()
+        summary.update(lesion_stats.summary())
     assert summary["images"] == images, f"scored {summary['images']} of {images} images"
     return summary
 
@@ -429,6 +438,11 @@ def final_report(args, model, val_set, val_loader, summary: dict, best: float, f
         scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {len(val_set)} validation images "
                   f"({summary['dice_pooled']:.4f} pooled over their pixels), best {best:.4f}; predicting all "
                   f"background scores {floor['dice_mean_per_image']:.4f} ({floor['dice_pooled']:.4f} pooled)")
+        if "lesions" in summary:  # metrics.LesionStats, computed in the last epoch
+            scores += (f"; lesions found {summary['lesions_found']:.0f} of "
+                       f"{summary['lesions']:.0f}, false positives per image "
+                       f"{summary['false_positives_per_image']:.2f} "
+                       f"({summary['false_positives_per_normal_image']:.2f} on normal images)")
     else:
         scores = (f"mIoU {summary['mean_iou']:.4f} on the {len(val_set)} validation images, best {best:.4f}; "
                   f"predicting all background scores {floor['mean_iou']:.4f}")
