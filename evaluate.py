@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from engine.checkpoints import CheckpointError, load_checkpoint
 from data import DataError, build_dataset, cache_folder, prepare_datasets
-from engine.charts import draw_froc
+from engine.charts import PALETTE, draw_froc
 from engine.inference import image_size_for, inference_seconds, model_logits, predict_dataset_batch
 from engine.scans import run_prediction
 from metrics import FROC_RATES, ConfusionMatrix, LesionStats, build_metrics, predict_labels
@@ -322,6 +322,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError("--input needs --output DIR and exactly one --checkpoint (--panels goes with --dataset)")
     if args.input is not None and args.froc:
         raise UsageError("--froc goes with --dataset: the FROC needs the masks of a dataset")
+    if args.froc and len(args.checkpoint) > len(PALETTE):
+        raise UsageError(f"--froc draws at most {len(PALETTE)} checkpoints; run it on fewer")
     if args.dataset is not None and args.output is not None:
         raise UsageError("--output goes with --input; with --dataset use --json FILE and --panels DIR")
     if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):

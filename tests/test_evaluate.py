@@ -354,6 +354,7 @@ def test_user_errors_are_one_line_with_exit_code_2(checkpoints, tmp_path, monkey
             (["--checkpoint", voc, "--dataset", "voc", "--froc", "f.png"], "binary .*21 classes"),
             (["--checkpoint", unet, "--input", tmp_path, "--output", "o", "--froc", "f.png"],
              "--froc goes with --dataset"),
+            (["--checkpoint", *[unet] * 7, "--dataset", "synthetic", "--froc", "f.png"], "at most 6"),
             (["--checkpoint", unet, "--input", empty, "--output", tmp_path / "o"], "no .dcm"),
     ):
         with pytest.raises(UsageError, match=message):
