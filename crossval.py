@@ -1,25 +1,26 @@
-"""Cross-validation by patient of the thesis' Table 2 decoders on real mammograms: Tables 2-3 with error bars (§5).
+"""Cross-validation by patient of the thesis' Table 2 decoders on real mammograms (§5): Tables 2-3
+with error bars, and the lesions each decoder finds.
 
-    python crossval.py --dataset mias --data-root ../shared/data/mini-mias              # 3 decoders x 5 folds
+    python crossval.py --dataset mias --data-root ../shared/data/mini-mias   # 3 decoders x 5 folds
     python crossval.py --dataset folder --data-root DATA/mine --jobs 3 -- --epochs 50 --weights none
     python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --jobs 4 -- --device cuda
 
-For each decoder (--decoders: fusion, unet, unetplusplus) and each fold k of K (--folds, by patient: splits.py), one
-train.py run trains with the dataset's recipe (recipes.py) on the other folds and validates on fold k (--fold k/K),
-in <out-dir>/<decoder>/fold<k>/. Arguments after `--` go to every run unchanged (--epochs, --image-size, --weights,
---amp, ...). A finished run (its final.json written) is not trained again; an interrupted one resumes from its last.pt
-(one killed after its last epoch is scored from its log), so the command can be run again until every run is done.
-<out-dir>/crossval.json keeps the settings (dataset, data root, folds, the flags after --): runs of other settings are
-never mixed into one table. --jobs runs that many at once (on one GPU too).
+Each decoder (--decoders) on each fold k of K (--folds, by patient: splits.py) is one train.py run
+in <out-dir>/<decoder>/fold<k>/, trained with the dataset's recipe on the other folds and validated
+on fold k (--fold k/K); the flags after `--` go to every run. A finished run (final.json) is not
+trained again, an interrupted one resumes from its last.pt (one killed after its last epoch is
+scored from its log), so the command can be run again until every run is done.
+<out-dir>/crossval.json keeps the settings: runs of other settings never mix in one table. --jobs
+runs that many at once.
 
-A fold's score is its last epoch's validation on the held-out fold: no checkpoint is chosen on the images it is scored
-on (best.pt is, so it is not used here). The summary prints, per decoder, the Table 2 format with the mean and the
-standard deviation over folds of the per-image Dice and IoU (the thesis' statistic) over the images with a lesion
-(Table 2's set holds mass images only; mini-MIAS' normal images train and are scored, but an empty prediction on one
-scores 1, so the mean over all images is a column of its own), and of the pooled ones, and a paired comparison of
-fusion against each other decoder on the same folds (per-fold Dice differences, folds won); it writes
-<out-dir>/summary.json and <out-dir>/summary.png (charts.py: per-fold Dice of each decoder, every run's learning curve).
-Exit codes: 0 every run done; 1 some runs failed (their log is named; the others are summarised); 2 bad flags.
+A fold's score is its last epoch's validation (best.pt is chosen on the fold's images: not used).
+The summary gives, per decoder, the mean and standard deviation over folds of Dice and IoU over the
+images with a lesion (the thesis' statistic), over all images and pooled, of the lesions found and
+of the false positives per image (all images, normal ones); then fusion against each other decoder
+on the same folds (Dice differences, folds won). It writes <out-dir>/summary.json and summary.png
+(charts.py).
+Exit codes: 0 every run done; 1 some runs failed (their log is named; the others summarised); 2 bad
+flags.
 """
 from __future__ import annotations
 
@@ -42,11 +43,15 @@ from readers.atomic import write_json
 DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP Unet, (C) SMP Unet++
 # The table's columns (header -> final.json key) for binary masks and for class-index ones (-- --num-classes K);
 # the paired comparison and the figure use COMPARED: Table 2's statistic (metrics.py), or the mIoU.
-SCORES = {"binary": {"IoU (%)": "iou_mean_lesion_images", "DICE (%)": "dice_mean_lesion_images",
-                     "DICE all images": "dice_mean_per_image", "IoU pooled": "iou_pooled",
-                     "Dice pooled": "dice_pooled"},
+SCORES = {"binary": {"IoU, lesion images (%)": "iou_mean_lesion_images",
+                     "Dice, lesion images (%)": "dice_mean_lesion_images",
+                     "Dice, all images (%)": "dice_mean_per_image", "IoU pooled (%)": "iou_pooled",
+                     "Dice pooled (%)": "dice_pooled", "lesions found (%)": "lesion_sensitivity",
+                     "FP / image": "false_positives_per_image",
+                     "FP / normal image": "false_positives_per_normal_image"},
           "classes": {"mIoU (%)": "mean_iou", "mean Dice (%)": "mean_dice"}}
 COMPARED = {"binary": "dice_mean_lesion_images", "classes": "mean_iou"}
+COUNTS = {"false_positives_per_image", "false_positives_per_normal_image"}  # not percentages
 
 
 def get_args_parser() -> ArgumentParser:
@@ -212,27 +217,34 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
 
 def print_summary(summary: dict) -> None:
     """Table 2's format, mean ± std over folds, then the paired comparison."""
-    def cell(score: dict) -> str:
-        return "n/a" if math.isnan(score["mean"]) else f"{100 * score['mean']:.2f} ± {100 * score['std']:.2f}"
+    def cell(score: dict, scale: float) -> str:
+        mean, std = scale * score["mean"], scale * score["std"]
+        return "n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
 
     columns, compared = SCORES[summary["scores"]], summary["compared"]
     header = ["Architecture", *columns, "folds"]
-    body = [[decoder, *(cell(scores[key]) for key in columns.values()),
+    body = [[decoder, *(cell(scores[key], 1 if key in COUNTS else 100) for key in columns.values()),
              str(sum(r[compared] is not None for r in summary["runs"][decoder]))]
             for decoder, scores in summary["table"].items()]
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     print()
     for line in [header] + body:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
-    scored = ("IoU and DICE are means over the images with a lesion (the thesis' statistic: Table 2's images all "
-              "hold a mass), DICE all images the mean over every image (a lesion-free one predicted empty scores 1), "
-              "pooled ones over all pixels of the fold" if summary["scores"] == "binary" else
+    scored = ("lesion images: means over the images with a lesion (the thesis' statistic: "
+              "Table 2's images all hold a mass); all images: over every image (a lesion-free one "
+              "predicted empty scores 1); pooled: over all pixels of the fold; a lesion is found "
+              "by a mark with IoU >= 0.2, a mark that finds none is a false positive (FP)"
+              if summary["scores"] == "binary" else
               "mIoU and mean Dice over the classes of each fold's confusion matrix")
     print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
           f"folds of each fold's last-epoch validation; {scored}.")
     older = sum(bool(run.get("older_run")) for runs in summary["runs"].values() for run in runs)
     if older:
         print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are over all images")
+    uncounted = sum(run.get("lesion_sensitivity") is None and run[compared] is not None
+                    for runs in summary["runs"].values() for run in runs)
+    if summary["scores"] == "binary" and uncounted:
+        print(f"{uncounted} run(s) predate the lesion counts: their lesion columns are left out")
     what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     for name, pair in summary["paired"].items():
         differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["differences"])

@@ -1,22 +1,18 @@
-"""Evaluation (thesis §5-6): the numbers of Tables 2-4 from trained checkpoints, and panels like Figs. 7-11.
+"""Evaluation (thesis §5-6): the numbers of Tables 2-4 from trained checkpoints, Figs. 7-11, FROC.
 
-    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR                 # Table 2-3 numbers (val)
-    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR --split test    # the held-out test CSV
-    python evaluate.py --checkpoint A.pt B.pt C.pt --dataset cbis --data-root DIR --panels figs/  # Table 2, Fig. 7-9
-    python evaluate.py --checkpoint voc.pt --dataset voc --data-root DIR                    # Table 4 (mIoU)
-    python evaluate.py --checkpoint best.pt --input scans/ --output masks/                 # = predict.py
+    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR     # Tables 2-3 (val)
+    python evaluate.py --checkpoint best.pt --dataset cbis --data-root DIR --split test
+    python evaluate.py --checkpoint A.pt B.pt --dataset mias --data-root DIR --froc froc.png
+    python evaluate.py --checkpoint voc.pt --dataset voc --data-root DIR        # Table 4 (mIoU)
+    python evaluate.py --checkpoint best.pt --input scans/ --output masks/     # = predict.py
 
-Each model is rebuilt from its checkpoint's model_config: there are no architecture flags. Binary sets (cbis, mias,
-synthetic) are scored at the model's input size, on the preprocessed masks the model was trained on; the thesis'
-Dice and IoU (Tables 2-3) are means over images (an image with no lesion and no prediction scores 1), and the values
-pooled over all pixels of the set are printed beside them, named. VOC is scored at each image's original resolution,
-as its benchmark does: the logits of the letterboxed input are cropped to the image, resized back (bilinear) and
-compared with the original label PNG. Several checkpoints run on the same batches and are compared in one table in
-the thesis' format (IoU, Dice or mIoU, #Params, FLOPS, inference time), followed by the images on which they disagree
-most. --panels DIR writes Fig. 7-11 style panels of "disagreement", "hard" and "ordinary" cases (pick_cases); --json
-FILE writes every number, per-image scores included; --tta averages each image's and its mirror image's
-probabilities. --input runs predict.py's command (prediction.run_prediction) instead.
-Exit codes: 0 done; 1 some --input files failed (the others were written); 2 bad flags, checkpoint or dataset.
+Each model is rebuilt from its checkpoint (no architecture flags); several run on the same batches
+and are compared in one table. Binary sets are scored at the model's input size: Dice and IoU as
+means over images (Tables 2-3) and pooled, lesions found and false positives per image, the FROC
+(--froc draws it). VOC is scored at each image's original size, as its benchmark: the logits of the
+letterboxed input cropped to the image and resized back. Then the images the models disagree on
+most, --panels (Fig. 7-11 style), --json (every number); --tta averages an image and its mirror.
+Exit codes: 0 done; 1 some --input files failed (the others were written); 2 bad flags or files.
 """
 from __future__ import annotations
 
@@ -35,9 +31,10 @@ from torch.utils.data import DataLoader
 
 from engine.checkpoints import CheckpointError, load_checkpoint
 from data import DataError, build_dataset, cache_folder, prepare_datasets
-from engine.inference import image_size_for, inference_seconds, predict_dataset_batch
+from engine.charts import PALETTE, draw_froc
+from engine.inference import image_size_for, inference_seconds, model_logits, predict_dataset_batch
 from engine.scans import run_prediction
-from metrics import ConfusionMatrix, build_metrics
+from metrics import FROC_RATES, ConfusionMatrix, LesionStats, build_metrics, predict_labels
 from engine.panels import write_panel
 from recipes import PRESETS
 from engine.backends import BACKENDS, fast_model
@@ -70,8 +67,9 @@ class Candidate:
 
 
 def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | None, *, batch_size: int,
-                     workers: int, tta: bool, amp: str) -> tuple[list, np.ndarray]:
-    """Every model on the same batches, every image once -> (metrics per model, per-image scores (M, N)).
+                     workers: int, tta: bool, amp: str) -> tuple[list, list, np.ndarray]:
+    """Every model on the same batches, every image once -> (metrics per model, LesionStats per
+    model (None for multiclass), per-image scores (M, N)).
 
     The per-image score is Dice for binary models (the empty-mask convention of BinaryStats) and the image's own mIoU
     for multiclass ones (one image's ConfusionMatrix): at the original size for VOC, at the input size for a folder
@@ -80,16 +78,20 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
     """
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)  # no drop_last
     metrics = [build_metrics(c.model.config["num_classes"]) for c in candidates]
+    lesions = [LesionStats() if c.model.config["num_classes"] == 1 else None for c in candidates]
     class_scores: list[list[float]] = [[] for _ in candidates]
     seen = 0
     for images, masks in loader:  # images (B, C, H, W) in [0, 1]: the dataset does not normalise
         targets = None if voc_labels is None else [read_voc_label(voc_labels[seen + j]).astype(np.int64)
                                                for j in range(len(images))]
-        for candidate, metric, scores in zip(candidates, metrics, class_scores):
+        for candidate, metric, lesion, scores in zip(candidates, metrics, lesions, class_scores):
             if targets is None:
-                labels = predict_dataset_batch(candidate.runner, images, None, tta=tta, amp=amp, mammogram=True)
+                logits = model_logits(candidate.runner, images, tta=tta, amp=amp, mammogram=True)
+                labels = predict_labels(logits)
                 targets_here = masks.to(labels.device)  # (B, H, W)
                 metric.update(labels, targets_here)
+                if lesion is not None:
+                    lesion.update(logits, targets_here)
                 if isinstance(metric, ConfusionMatrix):
                     scores.extend(image_miou(pred, target, metric.num_classes)
                                   for pred, target in zip(labels, targets_here))
@@ -104,8 +106,8 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
     if seen != len(dataset):
         raise RuntimeError(f"evaluated {seen} images of {len(dataset)}")
     if isinstance(metrics[0], ConfusionMatrix):
-        return metrics, np.asarray(class_scores, dtype=np.float64)
-    return metrics, np.stack([m.per_image()[0].numpy() for m in metrics])
+        return metrics, lesions, np.asarray(class_scores, dtype=np.float64)
+    return metrics, lesions, np.stack([m.per_image()[0].numpy() for m in metrics])
 
 
 def image_miou(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
@@ -165,6 +167,10 @@ def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.2f}%"
 
 
+def _number(value: float, scale: float = 1, digits: int = 2) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{scale * value:.{digits}f}"
+
+
 def _has_lesion_free_images(summary: dict) -> bool:
     return summary["images_with_lesion"] < summary["images"] - summary["images_all_ignored"]
 
@@ -186,6 +192,7 @@ def print_metrics(candidate: Candidate, summary: dict) -> None:
         print(f"  sensitivity {_percent(summary['sensitivity'])}, precision {_percent(summary['precision'])}, "
               f"specificity {_percent(summary['specificity'])}, predicted foreground "
               f"{_percent(summary['predicted_foreground_fraction'])} of the pixels")
+        print_lesions(summary)
         return
     print(f"  mIoU {_percent(summary['mean_iou'])}, mean Dice {_percent(summary['mean_dice'])}, pixel accuracy "
           f"{_percent(summary['pixel_accuracy'])} (mean over the classes present in the targets or predictions)")
@@ -196,35 +203,66 @@ def print_metrics(candidate: Candidate, summary: dict) -> None:
         print(("  IoU per class: " if start == 0 else "                 ") + ", ".join(per_class[start:start + 6]))
 
 
-def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: str, runs: int,
-                original_sizes: bool = False) -> None:
-    """Tables 2 and 4 of the thesis: Architecture, IoU, Dice (or mIoU), #Params, FLOPS, inference time. For binary
-    models IoU and Dice are means over images, as the thesis reports them (over the images with a lesion where some
-    have none, the mean over all then a column of its own), with the pooled values beside them."""
-    scores = {"IoU (%)": "iou_mean_per_image", "DICE (%)": "dice_mean_per_image", "IoU pooled": "iou_pooled",
-              "Dice pooled": "dice_pooled"} if binary else {"mIoU (%)": "mean_iou"}
-    lesion_free = binary and _has_lesion_free_images(rows[0])  # the same images for every row
-    if lesion_free:  # Table 2's set holds mass images only: its statistic is the mean over the images with a lesion
-        scores = {"IoU (%)": "iou_mean_lesion_images", "DICE (%)": "dice_mean_lesion_images",
-                  "DICE all images": "dice_mean_per_image", "IoU pooled": "iou_pooled", "Dice pooled": "dice_pooled"}
-    header = ["Architecture", *scores, "#Params", "FLOPS", "Inference time (s)"]
-    body = [[f"{r['name']}: {r['architecture']}",
-             *[("n/a" if r[key] is None or math.isnan(r[key]) else f"{100 * r[key]:.2f}") for key in scores.values()],
-             f"{r['params'] / 1e6:.2f} M", f"{r['thesis_flops_g']:.3f}",
-             "n/a" if math.isnan(r["inference_s"]) else f"{r['inference_s']:.4f}"] for r in rows]
+def print_lesions(summary: dict) -> None:
+    """Lesions found, false positives per image (all images, normal ones) and the FROC's points."""
+    normal = int(summary["normal_images"])
+    on_normal = f", {_number(summary['false_positives_per_normal_image'])} per normal image"
+    print(f"  lesions found {int(summary['lesions_found'])} of {int(summary['lesions'])} "
+          f"({_percent(summary['lesion_sensitivity'])}); false positives "
+          f"{_number(summary['false_positives_per_image'])} per image{on_normal if normal else ''}"
+          f" ({normal} normal images)")
+    points = [f"{_percent(summary[f'lesion_sensitivity_at_{rate:g}_fp_per_image'])} at {rate:g}"
+              for rate in FROC_RATES]
+    print(f"  FROC: lesions found {', '.join(points)} false positives per image")
+
+
+def print_columns(header: list[str], body: list[list[str]]) -> None:
+    """A table: the first column left-aligned, the others right-aligned."""
     widths = [max(len(str(line[i])) for line in [header] + body) for i in range(len(header))]
     for line in [header] + body:
         print("  ".join(str(cell).ljust(w) if i == 0 else str(cell).rjust(w)
                         for i, (cell, w) in enumerate(zip(line, widths))))
-    scored = ("IoU and DICE: means over images (the thesis' Tables 2-3); pooled: over all pixels of the set"
-              if binary else f"mIoU at the {'original sizes' if original_sizes else 'input size'}")
-    if lesion_free:
-        scored = (f"IoU and DICE: means over the {int(rows[0]['images_with_lesion'])} images with a lesion (Table 2's "
-                  "set holds mass images only); DICE all images: the mean over every image, where a lesion-free one "
-                  "predicted empty scores 1; pooled: over all pixels of the set")
+
+
+def print_table(rows: list[dict], *, binary: bool, input_shape: tuple, device: str, runs: int,
+                original_sizes: bool = False) -> None:
+    """Tables 2 and 4 of the thesis: Architecture, IoU, Dice (or mIoU), #Params, FLOPS, inference
+    time; for binary models then lesions found, false positives per image and FROC points."""
+    lesion_free = binary and _has_lesion_free_images(rows[0])  # the same images for every row
+    scores = {"mIoU (%)": "mean_iou"}
+    if binary:  # Table 2's statistic: the mean over the images with a lesion (all of them have one)
+        scores = {"IoU, lesion images (%)": "iou_mean_lesion_images",
+                  "Dice, lesion images (%)": "dice_mean_lesion_images",
+                  **({"Dice, all images (%)": "dice_mean_per_image"} if lesion_free else {}),
+                  "IoU pooled (%)": "iou_pooled", "Dice pooled (%)": "dice_pooled"}
+    names = [f"{r['name']}: {r['architecture']}" for r in rows]
+    print_columns(["Architecture", *scores, "#Params", "FLOPS", "Inference time (s)"],
+                  [[name, *[_number(r[key], 100) for key in scores.values()],
+                    f"{r['params'] / 1e6:.2f} M", f"{r['thesis_flops_g']:.3f}",
+                    _number(r["inference_s"], 1, 4)] for name, r in zip(names, rows)])
+    scored = f"mIoU at the {'original sizes' if original_sizes else 'input size'}"
+    if binary:
+        every = "all images: over every image, a lesion-free one predicted empty scoring 1; "
+        scored = (f"lesion images: means over the {int(rows[0]['images_with_lesion'])} images "
+                  f"with a lesion (the thesis' Tables 2-3); {every if lesion_free else ''}"
+                  "pooled: over all pixels")
     print(f"{scored}. FLOPS in the thesis' convention: GFLOPs / 4 (benchmark.py) for one "
           f"{'x'.join(map(str, input_shape))} input; inference time = median of {runs} forward passes at batch 1 on "
           f"{device}, as prediction runs the model (runners.py), after warm-up, without --tta.")
+    if not binary:
+        return
+    normal = {"FP / normal image": ("false_positives_per_normal_image", 1)} if lesion_free else {}
+    lesions = {"lesions found (%)": ("lesion_sensitivity", 100),
+               "FP / image": ("false_positives_per_image", 1), **normal,
+               **{f"found at {rate:g} FP / image (%)":
+                  (f"lesion_sensitivity_at_{rate:g}_fp_per_image", 100) for rate in FROC_RATES}}
+    print()
+    print_columns(["Architecture", *lesions],
+                  [[name, *[_number(r[key], scale) for key, scale in lesions.values()]]
+                   for name, r in zip(names, rows)])
+    print(f"A lesion (a connected region of the mask) is found by a mark (one of the prediction) "
+          f"with IoU >= {rows[0]['lesion_min_iou']:g}; a mark that finds none is a false positive "
+          "(FP). Found at x FP / image: the FROC's best sensitivity with at most x FP per image.")
 
 
 def disagreements(ids: list[str], names: list[str], scores: np.ndarray, count: int) -> list[dict]:
@@ -265,6 +303,7 @@ def get_args_parser() -> ArgumentParser:
     add("--json", metavar="FILE", help="also write every number (per-image scores too) to FILE")
     add("--panels", metavar="DIR", help=f"write Fig. 7-11 style panels of {PANELS_PER_KIND} disagreement, hard and "
         "ordinary cases to DIR")
+    add("--froc", metavar="FILE.png", help="draw the FROC curves of the checkpoints to FILE.png")
     add("--timing-runs", type=int, default=10, metavar="N", help="forward passes timed for the inference-time column, "
         "after warm-up (default: 10; 0 skips timing)")
     add("--backend", choices=BACKENDS, default="auto", help="how the models run (runners.py); auto: a CUDA graph on a "
@@ -281,6 +320,10 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError("pass --dataset (metrics, comparison, panels) or --input with --output (prediction)")
     if args.input is not None and (args.output is None or len(args.checkpoint) > 1 or args.panels):
         raise UsageError("--input needs --output DIR and exactly one --checkpoint (--panels goes with --dataset)")
+    if args.input is not None and args.froc:
+        raise UsageError("--froc goes with --dataset: the FROC needs the masks of a dataset")
+    if args.froc and len(args.checkpoint) > len(PALETTE):
+        raise UsageError(f"--froc draws at most {len(PALETTE)} checkpoints; run it on fewer")
     if args.dataset is not None and args.output is not None:
         raise UsageError("--output goes with --input; with --dataset use --json FILE and --panels DIR")
     if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
@@ -322,8 +365,9 @@ def load_candidates(paths: list[str], device: torch.device) -> list[Candidate]:
 
 def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     """Metrics of every checkpoint on one split, the Table 2/4 comparison, disagreements, panels and --json."""
-    if args.json:
-        check_writable_file(args.json, "--json")
+    for flag, path in (("--json", args.json), ("--froc", args.froc)):
+        if path:
+            check_writable_file(path, flag)
     candidates = load_candidates(args.checkpoint, device)
     size = image_size_for({c.name: c.checkpoint for c in candidates}, args.image_size, args.dataset)
     # The table's numbers come from the model itself: a CUDA graph replays its very kernels, ONNX Runtime would round
@@ -335,6 +379,9 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
                                       size=size)
     channels = 3 if args.dataset == "voc" else 1  # raw [0, 1] pixels; each model converts and normalises them
     num_classes = candidates[0].model.config["num_classes"]
+    if args.froc and num_classes != 1:
+        raise UsageError(f"--froc: the FROC counts the lesions of binary (1-logit) models; "
+                         f"{candidates[0].path} has {num_classes} classes")
     options = {"num_classes": num_classes} if args.dataset == "folder" else {}  # a folder's masks follow the model
     if args.cache_dir and args.dataset != "synthetic":
         options["cache_dir"] = args.cache_dir
@@ -349,19 +396,21 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     voc = (dataset.images, dataset.labels) if args.dataset == "voc" else None
     print(f"{args.dataset} {args.split}: {len(dataset)} images, input {size[0]}x{size[1]}, on {device}"
           f"{', with --tta' if args.tta else ''}" + (", scored at the original sizes" if voc else ""))
-    metrics, scores = evaluate_dataset(candidates, dataset, None if voc is None else voc[1],
-                                       batch_size=args.batch_size, workers=args.workers, tta=args.tta, amp=args.amp)
+    metrics, lesions, scores = evaluate_dataset(
+        candidates, dataset, None if voc is None else voc[1], batch_size=args.batch_size,
+        workers=args.workers, tta=args.tta, amp=args.amp)
 
     example = dataset[0][0][None]  # (1, C, H, W): timing on a real image
     binary, rows = num_classes == 1, []
-    for candidate, metric, per_image in zip(candidates, metrics, scores):
-        summary = metric.summary()
+    for candidate, metric, lesion, per_image in zip(candidates, metrics, lesions, scores):
+        summary = metric.summary() if lesion is None else {**metric.summary(), **lesion.summary()}
         print_metrics(candidate, summary)
         flops = count_flops(candidate.model, (1, candidate.model.config["in_channels"], *size))
         rows.append(dict(name=candidate.name, checkpoint=candidate.path, architecture=candidate.architecture,
                          model_config=candidate.model.config, epoch=candidate.checkpoint.get("epoch"), metrics=summary,
                          params=count_parameters(candidate.model), flops=flops, thesis_flops_g=flops / 4 / 1e9,
                          inference_s=inference_seconds(candidate.runner, example, amp=args.amp, runs=args.timing_runs),
+                         **({} if lesion is None else {"froc": lesion.froc()}),
                          **{f"per_image_{'dice' if binary else 'miou'}": dict(zip(dataset.ids, per_image))}))
     print()
     print_table([dict(r, **r["metrics"]) for r in rows], binary=binary, device=str(device), runs=args.timing_runs,
@@ -378,10 +427,15 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         panels = write_panels(Path(args.panels), pick_cases(scores), candidates, dataset, voc, tta=args.tta,
                               amp=args.amp)
         print(f"\n{len(panels)} panels in {args.panels}: " + ", ".join(Path(p).name for p in panels))
+    if args.froc:
+        draw_froc(args.froc, {row["name"]: row["froc"] for row in rows},
+                  title=f"{args.dataset} {args.split}, {len(dataset)} images: FROC, a lesion found "
+                        f"by a mark with IoU >= {rows[0]['metrics']['lesion_min_iou']:g}")
+        print(f"\nFROC of {len(rows)} model(s) in {args.froc}")
     if args.json:
         write_json(args.json, dict(dataset=args.dataset, split=args.split, images=len(dataset), image_size=list(size),
                                    tta=args.tta, amp=args.amp, device=str(device), models=rows,
-                                   disagreements=disagreeing, panels=panels))
+                                   disagreements=disagreeing, panels=panels, froc_figure=args.froc))
     return 0
 
 

@@ -1,37 +1,23 @@
-"""Metrics of the thesis' Tables 2-4: IoU and Dice on CBIS-DDSM (binary), mIoU on Pascal VOC 2012 (multiclass).
+"""Metrics of the thesis' Tables 2-4 (IoU and Dice on CBIS-DDSM, mIoU on VOC), and lesion counts.
 
-Metrics. Every number is exact and accumulated over the whole set, never a mean of batch means: integer counts are
-summed per batch (one torch.bincount), summed across processes by `reduce()`, and only then turned into scores, so
-batch size, image order and world size change no metric.
+Every number is exact over the whole set: integer counts per image (or class) are gathered or summed
+across processes by reduce(), then turned into scores, so batch size, image order and world size
+change nothing. A binary model has one logit: lesion where logit > 0. Targets of 255 count nowhere.
 
-Label space. A binary model has ONE logit (lesion) but the labels have TWO classes, background 0 and lesion 1;
-`predict_labels(logits)` turns either kind of output into labels (B, H, W): sigmoid > 0.5 (i.e. logit > 0) for
-one channel, argmax over channels otherwise. Pixels whose target is IGNORE_INDEX (255) count nowhere.
+Which Dice: `BinaryStats` gives Dice and IoU pooled over all pixels and as means over images (the
+thesis' statistic, README "Metrics"). An image with no lesion and no prediction scores 1, so on sets
+with normal images the mean over the images with a lesion is given beside the mean over all; an
+all-255 image is left out of the means. A score whose denominator is 0 is NaN. `ConfusionMatrix`:
+per-class IoU, mIoU over the classes in the targets or predictions (VOC's). `LesionStats`: lesions
+(8-connected components of the target) found by marks (those of the thresholded prediction), FROC.
 
-- `ConfusionMatrix(num_classes)` (label classes: 2 for binary, 21 for VOC): rows are the target, columns the
-  prediction. iou_c = TP/(TP+FP+FN), dice_c = 2TP/(2TP+FP+FN), NaN for a class that is in neither the targets
-  nor the predictions; `mean_iou()` averages the classes present in the targets OR the predictions (a class
-  predicted but never present scores 0 and counts; a class absent from both has no defined IoU and is left out).
-  With all VOC val classes present this is the standard cumulative VOC mIoU.
-- `BinaryStats()` (binary segmentation, the CBIS numbers): per-image TP/FP/FN/TN of the lesion class. Reports
-  Dice and IoU pooled over the set (from the summed counts) and as the mean of per-image scores, plus pooled
-  sensitivity TP/(TP+FN), precision TP/(TP+FP) and specificity TN/(TN+FP). Empty-mask convention: an image with
-  no lesion in the target and none predicted scores Dice = IoU = 1 (nothing to find, nothing found); the pooled
-  Dice/IoU follow the same rule when the whole set is empty, so pooled == mean for a one-image set. Sensitivity,
-  precision and specificity are NaN when their denominator is 0 (undefined, not invented). An image whose pixels
-  are all 255 has nothing to score: it is counted in `images` but left out of the per-image means. Where a set
-  also holds lesion-free images (mini-MIAS' normals), the mean over the images WITH a lesion is reported beside the
-  mean over all: an empty prediction on a normal image scores 1, so the mean over all rewards finding nothing, and
-  Table 2's CBIS-DDSM set holds mass images only (§3 warns against scoring blank masks).
-- `build_metrics(num_logits)`: BinaryStats for a 1-logit model, ConfusionMatrix(C) for a C-logit model. Both have
-  update(pred, target), reduce(), summary() -> dict of floats (for logs and JSON).
+    m = build_metrics(1); m.update(predict_labels(model(x)), y); m.reduce(); print(m.summary())
 
-Usage: `m = build_metrics(1); m.update(predict_labels(model(x)), y); m.reduce(); print(m.summary())`.
-
-Imports only torch, like losses.py: either file can be copied alone.
+Imports only torch and numpy: the file can be copied alone.
 """
 import math
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -234,6 +220,191 @@ class BinaryStats:
             "images_all_ignored": float(len(counts) - int(scored.sum())),
             "images_with_lesion": float(with_lesion.sum()),
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesions: connected components, matching, FROC
+
+MIN_IOU = 0.2  # a mark finds a lesion when their IoU reaches this
+# lesion probabilities swept for the FROC; 0.5 gives predict_labels' marks
+FROC_THRESHOLDS = (0.01, *(round(0.05 * k, 2) for k in range(1, 20)), 0.99)
+FROC_RATES = (0.5, 1, 2)  # false positives per image at which the FROC's sensitivity is reported
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the row runs of a (H, W) bool mask in raster order: flat indices into the
+    mask padded with a False column each side (stride W + 2); an end is the pixel after its run."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)  # no run crosses a row
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded.ravel())
+    return np.flatnonzero(steps == 1) + 1, np.flatnonzero(steps == -1) + 1
+
+
+def _ranges(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(i, first[i] + k) for every i and k < count[i], concatenated: a ragged gather, no loop."""
+    owner = np.repeat(np.arange(len(first)), count)
+    return owner, np.repeat(first - (np.cumsum(count) - count), count) + np.arange(count.sum())
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(run starts, run ends, run labels, n): 8-connected components of a (H, W) bool mask, labelled
+    1..n in raster order of their first pixel (as scipy.ndimage.label), by union-find over runs."""
+    starts, ends = _runs(mask)
+    up = mask.shape[1] + 2  # one row up in flat indices
+    # run b touches the runs of the row above that meet [start_b - 1, end_b] (diagonals count);
+    # a row's runs are sorted and disjoint, so these are the range [lo, hi)
+    lo = np.searchsorted(ends, starts - up, "left")
+    hi = np.searchsorted(starts, ends - up, "right")
+    below, above = _ranges(lo, np.maximum(hi - lo, 0))
+    parent = np.arange(len(starts))  # parent <= run: a component's root is its first run
+    while above.size:
+        root_above, root_below = parent[above], parent[below]
+        apart = root_above != root_below  # edges inside one component are done for good
+        if not apart.any():
+            break
+        above, below = above[apart], below[apart]
+        root_above, root_below = root_above[apart], root_below[apart]
+        higher, lower = np.maximum(root_above, root_below), np.minimum(root_above, root_below)
+        np.minimum.at(parent, higher, lower)  # each root joins the smallest root it touches
+        while True:  # pointer jumping until every run points at its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    is_root = parent == np.arange(len(starts))
+    return starts, ends, np.cumsum(is_root)[parent], int(is_root.sum())
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels (H, W) int64, n): the 8-connected components of a bool mask, 1..n in raster order."""
+    starts, ends, run_labels, count = _components(mask)
+    flat = np.zeros(mask.shape[0] * (mask.shape[1] + 2), np.int64)
+    flat[starts], flat[ends] = run_labels, -run_labels  # the cumsum holds a label along its run
+    return np.cumsum(flat).reshape(mask.shape[0], -1)[:, 1:-1], count
+
+
+def _match(lesions: tuple, marks: tuple, min_iou: float) -> tuple[int, int]:
+    """(lesions found, false-positive marks) of two _components results of one image."""
+    lesion_starts, lesion_ends, lesion_labels, num_lesions = lesions
+    mark_starts, mark_ends, mark_labels, num_marks = marks
+    if num_lesions == 0 or num_marks == 0:
+        return 0, num_marks
+    lo = np.searchsorted(lesion_ends, mark_starts, "right")  # the lesion runs a mark run overlaps
+    hi = np.searchsorted(lesion_starts, mark_ends, "left")
+    mark_run, lesion_run = _ranges(lo, np.maximum(hi - lo, 0))
+    shared = (np.minimum(lesion_ends[lesion_run], mark_ends[mark_run])
+              - np.maximum(lesion_starts[lesion_run], mark_starts[mark_run]))
+    code = lesion_labels[lesion_run] * (num_marks + 1) + mark_labels[mark_run]
+    pairs, index = np.unique(code, return_inverse=True)  # the (lesion, mark) pairs that meet
+    intersection = np.bincount(index, weights=shared)
+    lesion, mark = pairs // (num_marks + 1), pairs % (num_marks + 1)
+    lesion_area = np.bincount(lesion_labels, weights=lesion_ends - lesion_starts)
+    mark_area = np.bincount(mark_labels, weights=mark_ends - mark_starts)
+    hit = intersection / (lesion_area[lesion] + mark_area[mark] - intersection) >= min_iou
+    return len(np.unique(lesion[hit])), num_marks - len(np.unique(mark[hit]))
+
+
+def count_lesions(marked: np.ndarray, target: np.ndarray,
+                  min_iou: float = MIN_IOU) -> tuple[int, int, int, int]:
+    """(lesions, found, marks, false-positive marks) of one image: bool marks, 0/1/255 labels."""
+    lesions, marks = _components(target == 1), _components(marked & (target != IGNORE_INDEX))
+    found, false_positives = _match(lesions, marks, min_iou)
+    return lesions[3], found, marks[3], false_positives
+
+
+class LesionStats:
+    """Per-image lesion counts of a binary model at each FROC threshold; sensitivity, FP per image.
+    A lesion is found by a mark with IoU >= min_iou; a mark that finds none is a false positive."""
+
+    def __init__(self, min_iou: float = MIN_IOU, thresholds: tuple = FROC_THRESHOLDS):
+        if 0.5 not in thresholds or not all(0 < t < 1 for t in thresholds):
+            raise ValueError(f"thresholds must lie in (0, 1) and hold 0.5, got {thresholds}")
+        self.min_iou, self.thresholds = min_iou, tuple(sorted(thresholds))
+        self._cuts = [math.log(t / (1 - t)) for t in self.thresholds]  # p > t <=> logit > logit(t)
+        self._batches: list[torch.Tensor] = []  # (B, 2 + 3T) int64 per update: see counts()
+        self._reduced = False
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """Adds a batch: the lesion logits (B, 1, H, W) and the labels (B, H, W) 0, 1 or 255."""
+        if self._reduced:
+            raise RuntimeError("LesionStats.update() after reduce(): start a new LesionStats")
+        if logits.dim() != 4 or logits.shape[1] != 1 or logits[:, 0].shape != target.shape:
+            raise ValueError(f"logits must be (B, 1, H, W) and target (B, H, W), got "
+                             f"{tuple(logits.shape)} and {tuple(target.shape)}")
+        scores, labels = logits[:, 0].float().cpu().numpy(), target.cpu().numpy()  # a host sync
+        if ((labels != 0) & (labels != 1) & (labels != IGNORE_INDEX)).any():
+            raise ValueError(f"target labels must be 0, 1 or {IGNORE_INDEX} (ignore)")
+        rows = []
+        for score, label in zip(scores, labels):
+            valid = label != IGNORE_INDEX
+            lesions = _components(label == 1)
+            row, top = [int(valid.any()), lesions[3]], score[valid].max(initial=-math.inf)
+            for cut in self._cuts:
+                if cut >= top:  # no pixel above this threshold: no mark
+                    row += [0, 0, 0]
+                    continue
+                marks = _components((score > cut) & valid)
+                found, false_positives = _match(lesions, marks, self.min_iou)
+                row += [found, marks[3], false_positives]
+            rows.append(row)
+        self._batches.append(torch.tensor(rows, dtype=torch.int64).reshape(len(rows), -1))
+
+    def counts(self) -> torch.Tensor:
+        """(N, 2 + 3T) int64: scored (not all 255), lesions, then per threshold found, marks, FP."""
+        if not self._batches:
+            return torch.zeros(0, 2 + 3 * len(self.thresholds), dtype=torch.int64)
+        if len(self._batches) > 1:
+            self._batches = [torch.cat(self._batches)]
+        return self._batches[0]
+
+    def reduce(self) -> None:
+        """Gathers every process's per-image rows in rank order (BinaryStats.reduce); call once."""
+        if self._reduced:
+            raise RuntimeError("LesionStats.reduce() called twice: it would count images again")
+        self._reduced = True
+        if dist.is_available() and dist.is_initialized():
+            self._batches = [_all_gather_rows(self.counts())]
+
+    def _per_threshold(self) -> torch.Tensor:
+        rows = self.counts().cpu()
+        return rows[:, 2:].reshape(len(rows), len(self.thresholds), 3)  # (N, T, found/marks/FP)
+
+    def froc(self) -> dict:
+        """The FROC as lists: sensitivity and false positives per image at each threshold."""
+        found, _, false_positives = self._per_threshold().sum(0).double().unbind(1)  # (T,) each
+        lesions, images = float(self.counts()[:, 1].sum()), float(self.counts()[:, 0].sum())
+        return {"thresholds": list(self.thresholds),
+                "sensitivity": [_ratio(f, lesions) for f in found.tolist()],
+                "false_positives_per_image": [_ratio(f, images) for f in false_positives.tolist()]}
+
+    def summary(self) -> dict:
+        """Counts and rates at threshold 0.5 (predict_labels' marks) and the FROC's, as floats."""
+        rows = self.counts().cpu()
+        scored, lesions = rows[:, 0] > 0, rows[:, 1]
+        at_half = self._per_threshold()[:, self.thresholds.index(0.5)]  # (N, 3)
+        found, marks, false_positives = at_half.unbind(1)
+        normal = scored & (lesions == 0)
+        result = {
+            "lesions": float(lesions.sum()), "lesions_found": float(found.sum()),
+            "lesion_sensitivity": _ratio(float(found.sum()), float(lesions.sum())),
+            "marks": float(marks.sum()), "false_positive_marks": float(false_positives.sum()),
+            "false_positives_per_image": _ratio(float(false_positives.sum()), float(scored.sum())),
+            "normal_images": float(normal.sum()),
+            "false_positives_per_normal_image": _ratio(float(false_positives[normal].sum()),
+                                                       float(normal.sum())),
+            "lesion_min_iou": self.min_iou}
+        froc = self.froc()
+        for rate in FROC_RATES:
+            result[f"lesion_sensitivity_at_{rate:g}_fp_per_image"] = sensitivity_at(froc, rate)
+        return result
+
+
+def sensitivity_at(froc: dict, rate: float) -> float:
+    """The best FROC sensitivity at <= `rate` false positives per image; 0 if none (no marks)."""
+    points = zip(froc["sensitivity"], froc["false_positives_per_image"])
+    if any(math.isnan(s) for s in froc["sensitivity"]):
+        return math.nan  # no lesion in the set
+    return max((s for s, f in points if f <= rate), default=0.0)
 
 
 def all_background_scores(masks, num_logits: int) -> dict:

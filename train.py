@@ -35,7 +35,7 @@ from engine.measure import count_parameters, process_seconds
 from engine.panels import write_dataset_panels
 from engine.run_folder import RunFolder
 from losses import build_loss
-from metrics import all_background_scores, build_metrics, predict_labels
+from metrics import LesionStats, all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
 from readers.atomic import DiskFullError, write_json
 from readers.sampling import EpochSampler, SeededItems
@@ -128,7 +128,7 @@ def main(args, stop: StopRequests | None = None) -> dict:
                                            sync_bn=args.sync_bn, data_parallel=args.data_parallel,
                                            compile_model=args.compile)
     if args.eval_only:
-        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set))
+        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set), lesions=True)
         log(f"eval {args.resume}: " + " ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         if args.json and rank == 0:
             write_json(args.json, summary)
@@ -175,6 +175,7 @@ def main(args, stop: StopRequests | None = None) -> dict:
                                             totals=totals)
             validated = time.time()
             summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set),
+                               lesions=epoch == args.epochs - 1,  # lesion counts cost CPU time: last only
                                stop=stop if world == 1 else None)  # ranks validate all images
             clock["training"] += validated - started
             clock["validation"] += time.time() - validated
@@ -427,7 +428,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp: str, num_logits: int, images: int,
+def evaluate(model, loader, device, amp: str, num_logits: int, images: int, *, lesions: bool = False,
              stop: StopRequests | None = None) -> dict | None:
     """Exact metrics over this rank's shard, reduced over all ranks (metrics.py): every one of the set's
     `images` scored once, whatever the number of processes. None if a stop was requested."""
@@ -436,6 +437,7 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int,
             dist.broadcast(buffer, 0)
     model.eval()
     metrics = build_metrics(num_logits)
+    lesion_stats = LesionStats() if lesions and num_logits == 1 else None  # lesions found, false positives
     for batch, masks in loader:
         if stop is not None and stop.signum is not None:
             return None
@@ -443,8 +445,13 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int,
         with autocast(device, amp):
             logits = model(batch)  # (B, K, H, W)
         metrics.update(predict_labels(logits.float()), masks)
+        if lesion_stats is not None:
+            lesion_stats.update(logits.float(), masks)
     metrics.reduce()
     summary = metrics.summary()
+    if lesion_stats is not None:
+        lesion_stats.reduce()
+        summary.update(lesion_stats.summary())
     assert summary["images"] == images, f"scored {summary['images']} of {images} images"
     return summary
 
@@ -462,6 +469,10 @@ def final_report(args, model, val_set, val_loader, summary: dict, best: float, f
                   f"images ({summary['dice_pooled']:.4f} pooled over their pixels), best "
                   f"{best:.4f}; predicting all background scores {floor['dice_mean_per_image']:.4f} "
                   f"({floor['dice_pooled']:.4f} pooled)")
+        if "lesions" in summary:  # metrics.LesionStats, counted in the last epoch
+            scores += (f"; lesions found {summary['lesions_found']:.0f} of {summary['lesions']:.0f}, "
+                       f"false positives per image {summary['false_positives_per_image']:.2f} "
+                       f"({summary['false_positives_per_normal_image']:.2f} on normal images)")
     else:
         scores = (f"mIoU {summary['mean_iou']:.4f} on the {len(val_set)} validation images, best {best:.4f}; "
                   f"predicting all background scores {floor['mean_iou']:.4f}")

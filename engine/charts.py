@@ -1,10 +1,10 @@
-"""The figure of a cross-validation of the thesis' Table 2 decoders (fusion, U-Net, U-Net++ trained on the same folds),
-drawn with numpy and Pillow alone, so that the runtime needs no plotting library.
+"""Figures drawn with numpy and Pillow alone, so that the runtime needs no plotting library.
 
-  * left   a decoder's score on each fold as a dot, a fold's dots joined across decoders (does one decoder win on most
-           folds?), the mean as a bar with a +- 1 sample SD whisker, and "mean +- SD" printed under each column
-  * right  the validation score of every run per epoch (val_<metric> in log.jsonl), a thin line per fold, a colour per
-           decoder
+  * draw_crossval  a cross-validation of the thesis' Table 2 decoders (crossval.py). Left: the
+                   score per fold as dots, a fold's dots joined across decoders, mean +- 1 SD;
+                   right: the validation score of every run per epoch, a colour per decoder
+  * draw_froc      FROC curves (evaluate.py --froc): lesion sensitivity against false positives per
+                   image, one curve per checkpoint
 
     draw_crossval("crossval.png", runs, curves, title="CBIS-DDSM masses, 5-fold cross-validation")
 """
@@ -114,6 +114,17 @@ class Axes:
         y = min(max(y, y0), y1)
         return left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top)
 
+    def draw_x_axis(self, image: Image.Image, ticks: list[float], label: str, face) -> None:
+        """Tick marks and numbers at `ticks` under the plot, and the label under the numbers."""
+        draw = ImageDraw.Draw(image)
+        bottom = self.box[3]
+        for tick in ticks:
+            x, _ = self.px(tick, self.y_range[0])
+            draw.line([(x, bottom), (x, bottom + 4)], fill=INK, width=1)
+            put_text(draw, x, bottom + GAP, f"{tick:g}", face, anchor="mt")
+        below_numbers = bottom + 2 * GAP + line_height(draw, face)
+        put_text(draw, (self.box[0] + self.box[2]) / 2, below_numbers, label, face, anchor="mt")
+
     def draw_y_axis(self, image: Image.Image, ticks: list[float], label: str, face) -> None:
         """Gridlines and numbers at `ticks`, the two axis lines, and the label upright to the left of the numbers."""
         draw = ImageDraw.Draw(image)
@@ -211,11 +222,7 @@ def draw_curves(image: Image.Image, box: tuple, curves: dict, metric: str) -> No
     axes = Axes(box, (x_ticks[0], x_ticks[-1]), (y_ticks[0], y_ticks[-1]))
     face = font(TEXT_SIZE)
     axes.draw_y_axis(image, y_ticks, "validation " + METRIC_LABELS[metric], face)
-    for tick in x_ticks:
-        x, _ = axes.px(tick, y_ticks[0])
-        draw.line([(x, box[3]), (x, box[3] + 4)], fill=INK, width=1)
-        put_text(draw, x, box[3] + GAP, f"{tick:g}", face, anchor="mt")
-    put_text(draw, (box[0] + box[2]) / 2, box[3] + 2 * GAP + line_height(draw, face), "epoch", face, anchor="mt")
+    axes.draw_x_axis(image, x_ticks, "epoch", face)
     if not points:
         put_text(draw, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, "no epochs logged", face, anchor="mm", fill=MUTED)
     for colour, line in lines:
@@ -276,6 +283,68 @@ def draw_crossval(path, runs: dict, curves: dict, *, title: str, metric: str = "
     bottom = HEIGHT - MARGIN - (3 if failed else 2) * (line_height(draw, text) + GAP) - GAP
     draw_folds(image, (left_box_x[0], top, left_box_x[1], bottom), runs, metric)
     draw_curves(image, (right_box_x[0], top, right_box_x[1], bottom), curves, metric)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write(path, buffer.getvalue())
+
+
+FROC_WIDTH, FROC_HEIGHT = 900, 640  # pixels
+FROC_MAX_RATE = 8.0  # false positives per image: the x axis ends here at the latest
+
+
+def clipped_segments(points: list[tuple[float, float]], x_max: float) -> list[list[tuple]]:
+    """The polyline through `points` cut at x = x_max: its pieces left of it (NaN breaks it)."""
+    pieces, piece = [], []
+    for (x0, y0), (x1, y1) in zip(points, points[1:] + [(math.nan, math.nan)]):
+        finite0, finite1 = math.isfinite(x0 + y0), math.isfinite(x1 + y1)
+        inside0, inside1 = finite0 and x0 <= x_max, finite1 and x1 <= x_max
+        if inside0:
+            piece.append((x0, y0))
+        if finite0 and finite1 and inside0 != inside1:  # crosses the edge
+            piece.append((x_max, y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)))
+        if inside0 and not inside1:
+            pieces, piece = pieces + [piece], []
+    return pieces
+
+
+def draw_froc(path, curves: dict, *, title: str, rates: tuple = (0.5, 1, 2)) -> None:
+    """FROC curves to the PNG `path` (atomically). curves: name -> metrics.LesionStats.froc(); a
+    curve joins its thresholds from the highest down; dashed lines mark `rates` FP per image."""
+    if not 1 <= len(curves) <= len(PALETTE):
+        raise ValueError(f"curves holds {len(curves)} FROCs; the figure draws 1 to {len(PALETTE)}")
+    lines = {name: [(f, 100 * s) for f, s in zip(froc["false_positives_per_image"][::-1],
+                                                   froc["sensitivity"][::-1])]
+             for name, froc in curves.items()}  # (FP per image, %), highest threshold first
+    seen = [f for line in lines.values() for f, s in line if math.isfinite(f) and math.isfinite(s)]
+    x_ticks = nice_ticks(0, min(max(seen + [1.25 * max(rates)]), FROC_MAX_RATE))
+    y_ticks = nice_ticks(0, 100, count=5)
+    image = Image.new("RGB", (FROC_WIDTH, FROC_HEIGHT), "white")
+    draw = ImageDraw.Draw(image)
+    title_face, (title,) = fit(draw, [title], FROC_WIDTH - 2 * MARGIN, HEADING_SIZE)
+    put_text(draw, FROC_WIDTH / 2, MARGIN, title, title_face, anchor="mt")
+    text, small = font(TEXT_SIZE), font(SMALL_SIZE)
+    left = MARGIN + line_height(draw, text) + 3 * GAP + draw.textlength("100", font=text)
+    legend_top = MARGIN + line_height(draw, title_face) + 2 * GAP
+    legend_bottom = draw_legend(draw, left, legend_top, list(curves), FROC_WIDTH - MARGIN - left)
+    bottom = FROC_HEIGHT - MARGIN - 2 * (line_height(draw, text) + GAP) - GAP
+    axes = Axes((left, legend_bottom + 3 * GAP, FROC_WIDTH - MARGIN, bottom), (0, x_ticks[-1]),
+                (0, 100))
+    axes.draw_y_axis(image, y_ticks, "lesions found (%)", text)
+    axes.draw_x_axis(image, x_ticks, "false positives per image", text)
+    for rate in rates:  # dashed verticals at the rates the table reports
+        x, top = axes.px(rate, 100)[0], axes.box[1]
+        for y in range(round(top), round(bottom), 8):
+            draw.line([(x, y), (x, min(y + 4, bottom))], fill=MUTED, width=1)
+        put_text(draw, x + 4, top + 2, f"{rate:g} FP", small, fill=MUTED)
+    for colour, line in zip(PALETTE, lines.values()):
+        for piece in clipped_segments(line, x_ticks[-1]):
+            pixels = [axes.px(x, y) for x, y in piece]
+            if len(pixels) > 1:
+                draw.line(pixels, fill=colour, width=3, joint="curve")
+        for x, y in line:
+            if math.isfinite(x) and math.isfinite(y) and x <= x_ticks[-1]:
+                cx, cy = axes.px(x, y)
+                draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colour, outline="white")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write(path, buffer.getvalue())

@@ -1,5 +1,6 @@
 """Tests for charts.py: the figure is a PNG of the promised size, every decoder shows in both panels, failed folds and
-NaN epochs are left out rather than drawn at 0, the output is deterministic, and inconsistent inputs are refused."""
+NaN epochs are left out rather than drawn at 0, the output is deterministic, and inconsistent inputs are refused.
+The FROC figure draws each curve and stops at its axis."""
 import math
 
 import numpy as np
@@ -100,3 +101,33 @@ def test_inconsistent_inputs_are_refused_with_the_problem_named(tmp_path):
     with pytest.raises(ValueError, match=r"'fusion': fold numbers repeat: \[0, 0, 2, 3, 4\]"):
         draw_crossval(path, runs, curves, title="t")
     assert not path.exists()
+
+
+def froc(scale: float) -> dict:
+    """A FROC as metrics.LesionStats.froc() gives it: sensitivity and FP per image per threshold."""
+    rates = [12 * scale * (1 - t) ** 3 for t in np.linspace(0.01, 0.99, 21)]
+    return {"thresholds": np.linspace(0.01, 0.99, 21).tolist(), "false_positives_per_image": rates,
+            "sensitivity": [min(1.0, 0.3 + 0.25 * math.log1p(f)) for f in rates]}
+
+
+def test_froc_figure_draws_each_curve_in_its_colour_and_stops_at_the_axis_end(tmp_path):
+    path = tmp_path / "froc.png"
+    charts.draw_froc(path, {"unet": froc(1), "fusion": froc(0.5)}, title="FROC")
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.shape == (charts.FROC_HEIGHT, charts.FROC_WIDTH, 3)
+    for colour in charts.PALETTE[:2]:
+        assert colour_pixels(pixels, colour) > 300
+    assert colour_pixels(pixels, charts.PALETTE[2]) == 0
+    right_margin = pixels[:, charts.FROC_WIDTH - charts.MARGIN + 4:]  # past 8 FP per image: nothing
+    assert colour_pixels(right_margin, charts.PALETTE[0]) == 0
+    charts.draw_froc(tmp_path / "again.png", {"unet": froc(1), "fusion": froc(0.5)}, title="FROC")
+    assert (tmp_path / "again.png").read_bytes() == path.read_bytes()
+    with pytest.raises(ValueError, match="1 to 6"):
+        charts.draw_froc(path, {str(k): froc(1) for k in range(7)}, title="FROC")
+
+
+def test_clipped_segments_cut_at_the_edge_and_break_at_nan():
+    points = [(0, 0), (1, 10), (10, 20), (2, 30), (math.nan, math.nan), (1, 1)]
+    assert charts.clipped_segments(points, 4) == [[(0, 0), (1, 10), (4, 10 + 10 * 3 / 9)],
+                                                  [(4, 20 + 10 * 6 / 8), (2, 30)], [(1, 1)]]

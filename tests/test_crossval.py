@@ -2,6 +2,7 @@
 deviation over folds, the paired comparison and the figure, without training anything. The whole command, training
 included, runs in bench/gpu.sh's dry run (tests/test_benchmark.py)."""
 import json
+import re
 import statistics
 
 import pytest
@@ -20,7 +21,9 @@ def write_finished_runs(out_dir):
             folder.mkdir(parents=True)
             final = dict(dice_mean_lesion_images=lesion, iou_mean_lesion_images=lesion / 2, dice_mean_per_image=every,
                          iou_mean_per_image=every / 2, dice_pooled=lesion + 0.1, iou_pooled=lesion / 2 + 0.05,
-                         images=15.0, images_with_lesion=11.0)
+                         images=15.0, images_with_lesion=11.0, lesion_sensitivity=lesion + 0.2,
+                         false_positives_per_image=fold + lesion,
+                         false_positives_per_normal_image=2 * fold)
             (folder / "final.json").write_text(json.dumps({"final": final}))
             (folder / "config.json").write_text(json.dumps({"args": {"epochs": 3}}))
             records = [{"epoch": epoch, "train_loss": 1 / (epoch + 1),
@@ -45,11 +48,24 @@ def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison
         assert table["dice_mean_lesion_images"]["std"] == pytest.approx(statistics.stdev(lesion))  # n - 1
         assert table["dice_mean_per_image"]["mean"] == pytest.approx(statistics.fmean(every for _, every in folds))
         assert table["iou_mean_lesion_images"]["mean"] == pytest.approx(statistics.fmean(lesion) / 2)
+        assert table["lesion_sensitivity"]["mean"] == pytest.approx(statistics.fmean(lesion) + 0.2)
+        rates = [fold + dice for fold, dice in enumerate(lesion)]
+        assert table["false_positives_per_image"]["mean"] == pytest.approx(statistics.fmean(rates))
+        assert table["false_positives_per_image"]["std"] == pytest.approx(statistics.stdev(rates))
+        assert table["false_positives_per_normal_image"]["mean"] == pytest.approx(2)  # 0, 2, 4
     pair = summary["paired"]["fusion vs unet"]  # compared on the images with a lesion: +5, -2, +9 points
     assert pair["differences"] == pytest.approx([0.05, -0.02, 0.09])
     assert (pair["fusion_wins"], pair["other_wins"], pair["ties"]) == (2, 1, 0)
     assert pair["mean"] == pytest.approx(0.04)
-    assert "60.00 ± 10.00" in printed and "DICE all images" in printed  # fusion's lesion-image Dice, mean ± SD
+    assert "60.00 ± 10.00" in printed  # fusion's lesion-image Dice, mean ± SD
+    header = next(line for line in printed.splitlines() if line.startswith("Architecture"))
+    assert re.split(r"\s{2,}", header) == [
+        "Architecture", "IoU, lesion images (%)", "Dice, lesion images (%)", "Dice, all images (%)",
+        "IoU pooled (%)", "Dice pooled (%)", "lesions found (%)", "FP / image", "FP / normal image",
+        "folds"]
+    fusion = next(line for line in printed.splitlines() if line.startswith("fusion "))
+    cells = re.split(r"\s{2,}", fusion)[-4:]
+    assert cells == ["80.00 ± 10.00", "1.60 ± 1.05", "2.00 ± 2.00", "3"]  # FP not in %
     assert "fusion wins 2 of 3 folds" in printed
     assert (out_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -99,6 +115,25 @@ def test_runs_of_an_older_version_are_scored_by_their_mean_over_all_images_and_s
     summary, printed = json.loads((out_dir / "summary.json").read_text()), capsys.readouterr().out
     assert summary["runs"]["unet"][0]["dice_mean_lesion_images"] == 0.69  # that fold's mean over all images
     assert "1 run(s) predate the means over images with a lesion" in printed and "fusion wins 1 of 3 folds" in printed
+
+
+def test_runs_without_lesion_counts_show_n_a_in_their_columns(tmp_path, capsys):
+    out_dir = tmp_path / "cv"
+    write_finished_runs(out_dir)
+    for final in out_dir.glob("unet/fold*/final.json"):
+        counted = ("lesion_sensitivity", "false_positives_per_image",
+                   "false_positives_per_normal_image")
+        scores = json.loads(final.read_text())["final"]
+        older = {key: value for key, value in scores.items() if key not in counted}
+        final.write_text(json.dumps({"final": older}))
+    args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
+                                                  "--folds", "3", "--out-dir", str(out_dir),
+                                                  "--decoders", "fusion", "unet"])
+    assert crossval.main(args) == 0
+    printed = capsys.readouterr().out
+    unet = next(line for line in printed.splitlines() if line.startswith("unet "))
+    assert unet.split()[-4:] == ["n/a", "n/a", "n/a", "3"]  # the lesion columns; the Dice are there
+    assert "3 run(s) predate the lesion counts" in printed
 
 
 def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):

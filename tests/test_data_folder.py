@@ -249,7 +249,7 @@ def test_a_folder_trains_from_a_weights_file_evaluates_and_predicts_end_to_end(f
         str(tmp_path / "cache"), "--workers", "0", "--timing-runs", "0", "--json", str(tmp_path / "scores.json")])) == 0
     (row,) = json.loads((tmp_path / "scores.json").read_text())["models"]
     assert sorted(row["per_image_dice"]) == sorted(build(folder, "val").ids)  # its 4 validation images, each scored
-    assert "DICE (%)" in capsys.readouterr().out
+    assert "Dice, lesion images (%)" in capsys.readouterr().out
 
     dicom = next((folder / "images").glob("*.dcm"))
     assert predict.main(predict.get_args_parser().parse_args([

@@ -4,6 +4,7 @@ directly on the same predictions), the comparison table, panels and the one-line
 import argparse
 import json
 import math
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -16,10 +17,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import evaluate
-from engine import panels
+from engine import charts, panels
 from engine.checkpoints import CheckpointError, load_checkpoint
 from data import build_dataset
-from metrics import BinaryStats, ConfusionMatrix, predict_labels
+from metrics import BinaryStats, ConfusionMatrix, LesionStats, predict_labels
 from model import build_model
 from engine.panels import write_panel
 from helpers import save_checkpoint
@@ -138,29 +139,43 @@ def test_load_checkpoint_rebuilds_strips_prefixes_and_rejects_bad_files(checkpoi
 # ---------------------------------------------------------------------------------------------------------------------
 # Metrics, comparison and panels on a dataset
 
-def reference_binary(model, limit: int, batch_size: int) -> tuple[dict, torch.Tensor]:
-    """The metric functions run directly: data.py normalises, the model predicts, BinaryStats counts."""
+def reference_binary(model, limit: int, batch_size: int) -> tuple[dict, torch.Tensor, dict]:
+    """The metric functions run directly: data.py normalises, the model predicts, BinaryStats and
+    LesionStats count -> (summary, per-image Dice, FROC)."""
     dataset = build_dataset("synthetic", None, "val", 64, in_channels=1, mean=model.config["mean"],
                             std=model.config["std"], augment=False, limit=limit)
-    stats = BinaryStats()
+    stats, lesions = BinaryStats(), LesionStats()
     with torch.no_grad():
         for x, y in DataLoader(dataset, batch_size=batch_size):
-            stats.update(predict_labels(model(x)), y)
-    return stats.summary(), stats.per_image()[0]
+            logits = model(x)
+            stats.update(predict_labels(logits), y)
+            lesions.update(logits, y)
+    return {**stats.summary(), **lesions.summary()}, stats.per_image()[0], lesions.froc()
 
 
 def test_synthetic_metrics_table_disagreements_and_panels(checkpoints, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     assert run("--checkpoint", checkpoints["unet"], checkpoints["fusion"], "--dataset", "synthetic", "--limit", 8,
                "--batch-size", 3, "--workers", 0, "--timing-runs", 1, "--json", out,
-               "--panels", tmp_path / "panels") == 0
+               "--panels", tmp_path / "panels", "--froc", tmp_path / "froc.png") == 0
     printed, result = capsys.readouterr().out, json.loads(out.read_text())
     assert result["images"] == 8 and result["image_size"] == [64, 64]  # the size recorded in the checkpoints
     dice = {}
     for row in result["models"]:
         model = checkpoints["models"][row["name"]]
-        summary, dice[row["name"]] = reference_binary(model, 8, 3)
+        summary, dice[row["name"]], froc = reference_binary(model, 8, 3)
         assert all(floats_equal(row["metrics"][key], value) for key, value in summary.items()), row["name"]
+        assert row["froc"] == froc and summary["false_positive_marks"] > 0  # untrained: marks
+        assert (f"lesions found {int(summary['lesions_found'])} of {int(summary['lesions'])} "
+                f"({100 * summary['lesion_sensitivity']:.2f}%); false positives "
+                f"{summary['false_positives_per_image']:.2f} per image, "
+                f"{summary['false_positives_per_normal_image']:.2f} per normal image") in printed
+        name = f"{row['name']}: resnet34"
+        rows = [line for line in printed.splitlines() if line.startswith(name)]
+        columns = [("lesion_sensitivity", 100), ("false_positives_per_image", 1),
+                   ("false_positives_per_normal_image", 1),
+                   *((f"lesion_sensitivity_at_{x}_fp_per_image", 100) for x in ("0.5", "1", "2"))]
+        assert rows[1].split()[4:10] == [f"{scale * summary[key]:.2f}" for key, scale in columns]
         assert [row["per_image_dice"][i] for i in sorted(row["per_image_dice"])] == dice[row["name"]].tolist()
         for label, key in (("IoU  pooled", "iou_pooled"), ("Dice pooled", "dice_pooled"),
                            ("sensitivity", "sensitivity")):
@@ -176,6 +191,18 @@ def test_synthetic_metrics_table_disagreements_and_panels(checkpoints, tmp_path,
         assert f"over the {int(summary['images_with_lesion'])} images with a lesion" in printed
         assert f"{row['params'] / 1e6:.2f} M" in table_row and row["inference_s"] > 0
     assert result["models"][0]["epoch"] == 7
+    headers = [re.split(r"\s{2,}", line.strip()) for line in printed.splitlines()
+               if line.startswith("Architecture")]
+    assert headers == [["Architecture", "IoU, lesion images (%)", "Dice, lesion images (%)",
+                        "Dice, all images (%)", "IoU pooled (%)", "Dice pooled (%)", "#Params",
+                        "FLOPS", "Inference time (s)"],
+                       ["Architecture", "lesions found (%)", "FP / image", "FP / normal image",
+                        "found at 0.5 FP / image (%)", "found at 1 FP / image (%)",
+                        "found at 2 FP / image (%)"]]
+    assert result["froc_figure"] == str(tmp_path / "froc.png")
+    with Image.open(tmp_path / "froc.png") as froc_figure:
+        assert froc_figure.format == "PNG"
+        assert froc_figure.size == (charts.FROC_WIDTH, charts.FROC_HEIGHT)
 
     spread = (dice["unet"] - dice["fusion"]).abs()
     expected = [i for i in sorted(range(8), key=lambda i: -spread[i].item()) if spread[i] > 0][:5]
@@ -324,6 +351,10 @@ def test_user_errors_are_one_line_with_exit_code_2(checkpoints, tmp_path, monkey
             (["--checkpoint", unet, "--input", tmp_path], "--output"),
             (["--checkpoint", unet, voc, "--dataset", "synthetic"], "different numbers of classes"),
             (["--checkpoint", voc, "--dataset", "synthetic", "--limit", 2], "needs 1"),
+            (["--checkpoint", voc, "--dataset", "voc", "--froc", "f.png"], "binary .*21 classes"),
+            (["--checkpoint", unet, "--input", tmp_path, "--output", "o", "--froc", "f.png"],
+             "--froc goes with --dataset"),
+            (["--checkpoint", *[unet] * 7, "--dataset", "synthetic", "--froc", "f.png"], "at most 6"),
             (["--checkpoint", unet, "--input", empty, "--output", tmp_path / "o"], "no .dcm"),
     ):
         with pytest.raises(UsageError, match=message):

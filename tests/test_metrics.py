@@ -1,16 +1,21 @@
 """Tests for the metrics in metrics.py: hand-computed masks, independent reference formulas, the 255 rule, the
-empty-mask convention, batch-split/order invariance, and a real two-process gloo reduce."""
+empty-mask convention, batch-split/order invariance, and a real two-process gloo reduce;
+lesion counts against scipy's labelling."""
 import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
 from helpers import run_processes
 import losses
-from metrics import IGNORE_INDEX, BinaryStats, ConfusionMatrix, build_metrics, predict_labels
+from metrics import (FROC_THRESHOLDS, IGNORE_INDEX, BinaryStats, ConfusionMatrix, LesionStats,
+                     build_metrics, count_lesions, label_components, predict_labels,
+                     sensitivity_at)
+from scipy import ndimage
 
 I = IGNORE_INDEX
 
@@ -201,18 +206,169 @@ def test_build_metrics_maps_logits_to_label_space():
         build_metrics(0)
 
 
+# ---------------------------------------------------------------------------------------------
+# Lesions: connected components, found lesions, false-positive marks, FROC
+
+def random_logits(pred: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Logits (B, 1, H, W) that give `pred` at 0.5, graded so that the thresholds differ."""
+    gen = torch.Generator().manual_seed(seed)
+    size = torch.rand(pred.shape, generator=gen) * 3
+    return torch.where(pred == 1, 0.01 + size, -0.01 - size)[:, None]
+
+
+def scipy_count(marked: np.ndarray, target: np.ndarray, min_iou: float) -> tuple:
+    """The documented rule restated with scipy's 8-connected labelling and pixel masks."""
+    eight = np.ones((3, 3))
+    lesions, num_lesions = ndimage.label(target == 1, structure=eight)
+    marks, num_marks = ndimage.label(marked & (target != IGNORE_INDEX), structure=eight)
+    iou = np.zeros((num_lesions + 1, num_marks + 1))
+    for i in range(1, num_lesions + 1):
+        for j in range(1, num_marks + 1):
+            lesion, mark = lesions == i, marks == j
+            iou[i, j] = (lesion & mark).sum() / (lesion | mark).sum()
+    hit = iou[1:, 1:] >= min_iou
+    return num_lesions, int(hit.any(axis=1).sum()), num_marks, int((~hit.any(axis=0)).sum())
+
+
+def test_label_components_equals_scipy_labels_on_random_masks():
+    rng = np.random.default_rng(0)
+    for shape, density in (((1, 1), 0.5), ((1, 40), 0.5), ((40, 1), 0.5), ((17, 23), 0.2),
+                           ((64, 64), 0.45), ((64, 70), 0.6), ((33, 31), 0.8), ((256, 256), 0.5)):
+        mask = rng.random(shape) < density
+        ours, count = label_components(mask)
+        reference, reference_count = ndimage.label(mask, structure=np.ones((3, 3)))
+        assert count == reference_count and np.array_equal(ours, reference), (shape, density)
+    assert label_components(np.zeros((5, 4), bool))[1] == 0
+    snake = np.zeros((9, 9), bool)  # one component that turns back on itself
+    snake[::2, 1:8], snake[1::4, 7], snake[3::4, 1] = True, True, True
+    labels, count = label_components(snake)
+    assert count == 1 and np.array_equal(labels, snake.astype(np.int64))
+
+
+def test_count_lesions_on_hand_made_masks():
+    target = np.zeros((20, 20), np.int64)
+    target[2:6, 2:6], target[12:16, 12:16] = 1, 1  # two lesions of 16 pixels
+    marked = np.zeros((20, 20), bool)
+    marked[2:6, 2:5] = True  # IoU 12/16 with the first lesion; the second is missed
+    assert count_lesions(marked, target) == (2, 1, 1, 0)
+    normal = np.zeros((20, 20), np.int64)
+    assert count_lesions(marked, normal) == (0, 0, 1, 1)  # a mark on a normal image: an FP
+    bridge = np.zeros((20, 20), bool)
+    bridge[2:16, 2:16] = True  # touches both lesions, IoU 16/196 each: finds neither, an FP
+    assert count_lesions(bridge, target) == (2, 0, 1, 1)
+    pair = np.zeros((20, 20), np.int64)
+    pair[2:6, 2:6], pair[2:6, 8:12] = 1, 1  # two lesions two columns apart
+    bridge[:] = False
+    bridge[2:6, 2:12] = True  # IoU 16/40 with each
+    assert count_lesions(bridge, pair) == (2, 2, 1, 0)  # one mark finds both lesions
+    split = np.zeros((20, 20), bool)
+    split[2:6, 2:4], split[2:6, 5:6] = True, True  # one lesion in two marks, IoU 8/16 and 4/16
+    assert count_lesions(split, target) == (2, 1, 2, 0)  # found once, no false positive
+    split[2:3, 5:6] = False  # the small part now has IoU 3/16 < 0.2: a false positive
+    assert count_lesions(split, target) == (2, 1, 2, 1)
+    assert count_lesions(split, target, min_iou=0.1) == (2, 1, 2, 0)  # the rule is a parameter
+    inside, five = np.zeros((20, 20), bool), np.zeros((20, 20), np.int64)
+    inside[12:14, 12:14], five[12:16, 12:17] = True, 1  # IoU 4/20 = 0.2 exactly: found
+    assert count_lesions(inside, five) == (1, 1, 1, 0)
+    diagonal = np.zeros((20, 20), bool)
+    diagonal[6, 6] = diagonal[7, 7] = True  # 8-connected: one mark at the first lesion's corner
+    assert count_lesions(diagonal, target) == (2, 0, 1, 1)
+    ignored = target.copy()
+    ignored[2:6, 2:6] = IGNORE_INDEX  # ignored pixels are no lesion, and no mark lies on them
+    assert count_lesions(marked, ignored) == (1, 0, 0, 0)
+
+
+def test_count_lesions_agree_with_scipy_labelling():
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        size = (int(rng.integers(8, 30)), int(rng.integers(8, 30)))
+        target = (rng.random(size) < rng.uniform(0.1, 0.6)).astype(np.int64)
+        target[rng.random(size) < 0.05] = IGNORE_INDEX
+        near_truth = np.where(rng.random(size) < 0.8, target == 1, rng.random(size) < 0.3)
+        for min_iou in (0.2, 0.5):
+            ours = count_lesions(near_truth, target, min_iou)
+            assert ours == scipy_count(near_truth, target, min_iou), trial
+
+
+def test_froc_of_a_perfect_prediction_is_sensitivity_1_at_0_false_positives():
+    pred, target = random_binary_set(seed=2)
+    target[target == IGNORE_INDEX] = 0
+    stats = LesionStats()
+    stats.update(torch.where(target == 1, 20.0, -20.0)[:, None], target)
+    froc, summary = stats.froc(), stats.summary()
+    assert froc["thresholds"] == list(FROC_THRESHOLDS) and 0.5 in froc["thresholds"]
+    assert set(froc["sensitivity"]) == {1.0} and set(froc["false_positives_per_image"]) == {0.0}
+    assert summary["lesion_sensitivity"] == summary["lesion_sensitivity_at_0.5_fp_per_image"] == 1
+    assert summary["lesions"] == summary["lesions_found"] == summary["marks"] == 9
+    assert summary["normal_images"] == 2  # images 3 and 8
+    assert summary["false_positives_per_normal_image"] == 0
+
+
+def test_lesion_stats_counts_rates_and_froc_by_hand():
+    target = torch.zeros(3, 10, 10, dtype=torch.long)
+    target[0, 1:4, 1:4], target[0, 6:9, 6:9] = 1, 1  # image 0: two lesions; image 1: normal
+    target[2] = IGNORE_INDEX  # image 2: nothing to score
+    logits = torch.full((3, 1, 10, 10), -9.0)
+    logits[0, 0, 1:4, 1:4] = 2.0  # probability 0.88: found at thresholds up to 0.85
+    logits[0, 0, 6:9, 6:9] = -1.0  # probability 0.27: found at thresholds 0.01-0.25
+    logits[1, 0, 4:6, 4:6] = 0.5  # probability 0.62: a false positive up to 0.6
+    logits[2] = 9.0  # on ignored pixels: no mark
+    stats = LesionStats()
+    stats.update(logits[:2], target[:2])
+    stats.update(logits[2:], target[2:])
+    summary = stats.summary()
+    counted = ("lesions", "lesions_found", "marks", "false_positive_marks", "normal_images")
+    assert [summary[key] for key in counted] == [2, 1, 2, 1, 1]
+    assert summary["lesion_sensitivity"] == 0.5
+    assert summary["false_positives_per_image"] == 0.5  # over the 2 scored images, not the 255 one
+    assert summary["false_positives_per_normal_image"] == 1.0
+    froc = stats.froc()
+    at = dict(zip(froc["thresholds"], zip(froc["sensitivity"], froc["false_positives_per_image"])))
+    assert at[0.25] == (1.0, 0.5) and at[0.3] == (0.5, 0.5) and at[0.65] == (0.5, 0.0)
+    assert at[0.9] == (0.0, 0.0)
+    # the best sensitivity at <= x false positives per image, 0 where no threshold has so few
+    assert summary["lesion_sensitivity_at_0.5_fp_per_image"] == 1
+    curve = {"sensitivity": [1.0, 0.5], "false_positives_per_image": [3.0, 0.6]}
+    assert sensitivity_at(curve, 0.5) == 0.0 and sensitivity_at(curve, 1) == 0.5
+    assert stats.counts().tolist()[2] == [0, 0] + [0] * 3 * len(FROC_THRESHOLDS)
+    nothing = LesionStats().summary()
+    assert math.isnan(nothing["lesion_sensitivity"])
+    assert math.isnan(nothing["false_positives_per_image"])
+    assert math.isnan(nothing["lesion_sensitivity_at_1_fp_per_image"])
+
+
+def test_lesion_stats_refuses_wrong_inputs_and_a_second_reduce():
+    stats = LesionStats()
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        stats.update(torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="0, 1 or 255"):
+        stats.update(torch.zeros(1, 1, 4, 4), torch.full((1, 4, 4), 2))
+    with pytest.raises(ValueError, match="hold 0.5"):
+        LesionStats(thresholds=(0.1, 0.9))
+    stats.reduce()
+    with pytest.raises(RuntimeError, match="twice"):
+        stats.reduce()
+    with pytest.raises(RuntimeError, match="after reduce"):
+        stats.update(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
 def _evaluate_on_rank(rank, world_size, store_path, out_dir, pieces):
     torch.set_num_threads(1)  # forked child: keep clear of the parent's thread pool
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world_size)
     pred, target = random_binary_set(seed=1)
-    stats, cm = BinaryStats(), ConfusionMatrix(2)
+    logits = random_logits(pred)
+    stats, cm, lesions = BinaryStats(), ConfusionMatrix(2), LesionStats()
     for index in pieces[rank]:  # unequal shares, one rank with none at all
         stats.update(pred[index:index + 1], target[index:index + 1])
         cm.update(pred[index:index + 1], target[index:index + 1])
+        lesions.update(logits[index:index + 1], target[index:index + 1])
     stats.reduce()
     cm.reduce()
+    lesions.reduce()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump({"binary": stats.summary(), "cm": cm.summary(), "counts": stats.counts().tolist()}, f)
+        json.dump({"binary": stats.summary(), "cm": cm.summary(), "counts": stats.counts().tolist(),
+                   "lesions": lesions.summary(), "froc": lesions.froc(),
+                   "lesion_counts": lesions.counts().tolist()}, f)
     dist.destroy_process_group()
 
 
@@ -224,7 +380,14 @@ def test_reduce_across_processes_equals_one_process(tmp_path):
     single.update(pred, target)
     single_cm = ConfusionMatrix(2)
     single_cm.update(pred, target)
+    single_lesions = LesionStats()
+    single_lesions.update(random_logits(pred), target)
+    lesions = json.loads(json.dumps(single_lesions.summary()))  # NaN as JSON writes and reads it
+    assert single_lesions.counts()[:, 1].sum() > 0 and single_lesions.counts()[:, 4::3].sum() > 0
     for rank in range(3):
         result = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert result["binary"] == single.summary() and result["cm"] == single_cm.summary()
         assert result["counts"] == single.counts().tolist()  # every image once, in rank order
+        assert result["lesion_counts"] == single_lesions.counts().tolist()
+        assert result["froc"] == single_lesions.froc()
+        assert json.dumps(result["lesions"]) == json.dumps(lesions)

@@ -144,6 +144,10 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys, one_thread):
     assert len(panels) == 2 and all(str(p) in printed for p in panels)
     final = json.loads((tmp_path / "m.json").read_text())
     assert final["final"]["dice_mean_per_image"] == log[-1]["val_dice_mean_per_image"]
+    assert "val_lesions" not in log[0] and final["final"]["lesions"] == log[-1]["val_lesions"] > 0  # last epoch
+    lesions = final["final"]
+    assert f"lesions found {lesions['lesions_found']:.0f} of {lesions['lesions']:.0f}, false positives per " \
+           f"image {lesions['false_positives_per_image']:.2f}" in printed
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporary file
 
 
