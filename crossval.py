@@ -87,7 +87,8 @@ def train_command(args, decoder: str, fold: int, folder: Path) -> list[str]:
                       f"{fold}/{args.folds}", "--out-dir", str(folder), *overwrite, *args.train_args]
 
 
-RUNTIME_FLAGS = {"--device", "--workers", "--print-freq", "--compile", "--cache-dir", "--panels"}  # not the result's
+RUNTIME_FLAGS = {"--device", "--workers", "--print-freq", "--compile", "--cache-dir", "--panels",
+                 "--save-every", "--val-every"}  # not the result's
 
 
 def recipe_flags(train_args: list[str]) -> list[list[str]]:

@@ -99,6 +99,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", help="replace the run in --out-dir")
     add("--resume", help="last.pt to continue exactly (or any checkpoint, with --eval-only)")
     add("--eval-only", action="store_true", help="score the --resume checkpoint on the val split, then stop")
+    add("--val-every", type=int, default=1, metavar="N",
+        help="validate every N epochs and after the last (default: 1, every epoch)")
     add("--save-every", type=float, default=5.0, metavar="MINUTES",
         help="minutes between writes of last.pt; it is also written at the end and on Ctrl-C (default: 5)")
     add("--limit", type=int, help="only the first N images of each split (smoke tests)")
@@ -173,29 +175,30 @@ def main(args, stop: StopRequests | None = None) -> dict:
                                             device, epoch, amp=args.amp, clip_grad=args.clip_grad,
                                             progress=progress, stop=stop, first_step=first_step,
                                             totals=totals)
-            validated = time.time()
+            validated, last = time.time(), epoch == args.epochs - 1
+            due = steps == steps_per_epoch and ((epoch + 1) % args.val_every == 0 or last)
             summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set),
-                               lesions=epoch == args.epochs - 1,  # lesion counts cost CPU time: last only
-                               stop=stop if world == 1 else None)  # ranks validate all images
+                               lesions=last,  # lesion counts cost CPU time: the last epoch only
+                               stop=stop if world == 1 else None) if due else None  # ranks score all
             clock["training"] += validated - started
             clock["validation"] += time.time() - validated
-            if steps < steps_per_epoch or summary is None:  # a signal: validation runs on resume
+            if steps < steps_per_epoch or (due and summary is None):  # a signal: validation on resume
                 save_now(folder, rank, state(epoch - 1, steps, totals))
                 raise Stopped(stop.signum, stopped_line(stop, epoch, steps, steps_per_epoch, folder))
             scheduler.step()
-            improved, scores = best is None or summary[metric] > best, summary
-            best = summary[metric] if improved else best
+            improved = summary is not None and (best is None or summary[metric] > best)
+            scores, best = summary or scores, summary[metric] if improved else best
             records.append({"epoch": epoch, "lr": lr,
                             **{f"train_{k}": v / steps_per_epoch for k, v in totals.items()},
-                            **{f"val_{k}": v for k, v in summary.items()},
+                            **{f"val_{k}": v for k, v in (summary or {}).items()},
                             "seconds": round(time.time() - started, 1)})
             first_step, totals = 0, {}
             if rank == 0:  # log.jsonl now, last.pt when --save-every minutes have passed or at the end
-                folder.end_epoch(records, lambda: state(epoch), improved=improved,
-                                 final=epoch == args.epochs - 1)
-            log(f"epoch {epoch} val {metric} {summary[metric]:.4f} (best {best:.4f}) "
-                + " ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != metric)
-                + f" | {time.time() - started:.0f}s" + (" | best so far" if improved else ""))
+                folder.end_epoch(records, lambda: state(epoch), improved=improved, final=last)
+            scored = "not validated (--val-every)" if summary is None else (
+                f"val {metric} {summary[metric]:.4f} (best {best:.4f}) "
+                + " ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != metric))
+            log(f"epoch {epoch} {scored} | {time.time() - started:.0f}s" + (" | best so far" * improved))
         stop.graceful = False
         folder.close()  # the last write ends before the run reports
     except NonFiniteLoss as error:
@@ -245,6 +248,7 @@ def resolve_args(args) -> list[str]:
         (args.limit is not None and args.limit < 1, f"--limit {args.limit}: must be >= 1 (or left out)"),
         (args.workers < 0 or args.panels < 0, "--workers and --panels must be >= 0"),
         (not args.save_every > 0, f"--save-every {args.save_every}: minutes, > 0"),
+        (args.val_every < 1, f"--val-every {args.val_every}: must be >= 1"),
         (args.overwrite and (args.resume or not args.out_dir), "--overwrite replaces the run in a given "
          "--out-dir; it does not go with --resume")]
     for failed, message in problems:

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Table 2 on real mammograms, with error bars: 5-fold cross-validation by patient of the three Table 2 decoders
-# (ResNet-34 + fusion, Unet, Unet++) on mini-MIAS with its pixel outlines, Table 1's CBIS-DDSM recipe at 256x256 for
-# 150 epochs, on one GPU, five runs at a time. The encoder starts from scratch (Table 3's row B) because the GPU
-# machine cannot download weights; WEIGHTS=imagenet-timm (the recipe's, §4.3) where it can.
+# Table 2 on real mammograms, with error bars: 5-fold cross-validation by patient on mini-MIAS with its pixel outlines,
+# Table 1's CBIS-DDSM recipe for 150 epochs on one GPU, bf16, all runs of a protocol at once. The encoder starts from
+# scratch (Table 3's row B) because the GPU machine cannot download weights; WEIGHTS=imagenet-timm where it can.
+#   PROTOCOL=whole (default): the thesis' protocol, the three decoders of Table 2 on the whole image at 256x256.
+#   PROTOCOL=patches: the best of them at 256x256, Unet, at 1024 trained on 256 patches, validated by sliding
+#                     windows every 5 epochs and at the last (docs/high-resolution.md).
 #
 #   bash bench/crossval_mias.sh RESULTS_DIR [MIAS_ROOT]   # default root: ../shared/data/mini-mias
-#   DRY_RUN=1 bash bench/crossval_mias.sh DIR             # every step on the CPU at toy sizes: checks the script
+#   DRY_RUN=1 bash bench/crossval_mias.sh DIR             # the same command on the CPU at toy sizes
 #
-# The runs (and their checkpoints, about 1 GB each) go to $CV_RUNS (default: a temporary folder); RESULTS_DIR gets
-# what a reader needs: summary.json, summary.png, and each run's log.jsonl, final.json and train.log.
+# The runs go to $CV_RUNS (default: a temporary folder); RESULTS_DIR gets summary.json, summary.png, and each run's
+# log.jsonl, final.json and train.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench-results/crossval-mias}
@@ -19,11 +21,18 @@ if [[ ! -f "$mias/Info.txt" ]]; then
   echo "crossval_mias.sh: no mini-MIAS at $mias (Info.txt, images/, masks/); pass its folder" >&2
   exit 2
 fi
-if [[ "${DRY_RUN:-0}" == 1 ]]; then  # the same command on the CPU: two decoders, 2 folds, 1 epoch, 32x32, 8 images
-  flags=(--folds 2 --jobs 2 --decoders fusion unet -- --device cpu --epochs 1 --image-size 32 --batch-size 4
-         --limit 8 --workers 0 --decoder-channels 16,16,16,16,16 --weights none --panels 0)
+if [[ "${PROTOCOL:-whole}" == patches ]]; then
+  decoders=(unet); jobs=5; sizes=(--image-size 1024 --patch-size 256 --val-every 5)
+  dry_sizes=(--image-size 64 --patch-size 32 --val-every 1)
 else
-  flags=(--folds 5 --jobs 5 -- --device cuda --amp bf16 --weights "${WEIGHTS:-none}" --workers 2 --panels 2)
+  decoders=(fusion unet unetplusplus); jobs=15; sizes=(); dry_sizes=(--image-size 32)
+fi
+if [[ "${DRY_RUN:-0}" == 1 ]]; then  # on the CPU: 2 folds, 1 epoch, toy sizes, 8 images
+  flags=(--folds 2 --jobs 2 --decoders "${decoders[@]:0:2}" -- --device cpu --epochs 1 "${dry_sizes[@]}"
+         --batch-size 4 --limit 8 --workers 0 --decoder-channels 16,16,16,16,16 --weights none --panels 0)
+else
+  flags=(--folds 5 --jobs "$jobs" --decoders "${decoders[@]}" -- --device cuda --amp bf16 "${sizes[@]}"
+         --weights "${WEIGHTS:-none}" --workers 2 --panels 2)
 fi
 python crossval.py --dataset mias --data-root "$mias" --out-dir "$runs" "${flags[@]}" \
   --cache-dir "$runs/cache" 2>&1 | tee "$results/crossval.txt"

@@ -213,7 +213,8 @@ def draw_folds(image: Image.Image, box: tuple, runs: dict, metric: str) -> None:
 def draw_curves(image: Image.Image, box: tuple, curves: dict, metric: str) -> None:
     """Validation score per epoch, a thin line per fold in its decoder's colour; NaN epochs break the line."""
     draw = ImageDraw.Draw(image)
-    lines = [(colour, [(r["epoch"], as_percent(r.get(f"val_{metric}"))) for r in records])  # (colour, epochs) per fold
+    lines = [(colour, [(r["epoch"], as_percent(r.get(f"val_{metric}"))) for r in records
+                       if f"val_{metric}" in r])  # an epoch not validated (--val-every) is skipped
              for colour, folds in zip(PALETTE, curves.values()) for records in folds]
     points = [(e, s) for _, line in lines for e, s in line if math.isfinite(s)]
     epochs, values = [e for e, _ in points], [s for _, s in points]

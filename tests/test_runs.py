@@ -251,7 +251,8 @@ def test_a_write_abandoned_mid_way_leaves_the_previous_file_and_nothing_else(tmp
 
 
 @pytest.mark.parametrize("flags, words", [(["--limit", "0"], "--limit 0: must be >= 1"),
-                                          (["--save-every", "0"], "--save-every 0.0: minutes, > 0")])
+                                          (["--save-every", "0"], "--save-every 0.0: minutes, > 0"),
+                                          (["--val-every", "0"], "--val-every 0: must be >= 1")])
 def test_bad_run_flags_are_named(tmp_path, capsys, flags, words):
     assert train.cli([*TINY, "--out-dir", str(tmp_path / "o"), *flags]) == 2
     assert words in capsys.readouterr().err
@@ -263,8 +264,11 @@ def test_last_pt_is_written_when_due_and_at_the_end_not_every_epoch(tmp_path, mo
     monkeypatch.setattr(checkpoints, "save_checkpoint",
                         lambda checkpoint, path, cancel=None: written.append(path.name) or
                         real_save(checkpoint, path, cancel))
-    assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "a")]) == 0  # every 5 minutes
+    # every 5 minutes by default; validated at epoch 1 and at the last, 2
+    assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "a"), "--val-every", "2"]) == 0
     assert written.count("last.pt") == 1 and written.count("best.pt") == 1
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert ["val_images" in record for record in log] == [False, True, True]
     written.clear()
     assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "b"), "--save-every", "1e-9"]) == 0
     assert written.count("last.pt") == 3 and 1 <= written.count("best.pt") <= 3
