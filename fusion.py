@@ -1,20 +1,6 @@
-"""The thesis' proposed decoder: U-Net levels joined by SE fusion layers (thesis §4.2, Fig. 5 and Fig. 6).
-
-§4.2: the decoder, "besides taking into account the features from the previous decoder levels, also adds information
-from corresponding encoder levels, and processes it through the SE-block". Fig. 5 and 6 are missing from the text, so
-the fusion layer is inferred: the attention-guided dense-upsampling block of AUNet (Sun et al. 2019), made of the
-ingredients §3 names (bilinear upsampling [34], dense upsampling convolution [35], SE channel attention [36]):
-
-    high --bilinear x2--> conv3x3 ----------------------------------------+
-    high --conv3x3 to 4m--> pixel shuffle x2 --(+ skip)--> conv3x3 --------+--> concat (2m) --> SE --> 2 x conv3x3 --> m
-
-As in AUNet's code, every convolution has a bias and is followed by BatchNorm and ReLU, and the bilinear upsampling
-aligns corners. The last level has no skip (at stride 1 the encoder has only the image). Two departures from AUNet's
-code come with widths that differ from the encoder's: a skip of another width is projected by a 1x1 convolution (+ BN
-+ ReLU) before it is added (AUNet's widths match, so it adds the skip as it is), and the SE block reduces by 4, not
-AUNet's 16. Both were chosen with DEFAULT_WIDTHS, which reproduce the thesis' parameter and FLOP counts; the README
-("The models of Tables 2 and 4") gives the evidence, and why ResNet-34's widths are the least certain part of this
-reproduction.
+"""The thesis' proposed decoder (§4.2, Fig. 5-6): U-Net levels joined by SE fusion layers.
+Fig. 5-6 are missing from the thesis text: the fusion layer is AUNet's block (Sun et al. 2019),
+inferred as docs/reproduce.md explains.
 
     decoder = FusionDecoder((3, 64, 64, 128, 256, 512), decoder_channels=DEFAULT_WIDTHS["resnet34"])
 """
@@ -26,23 +12,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Decoder widths, deepest level first, that reproduce the thesis' parameter and FLOP counts (Tables 2 and 4).
+# Decoder widths, deepest level first. The thesis gives none, only parameter and FLOP counts:
+# BiT's halve from 1024 and fit Table 4 to 0.04%; no rule shared with BiT fits ResNet-34, whose
+# widths won a search against Table 2 (docs/reproduce.md) and are the least certain part.
 DEFAULT_WIDTHS = {
-    "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M params, 115.82 FLOPs (ours: 202.35M, 115.77)
-    "resnet34": (768, 384, 256, 96, 48),  # Table 2: 89.62M params, 32.22 FLOPs (fitted: 89.25M, 31.83)
+    "bit_r50x1": (1024, 512, 256, 128, 64),  # Table 4: 202.44M, 115.82 FLOPS (ours 202.35M, 115.77)
+    "resnet34": (768, 384, 256, 96, 48),  # Table 2: 89.62M, 32.22 FLOPS (fitted: 89.25M, 31.83)
 }
 
 
 class FusionConv(nn.Sequential):
-    """Convolution (with bias, as in AUNet) + BatchNorm + ReLU."""
+    """Convolution with bias (as AUNet) + BatchNorm + ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
-        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        super().__init__(nn.Conv2d(in_channels, out_channels, kernel_size,
+                                   padding=kernel_size // 2),
                          nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class SEBlock(nn.Module):
-    """Squeeze-and-excitation (Hu et al. 2018): scale each channel by sigmoid(FC(ReLU(FC(global average))))."""
+    """Squeeze-and-excitation (Hu et al. 2018): x * sigmoid(FC(ReLU(FC(global average))))."""
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
@@ -56,24 +45,32 @@ class SEBlock(nn.Module):
         return x * weights[:, :, None, None]  # (B, C, H, W)
 
 
+# Fig. 6, with m output channels:
+#   semantic: high -> bilinear x2 -> conv3x3
+#   detail:   high -> conv3x3 to 4m -> pixel shuffle x2 (+ skip) -> conv3x3
+#   output:   concat(detail, semantic) (2m) -> SE -> conv3x3 -> conv3x3 (m)
 class FusionLayer(nn.Module):
-    """Fig. 6: fuse the previous decoder level (high) with the encoder level (skip) through an SE block."""
+    """Fig. 6: the previous decoder level (high) fused with the encoder's (skip) through SE."""
 
-    def __init__(self, high_channels: int, skip_channels: int, out_channels: int, *, se_reduction: int = 4):
+    def __init__(self, high_channels: int, skip_channels: int, out_channels: int, *,
+                 se_reduction: int = 4):
         super().__init__()
         self.bilinear_branch = FusionConv(high_channels, out_channels)
-        # Dense upsampling convolution: predict 4 sub-pixels per channel, then rearrange them into a 2x larger map.
-        self.dense_upsampling = nn.Sequential(FusionConv(high_channels, 4 * out_channels), nn.PixelShuffle(2))
+        # Dense upsampling convolution: 4 sub-pixels per channel, rearranged into a 2x larger map.
+        self.dense_upsampling = nn.Sequential(FusionConv(high_channels, 4 * out_channels),
+                                              nn.PixelShuffle(2))
         self.skip_projection = None
-        if skip_channels and skip_channels != out_channels:  # the skip is added, so its width must match
+        # AUNet adds the skip as it is (its widths match); ours may differ: a 1x1 FusionConv first
+        if skip_channels and skip_channels != out_channels:
             self.skip_projection = FusionConv(skip_channels, out_channels, kernel_size=1)
         self.smooth = FusionConv(out_channels, out_channels)
-        self.se = SEBlock(2 * out_channels, se_reduction)
+        self.se = SEBlock(2 * out_channels, se_reduction)  # 4, not AUNet's 16: fits the counts
         self.conv1 = FusionConv(2 * out_channels, out_channels)
         self.conv2 = FusionConv(out_channels, out_channels)
 
     def forward(self, high: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        upsampled = F.interpolate(high, scale_factor=2.0, mode="bilinear", align_corners=True)  # as AUNet
+        upsampled = F.interpolate(high, scale_factor=2.0, mode="bilinear",
+                                  align_corners=True)  # as AUNet
         semantic = self.bilinear_branch(upsampled)  # (B, m, 2H, 2W)
         detail = self.dense_upsampling(high)  # (B, 4m, H, W) -> (B, m, 2H, 2W)
         if skip is not None:
@@ -83,16 +80,16 @@ class FusionLayer(nn.Module):
 
 
 class FusionDecoder(nn.Module):
-    """Fig. 5: five fusion layers from stride 32 up to stride 1, each taking the encoder map of its resolution.
-    decoder_channels: one width per level, deepest first (the thesis' are DEFAULT_WIDTHS[encoder])."""
+    """Fig. 5: five fusion layers from stride 32 up to 1; decoder_channels deepest first."""
 
-    def __init__(self, encoder_channels: Sequence[int], *, decoder_channels: Sequence[int], se_reduction: int = 4):
+    def __init__(self, encoder_channels: Sequence[int], *, decoder_channels: Sequence[int],
+                 se_reduction: int = 4):
         super().__init__()
         deepest, *skips = list(encoder_channels[1:])[::-1]  # (s32; s16, s8, s4, s2)
-        skips = skips + [0]  # the last level has no skip
+        skips = skips + [0]  # no skip for the last level: at stride 1 the encoder has the image
         if len(decoder_channels) != len(skips) or min(decoder_channels) < 1:
-            raise ValueError(f"decoder_channels needs {len(skips)} positive widths, one per level, got "
-                             f"{list(decoder_channels)}")
+            raise ValueError(f"decoder_channels needs {len(skips)} positive widths, one per level, "
+                             f"got {list(decoder_channels)}")
         highs = [deepest] + list(decoder_channels[:-1])
         self.layers = nn.ModuleList(FusionLayer(h, s, o, se_reduction=se_reduction)
                                     for h, s, o in zip(highs, skips, decoder_channels))

@@ -1,48 +1,50 @@
-"""Segmentation losses of the thesis (Table 1): Jaccard, Dice, (Focal) Tversky, cross-entropy, and their sums.
+"""The losses of Table 1: Jaccard, Dice, (Focal) Tversky, cross-entropy, and their weighted sums.
+Region losses count soft TP/FP/FN as SMP does; a binary model has one lesion logit (CE is then BCE).
+docs/metrics.md gives the formulas and how Focal Tversky maps onto SMP's and the paper's code.
 
-    criterion = build_loss("jaccard+focal_tversky", num_classes=1)   # CBIS-DDSM's; VOC's: "ce+focal_tversky", 21
-    loss = criterion(logits, masks)          # logits (B, K, H, W), masks (B, H, W) int64; 255 counts nowhere
-
-Binary models have one lesion logit (CE is then BCE); region losses count soft TP/FP/FN as SMP does, which built the
-thesis' baselines. docs/metrics.md gives the formulas, SMP's and the paper's conventions for Focal Tversky, and how
-the losses sum their counts over torchrun processes (distributed=True).
+    criterion = build_loss("jaccard+focal_tversky", num_classes=1)  # VOC: "ce+focal_tversky", 21
+    loss = criterion(logits, masks)  # (B, K, H, W) logits, (B, H, W) int64 masks; 255 ignored
 """
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255  # label of pixels that count nowhere (VOC object borders; never in a binarised CBIS mask)
+IGNORE_INDEX = 255  # pixels that count nowhere (VOC's object borders; never in a binarised mask)
 
 
-def _prepare(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(logits: torch.Tensor, target: torch.Tensor,
+             num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Checks shapes and labels; returns logits in >= float32 and the target as int64."""
     if logits.dim() != 4 or logits.shape[1] != num_classes:
-        raise ValueError(f"logits must have shape (B, {num_classes}, H, W) for num_classes={num_classes}, "
-                         f"got {tuple(logits.shape)}")
+        raise ValueError(f"logits must have shape (B, {num_classes}, H, W) for "
+                         f"num_classes={num_classes}, got {tuple(logits.shape)}")
     if target.shape != logits.shape[:1] + logits.shape[2:]:
-        raise ValueError(f"target must have shape (B, H, W) = {tuple(logits.shape[:1] + logits.shape[2:])}, "
-                         f"got {tuple(target.shape)}")
+        raise ValueError(f"target must have shape (B, H, W) = "
+                         f"{tuple(logits.shape[:1] + logits.shape[2:])}, got {tuple(target.shape)}")
     if target.is_floating_point() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class labels (int64), got dtype {target.dtype}")
+        raise ValueError(f"target must hold integer class labels (int64), got dtype "
+                         f"{target.dtype}")
     target = target.long()
     num_labels = 2 if num_classes == 1 else num_classes
     out_of_range = (target != IGNORE_INDEX) & ((target < 0) | (target >= num_labels))
-    # Checked where it costs no host sync; on a GPU the datasets have checked every mask as they read it
+    # Checked where it costs no host sync; on a GPU the datasets checked every mask as they read it
     if target.device.type == "cpu" and bool(out_of_range.any()):
         found = torch.unique(target[out_of_range])[:8].tolist()
-        raise ValueError(f"target holds labels {found} outside 0..{num_labels - 1} (and {IGNORE_INDEX} = ignore) for "
-                         f"num_classes={num_classes}; binarise masks to 0/1 or remap labels before the loss")
+        raise ValueError(f"target holds labels {found} outside 0..{num_labels - 1} (and "
+                         f"{IGNORE_INDEX} = ignore) for num_classes={num_classes}; binarise masks "
+                         f"to 0/1 or remap labels before the loss")
     # fp16/bf16 -> float32; float32 and float64 stay as they are
     return logits.to(torch.promote_types(logits.dtype, torch.float32)), target
 
 
-def _probabilities_and_one_hot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _probabilities_and_one_hot(logits: torch.Tensor,
+                               target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft predictions and one-hot targets, both (B, C, H*W) and both zero on ignored pixels."""
     batch, channels = logits.shape[:2]
     valid = (target != IGNORE_INDEX).reshape(batch, 1, -1)  # (B, 1, HW)
     labels = target.masked_fill(target == IGNORE_INDEX, 0).reshape(batch, -1)  # (B, HW)
-    if channels == 1:  # binary: the one channel is the lesion; background is not scored (as SMP's binary mode)
+    if channels == 1:  # binary: the channel is the lesion; background is not scored (as SMP)
         probs = torch.sigmoid(logits).reshape(batch, 1, -1)  # (B, 1, HW)
         one_hot = labels.unsqueeze(1)  # (B, 1, HW)
     else:
@@ -53,22 +55,16 @@ def _probabilities_and_one_hot(logits: torch.Tensor, target: torch.Tensor) -> tu
     return probs, (one_hot * valid).to(probs.dtype)
 
 
+# Sums counts over processes; the backward all-reduces the gradient: the N ranks' copies of the
+# loss give N * dL/d(total), DDP's mean cancels the N, leaving the gradient of one process on the
+# whole batch. torch.distributed.nn's all_reduce is deprecated; its replacement lacks a backward.
 class _SumOverProcesses(torch.autograd.Function):
-    """all_reduce(SUM) of counts over the default process group; its backward all-reduces the incoming gradient.
-
-    Why the gradient is right: every process ends with the same loss L = f(sum_r counts_r), and DDP applies the
-    gradient of (1/N) sum_r L_r. Rank r's counts reach all N copies of L, so d(sum_r L_r)/d counts_r is the sum over
-    processes of dL/d(total), which is what the backward all-reduce computes: N * dL/d(total). DDP's 1/N cancels
-    that N, leaving dL/d(total) * d counts_r / d weights summed over ranks: the one-process gradient on the whole
-    batch. torch.distributed.nn.functional.all_reduce has the same backward, but torch 2.14 deprecates it with a
-    FutureWarning, and the replacement it names has a backward only in recent torch (none before, silently).
-    """
-
     @staticmethod
     def forward(ctx, counts: torch.Tensor) -> torch.Tensor:
         if not (dist.is_available() and dist.is_initialized()):
-            raise RuntimeError("a loss built with distributed=True needs torch.distributed.init_process_group() "
-                               "first; in one process use distributed=False")
+            raise RuntimeError("a loss built with distributed=True needs "
+                               "torch.distributed.init_process_group() first; in one process use "
+                               "distributed=False")
         counts = counts.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(counts)
         return counts
@@ -81,19 +77,18 @@ class _SumOverProcesses(torch.autograd.Function):
 
 
 class _RegionLoss(nn.Module):
-    """Shared body of the overlap losses: counts TP/FP/FN per class (or per image and class), scores, averages.
+    """The overlap losses' body: TP/FP/FN per class (or image and class), then class_losses()."""
 
-    Subclasses define `class_losses(tp, fp, fn)`, the loss of each class (or image and class) from its counts.
-    """
-
-    def __init__(self, num_classes: int, *, aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7,
-                 distributed: bool = False):
+    def __init__(self, num_classes: int, *, aggregation: str = "batch", smooth: float = 0.0,
+                 eps: float = 1e-7, distributed: bool = False):
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (1 = binary with one logit), got {num_classes}")
+            raise ValueError(f"num_classes must be >= 1 (1 = binary with one logit), got "
+                             f"{num_classes}")
         if aggregation not in ("batch", "image"):
             raise ValueError(f"aggregation must be 'batch' or 'image', got {aggregation!r}")
-        self.num_classes, self.aggregation, self.smooth, self.eps = num_classes, aggregation, smooth, eps
+        self.num_classes, self.aggregation, self.smooth, self.eps = (
+            num_classes, aggregation, smooth, eps)
         self.distributed = distributed  # sum the counts over all processes (docs/metrics.md)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -102,17 +97,20 @@ class _RegionLoss(nn.Module):
         dims = (0, 2) if self.aggregation == "batch" else (2,)  # -> (C,) or (B, C)
         tp, predicted, actual = (probs * one_hot).sum(dims), probs.sum(dims), one_hot.sum(dims)
         if self.distributed and self.aggregation == "batch":  # the counts of the whole global batch
-            tp, predicted, actual = _SumOverProcesses.apply(torch.stack([tp, predicted, actual]))  # (3, C) -> 3 x (C,)
-        losses = self.class_losses(tp, predicted - tp, actual - tp)  # fp = predicted - tp, fn = actual - tp
+            tp, predicted, actual = _SumOverProcesses.apply(
+                torch.stack([tp, predicted, actual]))  # (3, C) -> 3 x (C,)
+        losses = self.class_losses(tp, predicted - tp, actual - tp)  # tp, fp, fn
         # absent classes: loss 0, counted in the mean (SMP); where() keeps their gradient exactly 0
         losses = torch.where(actual > 0, losses, torch.zeros_like(losses))
-        if self.distributed and self.aggregation == "image":  # mean over the (image, class) pairs of all processes
-            total, pairs = _SumOverProcesses.apply(torch.stack([losses.sum(), losses.new_tensor(losses.numel())]))
+        if self.distributed and self.aggregation == "image":  # mean over all processes' pairs
+            total, pairs = _SumOverProcesses.apply(
+                torch.stack([losses.sum(), losses.new_tensor(losses.numel())]))
             return total / pairs
         return losses.mean()
 
     def extra_repr(self) -> str:
-        text = f"num_classes={self.num_classes}, aggregation={self.aggregation!r}, smooth={self.smooth}, eps={self.eps}"
+        text = (f"num_classes={self.num_classes}, aggregation={self.aggregation!r}, "
+                f"smooth={self.smooth}, eps={self.eps}")
         return text + (", distributed=True" if self.distributed else "")
 
 
@@ -131,11 +129,13 @@ class DiceLoss(_RegionLoss):
 
 
 class TverskyLoss(_RegionLoss):
-    """Tversky loss 1 - TI, TI = (TP + smooth) / (TP + alpha*FN + beta*FP + smooth); alpha weights FALSE NEGATIVES."""
+    """1 - (TP + smooth) / (TP + alpha*FN + beta*FP + smooth); alpha weights FALSE NEGATIVES."""
 
-    def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3, aggregation: str = "batch",
-                 smooth: float = 0.0, eps: float = 1e-7, distributed: bool = False):
-        super().__init__(num_classes, aggregation=aggregation, smooth=smooth, eps=eps, distributed=distributed)
+    def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3,
+                 aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7,
+                 distributed: bool = False):
+        super().__init__(num_classes, aggregation=aggregation, smooth=smooth, eps=eps,
+                         distributed=distributed)
         self.alpha, self.beta = alpha, beta
 
     def tversky_index(self, tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor) -> torch.Tensor:
@@ -150,22 +150,21 @@ class TverskyLoss(_RegionLoss):
 
 
 class FocalTverskyLoss(TverskyLoss):
-    """Focal Tversky loss mean_c (1 - TI_c) ** (1/gamma), paper defaults alpha=0.7 (FN), beta=0.3 (FP), gamma=4/3.
+    """mean_c (1 - TI_c) ** (1/gamma), the paper's alpha=0.7 (FN), beta=0.3 (FP), gamma=4/3.
+    SMP's equivalent (one class): TverskyLoss(mode, alpha=0.3, beta=0.7, gamma=0.75)."""
 
-    SMP equivalent (binary, or one class): TverskyLoss(mode, alpha=0.3, beta=0.7, gamma=0.75).
-    """
-
-    def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3, gamma: float = 4 / 3,
-                 aggregation: str = "batch", smooth: float = 0.0, eps: float = 1e-7, distributed: bool = False):
-        super().__init__(num_classes, alpha=alpha, beta=beta, aggregation=aggregation, smooth=smooth, eps=eps,
-                         distributed=distributed)
+    def __init__(self, num_classes: int, *, alpha: float = 0.7, beta: float = 0.3,
+                 gamma: float = 4 / 3, aggregation: str = "batch", smooth: float = 0.0,
+                 eps: float = 1e-7, distributed: bool = False):
+        super().__init__(num_classes, alpha=alpha, beta=beta, aggregation=aggregation,
+                         smooth=smooth, eps=eps, distributed=distributed)
         if gamma <= 0:
             raise ValueError(f"gamma must be > 0 (the exponent is 1/gamma), got {gamma}")
         self.gamma = gamma
 
     def class_losses(self, tp, fp, fn):
-        # Per class, then the mean: the exponent re-weights classes by how well each is segmented. The clamp:
-        # x ** 0.75 has an infinite slope at 0.
+        # Per class, then the mean: the exponent re-weights classes by how well each is segmented.
+        # The clamp: x ** 0.75 has an infinite slope at 0.
         return (1 - self.tversky_index(tp, fp, fn)).clamp_min(self.eps) ** (1 / self.gamma)
 
     def extra_repr(self) -> str:
@@ -173,12 +172,13 @@ class FocalTverskyLoss(TverskyLoss):
 
 
 class CrossEntropyLoss(nn.Module):
-    """Pixel cross-entropy averaged over valid pixels: BCE-with-logits for 1 channel, softmax CE for C channels."""
+    """Pixel cross-entropy over valid pixels: BCE-with-logits for 1 channel, softmax CE for more."""
 
     def __init__(self, num_classes: int, *, distributed: bool = False):
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (1 = binary with one logit), got {num_classes}")
+            raise ValueError(f"num_classes must be >= 1 (1 = binary with one logit), got "
+                             f"{num_classes}")
         self.num_classes, self.distributed = num_classes, distributed
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -186,18 +186,20 @@ class CrossEntropyLoss(nn.Module):
         valid = target != IGNORE_INDEX  # (B, H, W)
         if self.num_classes == 1:
             labels = (target == 1).to(logits.dtype)
-            per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], labels, reduction="none")  # (B, H, W)
+            per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], labels,
+                                                           reduction="none")  # (B, H, W)
             total = torch.where(valid, per_pixel, torch.zeros_like(per_pixel)).sum()
         else:
             total = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
         num_valid = valid.sum().to(total.dtype)
         if self.distributed:  # global sum / global valid-pixel count
             total, num_valid = _SumOverProcesses.apply(torch.stack([total, num_valid]))
-        # sum / max(count, 1) instead of reduction="mean", which is 0/0 = NaN when every pixel is ignored
+        # sum / max(count, 1), not reduction="mean": 0/0 = NaN when every pixel is ignored
         return total / num_valid.clamp_min(1)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}" + (", distributed=True" if self.distributed else "")
+        return (f"num_classes={self.num_classes}"
+                + (", distributed=True" if self.distributed else ""))
 
 
 LOSSES = {
@@ -211,7 +213,7 @@ LOSSES = {
 
 
 class CombinedLoss(nn.Module):
-    """Weighted sum of named losses; `.terms` lists (weight, name, module) so training can log each term."""
+    """Weighted sum of named losses; `.terms` lists (weight, name, module) for logging."""
 
     def __init__(self, terms: list[tuple[float, str, nn.Module]]):
         super().__init__()
@@ -222,7 +224,8 @@ class CombinedLoss(nn.Module):
     def terms(self) -> list[tuple[float, str, nn.Module]]:
         return [(self.weights[name], name, module) for name, module in self.parts.items()]
 
-    def forward_with_terms(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def forward_with_terms(self, logits: torch.Tensor,
+                           target: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Returns (weighted total, {name: unweighted term value}); the total carries the graph."""
         values = {name: module(logits, target) for name, module in self.parts.items()}
         total = sum(self.weights[name] * value for name, value in values.items())
@@ -236,10 +239,8 @@ class CombinedLoss(nn.Module):
 
 
 def build_loss(spec: str, num_classes: int, *, distributed: bool = False) -> CombinedLoss:
-    """Parses "jaccard+focal_tversky", "ce+focal_tversky", "0.5*dice+bce", ... into a CombinedLoss (paper defaults).
-
-    distributed=True makes every term sum its counts over all processes (docs/metrics.md); pass world_size > 1.
-    """
+    """Parses "jaccard+focal_tversky", "0.5*dice+bce", ... into a CombinedLoss (paper defaults).
+    distributed=True: every term sums its counts over all processes (world size > 1)."""
     known = ", ".join(LOSSES)
     terms = []
     for raw_term in spec.split("+"):
@@ -249,17 +250,19 @@ def build_loss(spec: str, num_classes: int, *, distributed: bool = False) -> Com
         try:
             weight = float(weight_text) if star else 1.0
         except ValueError:
-            raise ValueError(f"loss spec {spec!r}: weight {weight_text.strip()!r} is not a number "
-                             f"(write e.g. '0.5*dice+bce')") from None
+            raise ValueError(f"loss spec {spec!r}: weight {weight_text.strip()!r} is not a "
+                             f"number (write e.g. '0.5*dice+bce')") from None
         if name not in LOSSES:
             raise ValueError(f"loss spec {spec!r}: unknown loss {name!r}; known losses: {known} "
                              f"(join with '+', weight with '*', e.g. 'jaccard+focal_tversky')")
         if name == "bce" and num_classes != 1:
-            raise ValueError(f"loss spec {spec!r}: 'bce' is the binary cross-entropy (num_classes=1); "
-                             f"with num_classes={num_classes} use 'ce'")
+            raise ValueError(f"loss spec {spec!r}: 'bce' is the binary cross-entropy "
+                             f"(num_classes=1); with num_classes={num_classes} use 'ce'")
         if not weight > 0:
-            raise ValueError(f"loss spec {spec!r}: weight of {name!r} must be > 0, got {weight:g}")
+            raise ValueError(f"loss spec {spec!r}: weight of {name!r} must be > 0, got "
+                             f"{weight:g}")
         if any(name == other for _, other, _ in terms):
-            raise ValueError(f"loss spec {spec!r}: {name!r} appears twice; give it one weight instead")
+            raise ValueError(f"loss spec {spec!r}: {name!r} appears twice; give it one weight "
+                             f"instead")
         terms.append((weight, name, LOSSES[name](num_classes, distributed=distributed)))
     return CombinedLoss(terms)

@@ -1,19 +1,9 @@
-"""Metrics of the thesis' Tables 2-4 (IoU and Dice on CBIS-DDSM, mIoU on VOC), and lesion counts.
-
-Every number is exact over the whole set: integer counts per image (or class) are gathered or summed
-across processes by reduce(), then turned into scores, so batch size, image order and world size
-change nothing. A binary model has one logit: lesion where logit > 0. Targets of 255 count nowhere.
-
-Which Dice: `BinaryStats` gives Dice and IoU pooled over all pixels and as means over images (the
-thesis' statistic, docs/metrics.md). An image with no lesion and no prediction scores 1, so on sets
-with normal images the mean over the images with a lesion is given beside the mean over all; an
-all-255 image is left out of the means. A score whose denominator is 0 is NaN. `ConfusionMatrix`:
-per-class IoU, mIoU over the classes in the targets or predictions (VOC's). `LesionStats`: lesions
-(8-connected components of the target) found by marks (those of the thresholded prediction), FROC.
+"""Metrics of Tables 2-4 (Dice and IoU on CBIS-DDSM, mIoU on VOC) and lesion counts (FROC), exact
+over the whole set: integer counts per image, gathered across processes, then scores. An image with
+no lesion and no prediction scores 1; a score whose denominator is 0 is NaN; target pixels of 255
+count nowhere. Which Dice each number is: docs/metrics.md.
 
     m = build_metrics(1); m.update(predict_labels(model(x)), y); m.reduce(); print(m.summary())
-
-Imports only torch and numpy: the file can be copied alone.
 """
 import math
 
@@ -21,12 +11,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-IGNORE_INDEX = 255  # target label that counts nowhere: Pascal VOC's, the same as losses.IGNORE_INDEX
+IGNORE_INDEX = 255  # target label that counts nowhere: VOC's, the same as losses.IGNORE_INDEX
 
 
 def predict_labels(logits: torch.Tensor, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """Logits (B, C, H, W) -> labels (B, H, W) of `dtype`: logit > 0 (sigmoid > 0.5) for C == 1, argmax for C > 1.
-    torch.uint8 takes an eighth of int64's memory (prediction on huge scans uses it; class indices up to 255)."""
+    """Logits (B, C, H, W) -> labels (B, H, W): logit > 0 for C == 1, argmax for C > 1.
+    dtype uint8 takes an eighth of int64's memory (huge scans)."""
     if logits.dim() != 4:
         raise ValueError(f"logits must have shape (B, C, H, W), got {tuple(logits.shape)}")
     if logits.shape[1] == 1:
@@ -36,29 +26,31 @@ def predict_labels(logits: torch.Tensor, dtype: torch.dtype = torch.int64) -> to
 
 def _check_labels(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:
     if pred.dim() != 3 or pred.shape != target.shape:
-        raise ValueError(f"pred and target must be label maps of one shape (B, H, W), got {tuple(pred.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(f"pred and target must be label maps of one shape (B, H, W), got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
     for name, labels in (("pred", pred), ("target", target)):
         if labels.is_floating_point() or labels.dtype == torch.bool:
             raise ValueError(f"{name} must hold integer labels (int64), got dtype {labels.dtype}; "
                              f"use predict_labels(logits) for model outputs")
     valid = target != IGNORE_INDEX
-    out_of_range = ((target < 0) | (target >= num_classes) | (pred < 0) | (pred >= num_classes)) & valid
+    out_of_range = ((target < 0) | (target >= num_classes)
+                    | (pred < 0) | (pred >= num_classes)) & valid
     # Checked where it costs no host sync (on a GPU the datasets checked every mask as they read it)
     if target.device.type == "cpu" and bool(out_of_range.any()):
-        raise ValueError(f"labels outside 0..{num_classes - 1} (and {IGNORE_INDEX} = ignore in the target) for "
-                         f"num_classes={num_classes}; binary segmentation has 2 label classes (background, lesion)")
+        raise ValueError(f"labels outside 0..{num_classes - 1} (and {IGNORE_INDEX} = ignore in the "
+                         f"target) for num_classes={num_classes}; binary segmentation has 2 label "
+                         f"classes (background, lesion)")
 
 
 def _for_collective(tensor: torch.Tensor) -> torch.Tensor:
-    """NCCL only moves CUDA tensors; a rank that saw no batch still holds its CPU zeros."""
+    # NCCL only moves CUDA tensors; a rank that saw no batch still holds its CPU zeros
     if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
         return tensor.to(torch.device("cuda", torch.cuda.current_device()))
     return tensor
 
 
 def _all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
-    """Concatenates every rank's (N_rank, K) tensor in rank order (ranks may hold different N)."""
+    """Every rank's (N_rank, K) rows in rank order (ranks may hold different N)."""
     world = dist.get_world_size()
     rows = _for_collective(rows)
     count = torch.tensor([rows.shape[0]], device=rows.device)
@@ -77,36 +69,40 @@ def _ratio(numerator: float, denominator: float, *, if_empty: float = math.nan) 
 
 
 class ConfusionMatrix:
-    """Exact (num_classes x num_classes) int64 pixel counts over a set; rows = target, columns = prediction."""
+    """Exact int64 pixel counts over a set; rows = target, columns = prediction."""
 
     def __init__(self, num_classes: int):
         if num_classes < 2:
-            raise ValueError(f"ConfusionMatrix counts label classes and needs num_classes >= 2, got {num_classes}; "
-                             f"a 1-logit binary model has 2 (background, lesion)")
+            raise ValueError(f"ConfusionMatrix counts label classes and needs num_classes >= 2, "
+                             f"got {num_classes}; a 1-logit binary model has 2 (background, "
+                             f"lesion)")
         self.num_classes = num_classes
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
         self.num_images = 0
         self._reduced = False
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Adds a batch of int64 label maps (B, H, W); target pixels equal to 255 are skipped."""
+        """Adds a batch of int64 label maps (B, H, W)."""
         if self._reduced:
-            raise RuntimeError("ConfusionMatrix.update() after reduce(): start a new ConfusionMatrix per evaluation")
+            raise RuntimeError("ConfusionMatrix.update() after reduce(): start a new "
+                               "ConfusionMatrix per evaluation")
         _check_labels(pred, target, self.num_classes)
         self.matrix = self.matrix.to(pred.device)
         valid = target != IGNORE_INDEX
-        index = target[valid].long() * self.num_classes + pred[valid].long()  # (n_valid,) cell of each pixel
+        index = target[valid].long() * self.num_classes + pred[valid].long()  # (n_valid,) cells
         counts = torch.bincount(index, minlength=self.num_classes ** 2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes)
         self.num_images += pred.shape[0]
 
     def reduce(self) -> None:
-        """Sums counts over all processes when torch.distributed is initialised; call once, after the last update."""
+        """Sums the counts over all processes; call once, after the last update."""
         if self._reduced:
-            raise RuntimeError("ConfusionMatrix.reduce() called twice: it would count every pixel again")
+            raise RuntimeError("ConfusionMatrix.reduce() called twice: it would count every pixel "
+                               "again")
         self._reduced = True
         if dist.is_available() and dist.is_initialized():
-            flat = _for_collective(torch.cat([self.matrix.flatten(), self.matrix.new_tensor([self.num_images])]))
+            flat = _for_collective(torch.cat([self.matrix.flatten(),
+                                              self.matrix.new_tensor([self.num_images])]))
             dist.all_reduce(flat)
             self.matrix = flat[:-1].reshape(self.num_classes, self.num_classes)
             self.num_images = int(flat[-1].item())
@@ -114,30 +110,29 @@ class ConfusionMatrix:
     def _tp_fp_fn(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         counts = self.matrix.cpu().double()
         tp = counts.diagonal()
-        return tp, counts.sum(0) - tp, counts.sum(1) - tp  # column sums = predicted, row sums = target
+        return tp, counts.sum(0) - tp, counts.sum(1) - tp  # columns: predicted, rows: target
 
     def iou(self) -> torch.Tensor:
-        """Per-class IoU (float64, CPU); NaN for a class absent from both targets and predictions."""
+        """Per-class IoU; NaN for a class in neither targets nor predictions."""
         tp, fp, fn = self._tp_fp_fn()
         return tp / (tp + fp + fn)  # 0/0 -> NaN on purpose
 
     def dice(self) -> torch.Tensor:
-        """Per-class Dice (float64, CPU); NaN for a class absent from both targets and predictions."""
+        """Per-class Dice; NaN for a class in neither targets nor predictions."""
         tp, fp, fn = self._tp_fp_fn()
         return 2 * tp / (2 * tp + fp + fn)
 
     def mean_iou(self) -> float:
-        """Mean IoU over classes present in the targets or the predictions (NaN if nothing was counted)."""
+        """Mean IoU over the classes in the targets or the predictions."""
         iou = self.iou()
         return float(iou.nanmean()) if not iou.isnan().all() else math.nan
 
     def pixel_accuracy(self) -> float:
-        """Fraction of valid pixels whose predicted label is right (NaN if nothing was counted)."""
         counts = self.matrix.cpu()
         return _ratio(float(counts.diagonal().sum()), float(counts.sum()))
 
     def summary(self) -> dict:
-        """mean_iou, mean_dice (same classes), pixel_accuracy, images and iou_<c> per class, as plain floats."""
+        """mean_iou, mean_dice, pixel_accuracy, images and iou_<c> per class."""
         dice = self.dice()
         result = {"mean_iou": self.mean_iou(),
                   "mean_dice": float(dice.nanmean()) if not dice.isnan().all() else math.nan,
@@ -147,17 +142,18 @@ class ConfusionMatrix:
 
 
 class BinaryStats:
-    """Per-image TP/FP/FN/TN of the lesion class (label 1); pooled and per-image-mean Dice/IoU, sens/prec/spec."""
+    """Per-image TP/FP/FN/TN of the lesion (label 1); Dice/IoU pooled and as means over images."""
 
     def __init__(self):
         self.num_classes = 2
-        self._batches: list[torch.Tensor] = []  # (B, 4) int64 per update: TP, FP, FN, TN of each image
+        self._batches: list[torch.Tensor] = []  # (B, 4) int64 per update: TP, FP, FN, TN per image
         self._reduced = False
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Adds a batch of 0/1 label maps (B, H, W); target pixels equal to 255 are skipped."""
+        """Adds a batch of 0/1 label maps (B, H, W)."""
         if self._reduced:
-            raise RuntimeError("BinaryStats.update() after reduce(): start a new BinaryStats per evaluation")
+            raise RuntimeError("BinaryStats.update() after reduce(): start a new BinaryStats per "
+                               "evaluation")
         _check_labels(pred, target, 2)
         valid = target != IGNORE_INDEX
         pred_fg, target_fg = (pred == 1) & valid, (target == 1) & valid
@@ -169,7 +165,7 @@ class BinaryStats:
         self._batches.append(torch.stack([tp, fp, fn, tn], dim=1))  # (B, 4)
 
     def counts(self) -> torch.Tensor:
-        """Per-image counts (N, 4) int64, columns TP, FP, FN, TN, in update order (rank order after reduce)."""
+        """(N, 4) int64: TP, FP, FN, TN per image, in update order (rank order after reduce)."""
         if not self._batches:
             return torch.zeros(0, 4, dtype=torch.int64)
         if len(self._batches) > 1:
@@ -177,42 +173,41 @@ class BinaryStats:
         return self._batches[0]
 
     def reduce(self) -> None:
-        """Gathers every process's per-image counts (all_gather, rank order); call once, after the last update.
-
-        Each rank's (N_rank, 4) tensor is padded to the longest and gathered, so the result holds every image
-        once provided the caller evaluated each image on exactly one rank (no DistributedSampler padding).
-        The tensors travel on the device of the predictions: use a backend that supports it (NCCL for CUDA).
-        """
+        """Gathers all processes' counts in rank order, once; each image on exactly one rank."""
         if self._reduced:
-            raise RuntimeError("BinaryStats.reduce() called twice: it would count every image again")
+            raise RuntimeError("BinaryStats.reduce() called twice: it would count every image "
+                               "again")
         self._reduced = True
         if dist.is_available() and dist.is_initialized():
             self._batches = [_all_gather_rows(self.counts())]
 
     def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image Dice and IoU (float64, CPU), 1 for empty target + empty prediction, NaN if all pixels are 255."""
+        """Per-image Dice and IoU: 1 if target and prediction are empty, NaN if all is 255."""
         tp, fp, fn, tn = self.counts().cpu().double().unbind(1)
         empty = (tp + fp + fn) == 0
         no_valid_pixel = (tp + fp + fn + tn) == 0
-        dice = torch.where(empty, 1.0, 2 * tp / (2 * tp + fp + fn))  # the 0/0 of empty images is discarded
+        dice = torch.where(empty, 1.0, 2 * tp / (2 * tp + fp + fn))  # empty images' 0/0 discarded
         iou = torch.where(empty, 1.0, tp / (tp + fp + fn))
-        return torch.where(no_valid_pixel, math.nan, dice), torch.where(no_valid_pixel, math.nan, iou)
+        return (torch.where(no_valid_pixel, math.nan, dice),
+                torch.where(no_valid_pixel, math.nan, iou))
 
     def summary(self) -> dict:
-        """Pooled and per-image-mean Dice/IoU, sensitivity, precision, specificity and counts, as plain floats."""
+        """Dice/IoU pooled and as means, sensitivity, precision, specificity, counts."""
         counts = self.counts().cpu()
         tp, fp, fn, tn = counts.sum(0).tolist()  # pooled over the set (zeros for an empty set)
         dice, iou = self.per_image()
         scored = ~dice.isnan()
-        with_lesion = scored & (counts[:, 0] + counts[:, 2] > 0)  # TP + FN > 0: the target holds lesion pixels
+        with_lesion = scored & (counts[:, 0] + counts[:, 2] > 0)  # TP + FN > 0: a lesion in target
         # math.fsum is exactly rounded, so the means do not depend on the order of the images
         return {
             "dice_pooled": _ratio(2 * tp, 2 * tp + fp + fn, if_empty=1.0),
             "iou_pooled": _ratio(tp, tp + fp + fn, if_empty=1.0),
             "dice_mean_per_image": _ratio(math.fsum(dice[scored].tolist()), int(scored.sum())),
             "iou_mean_per_image": _ratio(math.fsum(iou[scored].tolist()), int(scored.sum())),
-            "dice_mean_lesion_images": _ratio(math.fsum(dice[with_lesion].tolist()), int(with_lesion.sum())),
-            "iou_mean_lesion_images": _ratio(math.fsum(iou[with_lesion].tolist()), int(with_lesion.sum())),
+            "dice_mean_lesion_images": _ratio(math.fsum(dice[with_lesion].tolist()),
+                                              int(with_lesion.sum())),
+            "iou_mean_lesion_images": _ratio(math.fsum(iou[with_lesion].tolist()),
+                                             int(with_lesion.sum())),
             "sensitivity": _ratio(tp, tp + fn),
             "precision": _ratio(tp, tp + fp),
             "specificity": _ratio(tn, tn + fp),
@@ -223,8 +218,7 @@ class BinaryStats:
         }
 
 
-# ---------------------------------------------------------------------------------------------
-# Lesions: connected components, matching, FROC
+# ---------------------------------------------------- lesions: connected components, matching, FROC
 
 MIN_IOU = 0.2  # a mark finds a lesion when their IoU reaches this
 # lesion probabilities swept for the FROC; 0.5 gives predict_labels' marks
@@ -233,8 +227,7 @@ FROC_RATES = (0.5, 1, 2)  # false positives per image at which the FROC's sensit
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, ends) of the row runs of a (H, W) bool mask in raster order: flat indices into the
-    mask padded with a False column each side (stride W + 2); an end is the pixel after its run."""
+    """Row runs of a bool mask: flat starts and (exclusive) ends, in the mask padded to W + 2."""
     padded = np.zeros((mask.shape[0], mask.shape[1] + 2), np.int8)  # no run crosses a row
     padded[:, 1:-1] = mask
     steps = np.diff(padded.ravel())
@@ -248,8 +241,7 @@ def _ranges(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(run starts, run ends, run labels, n): 8-connected components of a (H, W) bool mask, labelled
-    1..n in raster order of their first pixel (as scipy.ndimage.label), by union-find over runs."""
+    """(run starts, ends, labels, n): 8-connected components by union-find over row runs."""
     starts, ends = _runs(mask)
     up = mask.shape[1] + 2  # one row up in flat indices
     # run b touches the runs of the row above that meet [start_b - 1, end_b] (diagonals count);
@@ -273,11 +265,12 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
                 break
             parent = grand
     is_root = parent == np.arange(len(starts))
+    # labels 1..n in raster order of each component's first pixel, as scipy.ndimage.label's
     return starts, ends, np.cumsum(is_root)[parent], int(is_root.sum())
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """(labels (H, W) int64, n): the 8-connected components of a bool mask, 1..n in raster order."""
+    """(labels (H, W) int64, n): 8-connected components, 1..n in raster order (as scipy's)."""
     starts, ends, run_labels, count = _components(mask)
     flat = np.zeros(mask.shape[0] * (mask.shape[1] + 2), np.int64)
     flat[starts], flat[ends] = run_labels, -run_labels  # the cumsum holds a label along its run
@@ -307,15 +300,14 @@ def _match(lesions: tuple, marks: tuple, min_iou: float) -> tuple[int, int]:
 
 def count_lesions(marked: np.ndarray, target: np.ndarray,
                   min_iou: float = MIN_IOU) -> tuple[int, int, int, int]:
-    """(lesions, found, marks, false-positive marks) of one image: bool marks, 0/1/255 labels."""
+    """(lesions, found, marks, false-positive marks) of one image."""
     lesions, marks = _components(target == 1), _components(marked & (target != IGNORE_INDEX))
     found, false_positives = _match(lesions, marks, min_iou)
     return lesions[3], found, marks[3], false_positives
 
 
 class LesionStats:
-    """Per-image lesion counts of a binary model at each FROC threshold; sensitivity, FP per image.
-    A lesion is found by a mark with IoU >= min_iou; a mark that finds none is a false positive."""
+    """Per-image lesion counts at each FROC threshold; a mark of IoU >= min_iou finds a lesion."""
 
     def __init__(self, min_iou: float = MIN_IOU, thresholds: tuple = FROC_THRESHOLDS):
         if 0.5 not in thresholds or not all(0 < t < 1 for t in thresholds):
@@ -326,13 +318,13 @@ class LesionStats:
         self._reduced = False
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Adds a batch: the lesion logits (B, 1, H, W) and the labels (B, H, W) 0, 1 or 255."""
+        """Adds a batch: lesion logits (B, 1, H, W), labels (B, H, W)."""
         if self._reduced:
             raise RuntimeError("LesionStats.update() after reduce(): start a new LesionStats")
         if logits.dim() != 4 or logits.shape[1] != 1 or logits[:, 0].shape != target.shape:
             raise ValueError(f"logits must be (B, 1, H, W) and target (B, H, W), got "
                              f"{tuple(logits.shape)} and {tuple(target.shape)}")
-        scores, labels = logits[:, 0].float().cpu().numpy(), target.cpu().numpy()  # a host sync
+        scores, labels = logits[:, 0].float().cpu().numpy(), target.cpu().numpy()  # host sync
         if ((labels != 0) & (labels != 1) & (labels != IGNORE_INDEX)).any():
             raise ValueError(f"target labels must be 0, 1 or {IGNORE_INDEX} (ignore)")
         rows = []
@@ -359,7 +351,7 @@ class LesionStats:
         return self._batches[0]
 
     def reduce(self) -> None:
-        """Gathers every process's per-image rows in rank order (BinaryStats.reduce); call once."""
+        """Gathers every process's rows in rank order, as BinaryStats.reduce."""
         if self._reduced:
             raise RuntimeError("LesionStats.reduce() called twice: it would count images again")
         self._reduced = True
@@ -371,7 +363,7 @@ class LesionStats:
         return rows[:, 2:].reshape(len(rows), len(self.thresholds), 3)  # (N, T, found/marks/FP)
 
     def froc(self) -> dict:
-        """The FROC as lists: sensitivity and false positives per image at each threshold."""
+        """Sensitivity and false positives per image at each threshold, as lists."""
         found, _, false_positives = self._per_threshold().sum(0).double().unbind(1)  # (T,) each
         lesions, images = float(self.counts()[:, 1].sum()), float(self.counts()[:, 0].sum())
         return {"thresholds": list(self.thresholds),
@@ -379,7 +371,7 @@ class LesionStats:
                 "false_positives_per_image": [_ratio(f, images) for f in false_positives.tolist()]}
 
     def summary(self) -> dict:
-        """Counts and rates at threshold 0.5 (predict_labels' marks) and the FROC's, as floats."""
+        """Counts and rates at threshold 0.5 (predict_labels' marks), and the FROC's."""
         rows = self.counts().cpu()
         scored, lesions = rows[:, 0] > 0, rows[:, 1]
         at_half = self._per_threshold()[:, self.thresholds.index(0.5)]  # (N, 3)
@@ -401,7 +393,7 @@ class LesionStats:
 
 
 def sensitivity_at(froc: dict, rate: float) -> float:
-    """The best FROC sensitivity at <= `rate` false positives per image; 0 if none (no marks)."""
+    """The best FROC sensitivity at <= `rate` false positives per image (0 if none)."""
     points = zip(froc["sensitivity"], froc["false_positives_per_image"])
     if any(math.isnan(s) for s in froc["sensitivity"]):
         return math.nan  # no lesion in the set
@@ -409,8 +401,7 @@ def sensitivity_at(froc: dict, rate: float) -> float:
 
 
 def all_background_scores(masks, num_logits: int) -> dict:
-    """The summary of a model that predicts background everywhere on these (B, H, W) masks: the floor a trained
-    model must clear. Reduced over processes like any metric."""
+    """The summary of predicting background on these (B, H, W) masks: a trained model's floor."""
     metrics = build_metrics(num_logits)
     for batch in masks:
         metrics.update(torch.zeros_like(batch), batch)
@@ -419,7 +410,7 @@ def all_background_scores(masks, num_logits: int) -> dict:
 
 
 def build_metrics(num_logits: int) -> "BinaryStats | ConfusionMatrix":
-    """Metrics for a model with `num_logits` output channels: BinaryStats for 1, ConfusionMatrix(C) for C >= 2."""
+    """BinaryStats for 1 output channel, ConfusionMatrix(C) for C >= 2."""
     if num_logits < 1:
         raise ValueError(f"num_logits must be >= 1, got {num_logits}")
     return BinaryStats() if num_logits == 1 else ConfusionMatrix(num_logits)

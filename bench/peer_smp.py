@@ -1,15 +1,8 @@
-"""Our baseline U-Nets (thesis Table 2 row B, Table 4 row B) and BiT encoder against segmentation_models_pytorch
-and timm on the same machine.
+"""Our baseline U-Nets (Table 2 and 4, row B) and BiT encoder against segmentation_models_pytorch's
+and timm's on the same machine, holding the same weights, timed alternately: ours must not be
+slower. Needs SMP and timm (requirements-dev.txt); results in docs/speed.md.
 
-Pairs (--models): resnet34 = our Unet vs SMP's Unet("resnet34") at 256x256; bit = our ResNetV2Encoder vs timm's
-resnetv2_50x1_bit features, and our Unet vs SMP's Unet("tu-resnetv2_50x1_bit"), at 384x384. Both models of a pair
-hold the same weights (theirs loaded into ours), and are timed alternately, forward at batch 1 and the training step
-(forward, backward, AdamW) at --batch-size, so that drifting clocks or a busy neighbour hit both alike; the order
-flips every round. On a GPU the batch-1 forward is also timed replayed as a CUDA graph, the card's own time without
-Python's launch cost. Ours must not be slower. segmentation_models_pytorch and timm are needed by this script only
-(requirements-dev.txt).
-
-    python bench/peer_smp.py [--device cuda] [--amp bf16] [--models resnet34 bit] [--rounds 5] [--json FILE]
+    python bench/peer_smp.py [--device cuda] [--amp bf16] [--models resnet34 bit] [--json FILE]
 """
 from __future__ import annotations
 
@@ -29,7 +22,7 @@ from engine.measure import graph_latency, median_seconds  # noqa: E402
 
 
 def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module, int]:
-    """(ours, theirs, classes) holding the same weights; classes 0 means an encoder, trained on its features' mean."""
+    """(ours, theirs, classes) holding the same weights; classes 0: an encoder."""
     import segmentation_models_pytorch as smp
     import timm
 
@@ -37,16 +30,18 @@ def build_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module, int]:
         theirs = smp.Unet("resnet34", encoder_weights=None, classes=1)
         ours, classes = build_model("resnet34", "unet", num_classes=1), 1
     elif name == "BiT-R50x1 encoder":
-        theirs, ours, classes = timm.create_model("resnetv2_50x1_bit", features_only=True), ResNetV2Encoder(3), 0
+        theirs, ours, classes = (timm.create_model("resnetv2_50x1_bit", features_only=True),
+                                 ResNetV2Encoder(3), 0)
     else:  # "Unet, BiT-R50x1"
         theirs = smp.Unet("tu-resnetv2_50x1_bit", encoder_weights=None, classes=21)
         ours, classes = build_model("bit_r50x1", "unet", num_classes=21), 21
-    ours.load_state_dict(state_dict_from_timm_bit(state_dict_from_smp(theirs.state_dict())))  # strict
+    # theirs loaded into ours, strictly
+    ours.load_state_dict(state_dict_from_timm_bit(state_dict_from_smp(theirs.state_dict())))
     return ours, theirs, classes
 
 
 def output_difference(ours, theirs, side: int, device: torch.device) -> float:
-    """The largest difference of the two models' outputs (fp32, eval) on one input: the same network, or the timings
+    """The largest difference of the two outputs on one input: the same network, or the timings
     compare nothing."""
     x = torch.randn(1, 3, side, side, device=device)
     with torch.no_grad():
@@ -56,17 +51,18 @@ def output_difference(ours, theirs, side: int, device: torch.device) -> float:
 
 
 def loss_of(out, classes: int, target: torch.Tensor) -> torch.Tensor:
-    """BCE for 1 class, cross-entropy for more; for an encoder the mean of its five feature maps (strides 2 to 32)."""
+    """BCE for 1 class, cross-entropy for more; for an encoder, its five feature maps' means."""
     if classes == 0:
         return sum(f.float().mean() for f in out[-5:])
     if classes == 1:
-        return torch.nn.functional.binary_cross_entropy_with_logits(out.float(), target[:, None].float())
+        return torch.nn.functional.binary_cross_entropy_with_logits(out.float(),
+                                                                    target[:, None].float())
     return torch.nn.functional.cross_entropy(out.float(), target)
 
 
-def time_pair(ours, theirs, classes: int, side: int, args: argparse.Namespace, device: torch.device) -> dict:
-    """Median seconds over rounds of each measure, for both models, timed alternately (order flipped every round);
-    "rounds" keeps every round's time."""
+def time_pair(ours, theirs, classes: int, side: int, args: argparse.Namespace,
+              device: torch.device) -> dict:
+    """Median seconds over rounds of each measure, for both models; "rounds" keeps each round's."""
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
     one = torch.randn(1, 3, side, side, device=device)
     batch = torch.randn(args.batch_size, 3, side, side, device=device)
@@ -91,23 +87,28 @@ def time_pair(ours, theirs, classes: int, side: int, args: argparse.Namespace, d
 
     steps = {"ours": make_train_step(ours), "theirs": make_train_step(theirs)}
     models = {"ours": ours, "theirs": theirs}
-    measures = ("forward_s", "train_step_s") + (("graph_forward_s",) if device.type == "cuda" else ())
+    measures = (("forward_s", "train_step_s")
+                + (("graph_forward_s",) if device.type == "cuda" else ()))
     timings = {f"{name}_{what}": [] for name in models for what in measures}
-    for round_index in range(args.rounds):  # alternate: ours, theirs, theirs, ours, ours, theirs, ...
+    # ours, theirs, theirs, ours, ...: drifting clocks or a busy neighbour hit both alike
+    for round_index in range(args.rounds):
         for name in (["ours", "theirs"] if round_index % 2 == 0 else ["theirs", "ours"]):
             model = models[name]
             timings[f"{name}_forward_s"].append(
-                median_seconds(lambda: forward(model), device=device, warmup=1, repeats=args.repeats))
+                median_seconds(lambda: forward(model), device=device, warmup=1,
+                               repeats=args.repeats))
             timings[f"{name}_train_step_s"].append(
                 median_seconds(steps[name], device=device, warmup=1, repeats=args.repeats))
-            if device.type == "cuda":
+            if device.type == "cuda":  # the card's own time, without Python's launch cost
                 timings[f"{name}_graph_forward_s"].append(graph_latency(
-                    lambda x: forward(model, x), one, device=device, warmup=1, repeats=args.repeats))
+                    lambda x: forward(model, x), one, device=device, warmup=1,
+                    repeats=args.repeats))
     return {**{k: statistics.median(v) for k, v in timings.items()}, "rounds": timings}
 
 
 # --models name -> (pair, its thesis input side): Table 2 at 256x256, Table 4 at 384x384
-PAIRS = {"resnet34": [("Unet, ResNet-34", 256)], "bit": [("BiT-R50x1 encoder", 384), ("Unet, BiT-R50x1", 384)]}
+PAIRS = {"resnet34": [("Unet, ResNet-34", 256)],
+         "bit": [("BiT-R50x1 encoder", 384), ("Unet, BiT-R50x1", 384)]}
 
 
 def main(args: argparse.Namespace) -> None:
@@ -118,8 +119,10 @@ def main(args: argparse.Namespace) -> None:
     torch.backends.cudnn.benchmark = True  # fixed shapes, as in benchmark.py
     result = dict(environment=environment(device), batch_size=args.batch_size, amp=args.amp,
                   smp_version=smp.__version__, timm_version=timm.__version__, rows=[])
-    print(result["environment"], f"| SMP {smp.__version__}, timm {timm.__version__} | amp {args.amp}")
-    units = [("forward", "ms at batch 1"), ("train_step", f"ms per step at batch {args.batch_size}")]
+    print(result["environment"],
+          f"| SMP {smp.__version__}, timm {timm.__version__} | amp {args.amp}")
+    units = [("forward", "ms at batch 1"),
+             ("train_step", f"ms per step at batch {args.batch_size}")]
     if device.type == "cuda":
         units.insert(1, ("graph_forward", "ms at batch 1, replayed as a CUDA graph"))
     for label, side in [pair for name in args.models for pair in PAIRS[name]]:
@@ -128,12 +131,14 @@ def main(args: argparse.Namespace) -> None:
         ours, theirs = ours.to(device), theirs.to(device)
         difference = output_difference(ours, theirs, side, device)
         row = time_pair(ours, theirs, classes, side, args, device)
-        result["rows"].append(dict(pair=label, size=side, max_abs_output_difference=difference, **row))
-        print(f"{label}, {side}x{side} (theirs: {'timm' if classes == 0 else 'SMP'}; outputs differ by at most "
-              f"{difference:.1e})")
+        result["rows"].append(dict(pair=label, size=side, max_abs_output_difference=difference,
+                                   **row))
+        print(f"{label}, {side}x{side} (theirs: {'timm' if classes == 0 else 'SMP'}; outputs "
+              f"differ by at most {difference:.1e})")
         for what, unit in units:
             a, b = row[f"ours_{what}_s"] * 1e3, row[f"theirs_{what}_s"] * 1e3
-            print(f"  {what:<13} ours {a:9.2f}  theirs {b:9.2f}  {unit}  (ours / theirs = {a / b:.3f})")
+            print(f"  {what:<13} ours {a:9.2f}  theirs {b:9.2f}  {unit}  "
+                  f"(ours / theirs = {a / b:.3f})")
         del ours, theirs
     if args.json:
         with open(args.json, "w") as f:
@@ -141,16 +146,20 @@ def main(args: argparse.Namespace) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N "
-                        "(default: auto)")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast precision")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (cuda when visible, else cpu), "
+                        "cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"],
+                        help="autocast precision")
     parser.add_argument("--models", nargs="+", default=["resnet34", "bit"], choices=list(PAIRS),
-                        help="pairs to time: resnet34 (Unet) and/or bit (encoder, Unet) (default: both)")
-    parser.add_argument("--size", type=int, default=None, help="input side in pixels for every pair (default: the "
-                        "thesis' side of each, 256 for ResNet-34, 384 for BiT)")
+                        help="pairs to time: resnet34 (Unet) and/or bit (encoder, Unet) "
+                        "(default: both)")
+    parser.add_argument("--size", type=int, default=None, help="input side in pixels for every "
+                        "pair (default: the thesis' side of each, 256 for ResNet-34, 384 for BiT)")
     parser.add_argument("--batch-size", type=int, default=4, help="batch of the training step")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median over rounds is shown")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating rounds; the median over rounds is shown")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per round (median)")
     parser.add_argument("--json", metavar="FILE", help="also write the result to FILE")
     return parser

@@ -1,5 +1,7 @@
-"""The command line every script shares: the parser, one-line errors and exit codes, the step lines of training,
-and the checks of output paths made before any work starts.
+"""The command line every script shares: the parser, one-line errors, exit codes and Ctrl-C,
+training's step lines, and checks of output paths made before any work starts.
+
+    sys.exit(run_command("benchmark.py", lambda: main(args), (UsageError,)))
 """
 from __future__ import annotations
 
@@ -19,12 +21,11 @@ import torch
 
 
 class UsageError(Exception):
-    """A bad flag or flag combination; the message names the flag. One line on stderr, exit code 2."""
+    """A bad flag or flag combination; the message names the flag."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line ('train.py: error: ... (see --help)') with exit code 2, not a usage block,
-    and whose --help keeps the docstring's layout."""
+    """argparse with one-line errors (exit code 2) and a --help in the docstring's layout."""
 
     def __init__(self, **options):
         super().__init__(**{"formatter_class": argparse.RawDescriptionHelpFormatter, **options})
@@ -35,22 +36,21 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def error_line(error: BaseException) -> str:
-    """The one line a user sees for an error: its first line; for one raised in a DataLoader worker, which arrives
-    with the worker's traceback wrapped around it, the original message (the last line, without the type name)."""
+    """The one line a user sees for an error: its first line, or a DataLoader worker's message."""
     lines = str(error).strip().splitlines()
     if not lines:
         return type(error).__name__
+    # raised in a DataLoader worker: the worker's traceback wraps the message, its last line
     if "Original Traceback" in str(error):
         return re.sub(r"^[\w.]*Error: ", "", lines[-1])
     return lines[0]
 
 
-def run_command(prog: str, main: Callable[[], object], user_errors: tuple[type[BaseException], ...], *,
+def run_command(prog: str, main: Callable[[], object],
+                user_errors: tuple[type[BaseException], ...], *,
                 exit_codes: dict[type, int] | None = None, quiet: bool = False,
                 stop: "StopRequests | None" = None) -> int:
-    """main() -> its exit code; a user's error -> 'prog: error: <one line>' and exit_codes' code (else 2);
-    Ctrl-C or SIGTERM -> one line and 130 or 143. Other errors are bugs: they keep their traceback. Nothing is
-    printed when quiet (every torchrun rank but 0)."""
+    """main()'s exit code; a user's error, Ctrl-C or SIGTERM -> one line and 2, 130 or 143."""
     try:
         with stop or StopRequests():
             code = main()
@@ -67,29 +67,35 @@ def run_command(prog: str, main: Callable[[], object], user_errors: tuple[type[B
 
 
 class Progress:
-    """The step lines of training: one fixed-format line every print_freq steps and at an epoch's end, and on a
-    terminal a live line redrawn in between. Silent where not enabled (every rank but 0)."""
+    """Training's step lines: a fixed-format one every print_freq steps, a live one on a tty."""
 
-    def __init__(self, *, steps: int, epochs: int, print_freq: int, enabled: bool, world: int, device: torch.device):
-        self.steps, self.epochs, self.print_freq, self.enabled, self.world = steps, epochs, print_freq, enabled, world
+    def __init__(self, *, steps: int, epochs: int, print_freq: int, enabled: bool, world: int,
+                 device: torch.device):
+        self.steps, self.epochs, self.print_freq, self.enabled, self.world = (
+            steps, epochs, print_freq, enabled, world)
         self.device, self.tty, self.started, self.first = device, sys.stdout.isatty(), None, 0
-        self.window = [0.0, 0.0, 0]  # seconds waiting for data, seconds per step, images, since the last fixed line
+        # seconds waiting for data, seconds of steps, images, since the last fixed line
+        self.window = [0.0, 0.0, 0]
 
-    def step(self, epoch: int, i: int, values: dict, images: int, data_time: float, step_time: float,
-             lr: float) -> None:
-        if i == 0 or self.started is None:  # an epoch's first step (a resumed run may start mid-epoch)
+    def step(self, epoch: int, i: int, values: dict, images: int, data_time: float,
+             step_time: float, lr: float) -> None:
+        if i == 0 or self.started is None:  # an epoch's first step (a resumed run: mid-epoch)
             self.started, self.first, self.window = time.time(), i, [0.0, 0.0, 0]
-        self.window = [self.window[0] + data_time, self.window[1] + step_time, self.window[2] + images]
+        self.window = [self.window[0] + data_time, self.window[1] + step_time,
+                       self.window[2] + images]
         fixed = (i + 1) % self.print_freq == 0 or i + 1 == self.steps
         if not self.enabled or not (fixed or self.tty):
             return
         done = epoch * self.steps + i + 1
         seconds_per_step = (time.time() - self.started) / (i + 1 - self.first)
-        eta = datetime.timedelta(seconds=round(seconds_per_step * (self.epochs * self.steps - done)))
-        steps_in_window = max(1, (i + 1) % self.print_freq or self.print_freq) if fixed else i + 1
+        eta = datetime.timedelta(
+            seconds=round(seconds_per_step * (self.epochs * self.steps - done)))
+        steps_in_window = (max(1, (i + 1) % self.print_freq or self.print_freq) if fixed
+                           else i + 1)
         steps_in_window = min(steps_in_window, i + 1 - self.first)
         terms = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "loss")
-        line = (f"epoch {epoch} step {done} ({i + 1}/{self.steps}) loss {values['loss']:.4f} ({terms}) lr {lr:.2e} "
+        line = (f"epoch {epoch} step {done} ({i + 1}/{self.steps}) loss {values['loss']:.4f} "
+                f"({terms}) lr {lr:.2e} "
                 f"img/s {self.window[2] * self.world / self.window[1]:.1f} "
                 f"data {1000 * self.window[0] / steps_in_window:.0f}ms eta {eta}")
         if self.device.type == "cuda":
@@ -102,8 +108,7 @@ class Progress:
 
 
 def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
-    """Fail now, in one line naming `flag`, if `path` could not be written later (a folder, or in a folder that
-    cannot be made or written): checked before an hour of work, not after it."""
+    """UsageError naming `flag` now, not after an hour of work, if `path` cannot be written."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder; give a file name")
@@ -112,22 +117,21 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
 
 
 def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Path:
-    """Make `folder` (and its parents) if needed and check that files can be created in it; UsageError naming
-    `flag` otherwise (a file in the way, a read-only file system, no permission)."""
+    """Make `folder` if needed; UsageError naming `flag` if no file can be created there."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{flag} {folder} is a file, not a folder; give a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()  # the one sure test: create (and at once delete) a file there
-    except OSError as error:
-        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); choose another "
-                         "folder") from None
+        tempfile.TemporaryFile(dir=folder).close()  # the one sure test: create (and delete) a file
+    except OSError as error:  # a file in the way, a read-only file system, no permission
+        raise UsageError(f"{flag} {folder}: cannot write there ({error.strerror or error}); "
+                         "choose another folder") from None
     return folder
 
 
 class Stopped(BaseException):
-    """A run stopped by SIGINT or SIGTERM; exit code 128 + the signal's number (130, 143)."""
+    """A run stopped by SIGINT or SIGTERM; exit code 128 + the signal (130, 143)."""
 
     def __init__(self, signum: int, message: str = ""):
         super().__init__(message or f"stopped by {signal.Signals(signum).name}")
@@ -135,15 +139,13 @@ class Stopped(BaseException):
 
 
 class StopRequests:
-    """SIGINT (Ctrl-C) and SIGTERM (timeout, SLURM, Kubernetes) as requests: while `graceful`, the training
-    loop stops at its next step and saves; otherwise, and on a second Ctrl-C, Stopped is raised at once (an
-    atomic write then removes its temporary file). The previous handlers come back on exit."""
+    """SIGINT and SIGTERM as requests: while `graceful`, the training loop stops and saves."""
 
     def __init__(self):
         self.signum, self.graceful, self._previous = None, False, {}
 
     def __enter__(self) -> "StopRequests":
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -151,10 +153,10 @@ class StopRequests:
     def _handle(self, signum: int, frame) -> None:
         if self.graceful and self.signum is None:
             self.signum = signum
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt (Ctrl-C "
-                  "again stops at once, without saving)", file=sys.stderr, flush=True)
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
+                  "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
             return
-        raise Stopped(signum)
+        raise Stopped(signum)  # an atomic write then removes its temporary file
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():

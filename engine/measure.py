@@ -1,4 +1,6 @@
-"""Measuring: median wall time, CUDA-graph latency, parameters and FLOPs (benchmark.py, evaluate.py, bench/).
+"""Measuring: median wall time, CUDA-graph latency, parameters and FLOPs (benchmark.py, bench/).
+
+    seconds = median_seconds(lambda: model(x), device=device, warmup=1, repeats=5)
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], *, device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn() over `repeats` runs (at least 1) after `warmup` runs, synchronising a GPU around
-    each run."""
+def median_seconds(fn: Callable[[], object], *, device: torch.device, warmup: int,
+                   repeats: int) -> float:
+    """Median seconds of fn() over `repeats` runs after `warmup`, a GPU synchronised."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
@@ -34,10 +36,9 @@ def median_seconds(fn: Callable[[], object], *, device: torch.device, warmup: in
     return statistics.median(times)
 
 
-def graph_latency(forward: Callable[[torch.Tensor], object], x: torch.Tensor, *, device: torch.device, warmup: int,
-                  repeats: int) -> float:
-    """Latency of forward(x) captured once as a CUDA graph and replayed: the GPU's own time for the batch, without
-    the per-kernel cost of launching from Python, which bounds eager batch-1 latency on a fast card."""
+def graph_latency(forward: Callable[[torch.Tensor], object], x: torch.Tensor, *,
+                  device: torch.device, warmup: int, repeats: int) -> float:
+    """forward(x)'s latency replayed as a CUDA graph: the GPU's time, without launch costs."""
     side_stream = torch.cuda.Stream(device)
     side_stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side_stream):  # capture wants its warm-up off the default stream
@@ -55,8 +56,7 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs (2 per multiply-accumulate; convolutions and matrix products) of one forward pass on an input of
-    `input_shape`, on the model's device ("meta" counts without allocating anything)."""
+    """FLOPs of a forward pass (2 per multiply-add; convolutions, matmuls) on the model's device."""
     device = next(model.parameters()).device
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(input_shape, device=device))
@@ -64,10 +64,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def process_seconds() -> float:
-    """Seconds since this process started (Linux's /proc; elsewhere since this module was imported)."""
+    """Seconds since this process started (elsewhere than Linux: since this module's import)."""
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
-            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: start time, in clock ticks
+            # field 22: the start time, in clock ticks
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
             return float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return time.monotonic() - _IMPORTED

@@ -1,10 +1,5 @@
-"""Pictures of predictions (thesis §6, Figs. 7-11): panels image | ground truth | each model, and overlays on scans.
-
-  * write_panel  one PNG per case: the image, the ground truth and each model's prediction, each labelled with its
-                 Dice (binary) or mIoU (multiclass); binary masks as a red tint with the truth's outline in green,
-                 multiclass ones in the Pascal VOC palette.
-  * overlay      a prediction's outline drawn on the image at its own size, gray levels stretched for display, at a
-                 cost proportional to the image (a 12000 x 12000 scan is drawn in seconds).
+"""Pictures of predictions (thesis §6, Fig. 7-11): panels of image | ground truth | each model,
+and a prediction's outline over a whole scan.
 
     write_panel("case.png", image, target, [("fusion", labels)], num_classes=1)
 """
@@ -26,7 +21,7 @@ MIN_TILE_WIDTH = 160  # narrower panel tiles are enlarged (nearest) so their lab
 
 
 def voc_palette() -> np.ndarray:
-    """The Pascal VOC colour map, (256, 3) uint8: the label's bits go, three at a time, into R, G, B from the top."""
+    """The Pascal VOC colour map, (256, 3) uint8: a label's bits, three at a time, into R, G, B."""
     palette = np.zeros((256, 3), dtype=np.uint8)
     for label in range(256):
         value, colour = label, [0, 0, 0]
@@ -39,14 +34,14 @@ def voc_palette() -> np.ndarray:
 
 
 def to_rgb8(image: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarray:
-    """Float image, (H, W) or (H, W, 3), its [low, high] shown as black..white (clipped) -> (H, W, 3) uint8.
-
-    Made a block of rows at a time, so no full-size float copy is ever held: scans can hold 10^8 pixels."""
+    """Float image (H, W) or (H, W, 3), [low, high] shown as black..white -> (H, W, 3) uint8."""
     pixels = np.asarray(image)
     if pixels.ndim not in (2, 3) or pixels.ndim == 3 and pixels.shape[2] != 3:
-        raise ValueError(f"image must be (H, W) or (H, W, 3) in [0, 1], got shape {pixels.shape}")
+        raise ValueError(f"image must be (H, W) or (H, W, 3) in [0, 1], got shape "
+                         f"{pixels.shape}")
     offset, span = np.float32(low), np.float32(max(high - low, 1e-6))
     rgb = np.empty((*pixels.shape[:2], 3), np.uint8)
+    # a block of rows at a time: no full-size float copy of a scan of 10^8 pixels
     for top in range(0, pixels.shape[0], 256):
         block = pixels[top:top + 256].astype(np.float32)  # (rows, W) or (rows, W, 3)
         block -= offset
@@ -54,7 +49,7 @@ def to_rgb8(image: np.ndarray, low: float = 0.0, high: float = 1.0) -> np.ndarra
         np.clip(block, 0, 1, out=block)
         block *= 255
         block += 0.5
-        rgb[top:top + 256] = block[:, :, None] if block.ndim == 2 else block  # gray -> three equal channels
+        rgb[top:top + 256] = block[:, :, None] if block.ndim == 2 else block  # gray -> 3 channels
     return rgb
 
 
@@ -65,16 +60,14 @@ def _tint(base: np.ndarray, where: np.ndarray, colour: tuple, alpha: float = 0.5
 
 
 def mask_outline(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
-    """(H, W) bool: pixels of a labelled region (1-254) within about `thickness` pixels of a different label.
-
-    A thick outline is found on the labels shrunk by `thickness` (each block keeps its largest label, so a region
-    smaller than a block still shows) and blown up again: a few passes over the image, whatever the thickness. A block
-    that holds two labels is on an edge too: where the block beyond it is missing (the image's border) or holds the
-    same largest label, its neighbours alone would not show that edge."""
-    labels8 = np.asarray(labels, dtype=np.uint8)  # no copy of uint8 labels: scans can hold 10^8 pixels
+    """(H, W) bool: pixels of a region (labels 1-254) within about `thickness` of another label."""
+    labels8 = np.asarray(labels, dtype=np.uint8)  # no copy of uint8 labels: scans hold 10^8 pixels
     height, width = labels8.shape
     small, mixed = labels8, False
-    if thickness > 1:  # (H, W) -> (H/t, t, W/t, t) blocks -> their maxima (and minima: a block with an edge inside)
+    # A thick outline is found on the labels shrunk by `thickness` (a block keeps its largest label,
+    # so a small region still shows), then blown up: a few passes, whatever the thickness. A block
+    # of two labels is an edge too: its neighbours miss it at the border or if they hold the same.
+    if thickness > 1:  # (H, W) -> (H/t, t, W/t, t) blocks -> their maxima (and minima)
         padded = np.pad(labels8, ((0, -height % thickness), (0, -width % thickness)), mode="edge")
         blocks = padded.reshape(padded.shape[0] // thickness, thickness, -1, thickness)
         small = blocks.max(axis=(1, 3))
@@ -88,7 +81,7 @@ def mask_outline(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
 
 
 def _score_text(labels: np.ndarray, target: np.ndarray | None, num_classes: int) -> str:
-    """The label under a prediction: its Dice (binary) or mIoU (multiclass), computed by this file's metrics."""
+    """The label under a prediction: its Dice (binary) or mIoU (multiclass), by metrics.py."""
     pred = torch.from_numpy(np.asarray(labels, dtype=np.int64))[None]  # (1, H, W)
     if target is None:
         share = float((pred > 0).double().mean())
@@ -107,26 +100,21 @@ def _score_text(labels: np.ndarray, target: np.ndarray | None, num_classes: int)
 
 def write_panel(path: str | os.PathLike, image: np.ndarray, target: np.ndarray | None,
                 predictions: list[tuple[str, np.ndarray]], num_classes: int) -> None:
-    """Write one PNG: image | ground truth | each prediction, each prediction labelled with its Dice or mIoU.
-
-    image: float in [0, 1], (H, W) or (H, W, 3); target: int (H, W), 255 = ignore, or None (no ground truth: the
-    predictions are labelled with their foreground share); predictions: (name, int labels (H, W)). num_classes: the
-    model's outputs (1 = binary) or label classes (2 = binary); more is multiclass. Binary masks are drawn as a red
-    tint on the image, with the ground truth's outline in green; multiclass masks in the VOC palette's colours.
-    Tiles narrower than MIN_TILE_WIDTH are enlarged by a whole factor (nearest), so the labels fit.
-    """
+    """One PNG: image (float in [0, 1]) | ground truth (labels, or None) | each prediction (name,
+    labels), labelled with its Dice or mIoU. num_classes 1 or 2 is binary, more multiclass."""
     base = to_rgb8(image)
     height, width = base.shape[:2]
     for name, labels in [("target", target)] * (target is not None) + list(predictions):
         if np.shape(labels) != (height, width):
-            raise ValueError(f"write_panel: {name} has shape {np.shape(labels)}, the image {(height, width)}")
+            raise ValueError(f"write_panel: {name} has shape {np.shape(labels)}, the image "
+                             f"{(height, width)}")
     binary, palette = num_classes <= 2, voc_palette()
     truth_edge = None if target is None or not binary else mask_outline(np.asarray(target) == 1)
 
     def render(labels: np.ndarray, colour: tuple, edge: np.ndarray | None) -> np.ndarray:
         labels = np.asarray(labels)
         if not binary:
-            return palette[labels.astype(np.uint8)]  # (H, W, 3); 255 = ignore takes the palette's cream
+            return palette[labels.astype(np.uint8)]  # (H, W, 3); 255 = ignore: the palette's cream
         tile = _tint(_tint(base, labels == 1, colour), labels == IGNORE_INDEX, IGNORE_COLOUR)
         if edge is not None:
             tile[edge] = TRUTH_COLOUR
@@ -134,16 +122,19 @@ def write_panel(path: str | os.PathLike, image: np.ndarray, target: np.ndarray |
 
     tiles = [("image", "", base)]
     if target is not None:
-        tiles.append(("ground truth" + (" (green)" if binary else ""), "", render(target, TRUTH_COLOUR, None)))
-    legend = " (red)" if binary else ""  # the colour of the prediction; the truth's outline stays green
-    tiles += [(name + legend, _score_text(labels, target, num_classes), render(labels, LESION_COLOUR, truth_edge))
+        tiles.append(("ground truth" + (" (green)" if binary else ""), "",
+                      render(target, TRUTH_COLOUR, None)))
+    legend = " (red)" if binary else ""  # the colour of the prediction; the truth's outline: green
+    tiles += [(name + legend, _score_text(labels, target, num_classes),
+               render(labels, LESION_COLOUR, truth_edge))
               for name, labels in predictions]
 
-    scale = max(1, math.ceil(MIN_TILE_WIDTH / width))
+    scale = max(1, math.ceil(MIN_TILE_WIDTH / width))  # narrow tiles enlarged so their labels fit
     tile_w, tile_h, gap = width * scale, height * scale, 4
     draw_probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line = draw_probe.textbbox((0, 0), "Ag%")[3] + 3
-    canvas = Image.new("RGB", (len(tiles) * tile_w + (len(tiles) - 1) * gap, tile_h + 2 * line + 6), "white")
+    canvas = Image.new("RGB", (len(tiles) * tile_w + (len(tiles) - 1) * gap, tile_h + 2 * line + 6),
+                       "white")
     draw = ImageDraw.Draw(canvas)
     for column, (title, score, pixels) in enumerate(tiles):
         left = column * (tile_w + gap)
@@ -151,13 +142,14 @@ def write_panel(path: str | os.PathLike, image: np.ndarray, target: np.ndarray |
             while text and draw.textlength(text) > tile_w - 4:  # cut what does not fit the tile
                 text = text[:-1]
             draw.text((left + 2, 3 + row * line), text, fill="black")
-        canvas.paste(Image.fromarray(pixels).resize((tile_w, tile_h), Image.NEAREST), (left, 2 * line + 6))
+        canvas.paste(Image.fromarray(pixels).resize((tile_w, tile_h), Image.NEAREST),
+                     (left, 2 * line + 6))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
 
 def _display_range(pixels: np.ndarray) -> tuple[float, float]:
-    """Gray levels shown black..white: the 0.5th and 99.5th percentiles (raw mammograms are dim); RGB: 0..1."""
+    """Gray levels shown black..white: the 0.5th and 99.5th percentiles (raw scans are dim)."""
     if pixels.ndim == 3:
         return 0.0, 1.0
     step = max(1, max(pixels.shape) // 1024)
@@ -166,18 +158,16 @@ def _display_range(pixels: np.ndarray) -> tuple[float, float]:
 
 
 def overlay(pixels: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W, 3) uint8: the image (stretched for display) with the outline of each predicted region drawn on it, in
-    red for a binary model and in the class's VOC colour otherwise; lines about 1/512 of the longer side thick."""
+    """(H, W, 3) uint8: the image, stretched for display, with each predicted region's outline."""
     picture = to_rgb8(pixels, *_display_range(pixels))
-    edge = mask_outline(labels, thickness=max(1, round(max(labels.shape) / 512)))
+    edge = mask_outline(labels, thickness=max(1, round(max(labels.shape) / 512)))  # 1/512 of a side
     picture[edge] = LESION_COLOUR if num_classes == 1 else voc_palette()[labels[edge]]
     return picture
 
 
 @torch.no_grad()
 def write_dataset_panels(model, dataset, count: int, folder, device, amp: str) -> list[str]:
-    """image | ground truth | prediction panels of a dataset's first `count` items (normalised as the model's config
-says), named by their ids: what train.py draws after its last epoch."""
+    """Panels of a dataset's first `count` items, named by their ids (train.py's at its end)."""
     model.eval()
     mean, std = (torch.tensor(model.config[k])[:, None, None] for k in ("mean", "std"))
     paths = []
@@ -185,7 +175,8 @@ says), named by their ids: what train.py draws after its last epoch."""
         image, mask = dataset[index]
         with autocast(device, amp):
             prediction = predict_labels(model(image[None].to(device)).float())[0].cpu().numpy()
-        pixels = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1]: un-normalised
+        # un-normalised: (C, H, W) -> (H, W, C) in [0, 1]
+        pixels = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
         paths.append(str(folder / f"{dataset.ids[index]}.png"))
         write_panel(paths[-1], pixels[..., 0] if pixels.shape[2] == 1 else pixels, mask.numpy(),
                     [(model.config["decoder"], prediction)], model.config["num_classes"])
