@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
@@ -57,9 +58,18 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192,
 
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int,
               channels_last: bool, compile_model: bool, warmup: int, repeats: int) -> dict:
-    """Latency at batch 1, forward and training-step throughput at batch_size, for one model.
-    The training step is train.py's (with compile_model, train.py --compile's)."""
-    model = build_model(**kwargs).to(device)
+    """Latency at batch 1, forward and training-step throughput at batch_size, for one model, and the
+    seconds each phase took. The training step is train.py's (compile_model: train.py --compile's)."""
+    phases, clock = {}, time.perf_counter()
+
+    def phase(name: str) -> None:  # the row's own cost, phase by phase: what a cut run needs to know
+        nonlocal clock
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        phases[name], clock = time.perf_counter() - clock, time.perf_counter()
+
+    with torch.device(device):  # initialised on the card: 200M parameters take seconds on a CPU
+        model = build_model(**kwargs)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     runner = torch.compile(model) if compile_model else model
@@ -79,7 +89,9 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
         with torch.no_grad(), autocast(device, precision, cache_enabled=False):
             runner(x)
 
+    phase("build")
     latency = median_seconds(lambda: forward(one), device=device, warmup=warmup, repeats=repeats)
+    phase("latency")
     # As a CUDA graph: the card's own time, without Python's cost of launching each kernel, which
     # bounds eager batch-1 latency on a fast card
     graph_seconds = None
@@ -89,8 +101,10 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
                                           repeats=repeats)
         except RuntimeError as error:  # a forward that cannot be captured: say so and time the rest
             print(f"{kwargs}: CUDA graph capture failed: {str(error).splitlines()[0]}", flush=True)
+    phase("graph")
     forward_seconds = median_seconds(lambda: forward(many), device=device, warmup=warmup,
                                      repeats=repeats)
+    phase("forward")
 
     model.train()
     loss = "jaccard+focal_tversky" if num_classes == 1 else "ce+focal_tversky"  # Table 1
@@ -112,9 +126,9 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
         torch.cuda.reset_peak_memory_stats(device)
     step_seconds = median_seconds(train_step, device=device, warmup=warmup, repeats=repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    # backward ~ 2x forward
-    train_flops = 3 * count_flops(model, (batch_size, in_channels, side, side))
-    return dict(precision=PRECISION_NAMES[precision], latency_s=latency,
+    phase("training")
+    train_flops = 3 * batch_size * model_costs(kwargs, side)["flops"]  # backward ~ 2x forward
+    return dict(precision=PRECISION_NAMES[precision], latency_s=latency, phase_seconds=phases,
                 graph_latency_s=graph_seconds, forward_images_per_s=batch_size / forward_seconds,
                 train_images_per_s=batch_size / step_seconds,
                 train_tflops=train_flops / step_seconds / 1e12,
@@ -220,6 +234,8 @@ def speed_table(args: argparse.Namespace, rows: list, device: torch.device, resu
                       f"{thesis_seconds * 1e3:>9.1f} {r['forward_images_per_s']:>10.1f} "
                       f"{r['train_images_per_s']:>11.1f} {r['train_tflops']:>7.3f}{share:>6} "
                       f"{peak:>8}", flush=True)
+                print("    the row took " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds
+                                                      in r["phase_seconds"].items()), flush=True)
             if args.json:
                 write_json(args.json, results)
 
