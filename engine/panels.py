@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from metrics import IGNORE_INDEX, BinaryStats, ConfusionMatrix, predict_labels
 from .devices import autocast
+from .windows import sliding_window
 
 LESION_COLOUR, TRUTH_COLOUR, IGNORE_COLOUR = (255, 48, 48), (48, 220, 96), (224, 224, 192)
 MIN_TILE_WIDTH = 160  # narrower panel tiles are enlarged (nearest) so their labels fit
@@ -175,16 +176,18 @@ def overlay(pixels: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
 
 
 @torch.no_grad()
-def write_dataset_panels(model, dataset, count: int, folder, device, amp: str) -> list[str]:
+def write_dataset_panels(model, dataset, count: int, folder, device, amp: str, window: int | None = None,
+                         overlap: float = 0.5) -> list[str]:
     """image | ground truth | prediction panels of a dataset's first `count` items (normalised as the model's config
-says), named by their ids: what train.py draws after its last epoch."""
+says), named by their ids: what train.py draws after its last epoch. window: by sliding windows."""
     model.eval()
     mean, std = (torch.tensor(model.config[k])[:, None, None] for k in ("mean", "std"))
     paths = []
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
         with autocast(device, amp):
-            prediction = predict_labels(model(image[None].to(device)).float())[0].cpu().numpy()
+            logits = sliding_window(model, image[None].to(device), window, overlap=overlap)
+            prediction = predict_labels(logits.float())[0].cpu().numpy()
         pixels = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1]: un-normalised
         paths.append(str(folder / f"{dataset.ids[index]}.png"))
         write_panel(paths[-1], pixels[..., 0] if pixels.shape[2] == 1 else pixels, mask.numpy(),

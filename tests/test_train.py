@@ -263,6 +263,10 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         (["--data-parallel"], torchrun, "torchrun"),
         (["--image-size", "100"], {}, "multiple of 32"),
         (["--image-size", "-32"], {}, "positive multiple of 32"),
+        (["--patch-size", "48"], {}, "--patch-size 48: a multiple of 32, at most --image-size 32"),
+        (["--patch-size", "64"], {}, "at most --image-size 32"),
+        (["--overlap", "1"], {}, "--overlap 1.0: a share in [0, 1)"),
+        (["--lesion-patches", "2"], {}, "--lesion-patches 2.0"),
         (["--amp", "fp16", "--device", "cpu"], {}, "bf16"),
         (["--dataset", "cbis", "--data-root", str(tmp_path / "missing")], {}, "not found"),  # before any download
         (["--lr", "-1"], {}, "--lr -1.0: must be >= 0"),
