@@ -3,15 +3,17 @@
     python crossval.py --dataset mias --data-root ../shared/data/mini-mias              # 3 decoders x 5 folds
     python crossval.py --dataset folder --data-root DATA/mine --jobs 3 -- --epochs 50 --weights none
     python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --jobs 4 -- --device cuda
-    python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM -- --image-size 1024 --patch-size 256   # patches
+    python crossval.py --dataset mias --data-root DATA/mias -- --image-size 512 --patch-size 128
 
-For each decoder (--decoders: fusion, unet, unetplusplus) and each fold k of K (--folds, by patient: splits.py), one
-train.py run trains with the dataset's recipe (recipes.py) on the other folds and validates on fold k (--fold k/K),
-in <out-dir>/<decoder>/fold<k>/. Arguments after `--` go to every run unchanged (--epochs, --image-size, --weights,
---amp, --patch-size, --lesion-patches, --overlap ...); the table names the resolution and patch size the runs had. A finished run (its final.json written) is not trained again; an interrupted one resumes from its last.pt
-(one killed after its last epoch is scored from its log), so the command can be run again until every run is done.
-<out-dir>/crossval.json keeps the settings (dataset, data root, folds, the flags after --): runs of other settings are
-never mixed into one table. --jobs runs that many at once (on one GPU too).
+For each decoder (--decoders: fusion, unet, unetplusplus) and each fold k of K (--folds, by patient:
+splits.py), one train.py run trains with the dataset's recipe (recipes.py) on the other folds and
+validates on fold k (--fold k/K), in <out-dir>/<decoder>/fold<k>/. Arguments after `--` go to every
+run unchanged (--epochs, --image-size, --patch-size, --weights, --amp, ...); the table names the
+resolution and patch size the runs had. A finished run (its final.json written) is not trained
+again; an interrupted one resumes from its last.pt (one killed after its last epoch is scored from
+its log), so the command can be run again until every run is done. <out-dir>/crossval.json keeps the
+settings (dataset, data root, folds, the flags after --): runs of other settings are never mixed
+into one table. --jobs runs that many at once (on one GPU too).
 
 A fold's score is its last epoch's validation on the held-out fold: no checkpoint is chosen on the images it is scored
 on (best.pt is, so it is not used here). The summary prints, per decoder, the Table 2 format with the mean and the
@@ -177,12 +179,13 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_resolution(args, out_dir: Path) -> dict:
-    """image_size, patch_size, lesion_patches and overlap as the first run that started recorded them."""
+    """image_size, patch_size, lesion_patches and overlap as the first run started recorded them."""
     keys = ("image_size", "patch_size", "lesion_patches", "overlap")
     for decoder in args.decoders:
         for fold in range(args.folds):
             try:
-                run = json.loads((run_folder(out_dir, decoder, fold) / "config.json").read_text())["args"]
+                config = run_folder(out_dir, decoder, fold) / "config.json"
+                run = json.loads(config.read_text())["args"]
                 return {key: run.get(key) for key in keys}
             except (OSError, ValueError, KeyError, TypeError):  # not started
                 continue
@@ -196,8 +199,9 @@ def resolution_text(summary: dict) -> str:
         return "image size not recorded"
     if not patch or patch >= size:
         return f"whole images at {size}x{size}"
-    return (f"images at {size}x{size}, trained on {patch}x{patch} patches ({summary['lesion_patches']:.2g} "
-            f"lesion-centred), validated by windows (overlap {summary['overlap']:g})")
+    return (f"images at {size}x{size}, trained on {patch}x{patch} patches "
+            f"({summary['lesion_patches']:.2g} lesion-centred), validated by windows "
+            f"(overlap {summary['overlap']:g})")
 
 
 def summarise(args, out_dir: Path) -> tuple[dict, dict]:
@@ -254,8 +258,9 @@ def print_summary(summary: dict) -> None:
               "hold a mass), DICE all images the mean over every image (a lesion-free one predicted empty scores 1), "
               "pooled ones over all pixels of the fold" if summary["scores"] == "binary" else
               "mIoU and mean Dice over the classes of each fold's confusion matrix")
-    print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient, {resolution_text(summary)}: "
-          f"mean ± standard deviation over folds of each fold's last-epoch validation; {scored}.")
+    print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient, "
+          f"{resolution_text(summary)}: mean ± standard deviation over folds of each fold's "
+          f"last-epoch validation; {scored}.")
     older = sum(bool(run.get("older_run")) for runs in summary["runs"].values() for run in runs)
     if older:
         print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are over all images")

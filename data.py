@@ -8,8 +8,9 @@ i is), `.num_classes` (model output channels: 1 for the binary mammography sets,
 Options every dataset takes: `in_channels` (1 = native grayscale; 3 = grayscale replicated to RGB, the default, for
 ImageNet encoders; VOC needs 3), `mean`/`std` (ImageNet statistics by default), `augment` (default: on for training
 splits only), `seed`, `limit` (the first N items of the split), `verbose`, and for the mammography sets `fold`/`folds`
-(cross-validation: "val" is fold k of K by patient, "train" the others; splits.py) and `patch_size`/`lesion_patches`
-(each item a crop of that size, a share of them centred near a lesion: readers/patches.py). What each reads:
+(cross-validation: "val" is fold k of K by patient, "train" the others; splits.py) and
+`patch_size`/`lesion_patches` (each item a crop of that size, a share centred near a lesion:
+readers/patches.py, cut from the cache entry). What each reads:
 
   cbis       the NBIA download with TCIA's case-description CSVs (cbis.py). Masses by default,
              abnormality="calcification" for the other half. "train"/"val" split the official training CSV by patient
@@ -109,7 +110,7 @@ class _SegmentationSet(Dataset):
         self.in_channels, self.seed, self.split = in_channels, seed, split
         self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
         self.augment = split.startswith("train") if augment is None else augment
-        self.patch, self.lesion_patches = patch, lesion_patches  # None: the whole image (the thesis)
+        self.patch, self.lesion_patches = patch, lesion_patches  # None: the whole image
         self.ids: list[str] = []
 
     def __len__(self) -> int:
@@ -147,7 +148,7 @@ class MammogramDataset(_SegmentationSet):
         return image.astype(np.float32) / 65535, mask
 
     def cached(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The cache entry: image (H, W) uint16 (x 65535) and mask (H, W) uint8, built and written if missing."""
+        """The cache entry: image (H, W) uint16 (x 65535), mask (H, W) uint8; built if missing."""
         path = self.cache_files[index]
         try:
             with np.load(path) as cached:
@@ -196,7 +197,8 @@ class MammogramDataset(_SegmentationSet):
             rng = self._rng(index) if self.augment else None
         else:  # crop the cached uint16 entry, then convert only the patch
             rng, (image, mask) = self._rng(index), self.cached(index)
-            image, mask = crop_patch(image, mask, self.patch, self.lesion_patches, rng, level=BREAST_LEVEL * 65535)
+            image, mask = crop_patch(image, mask, self.patch, self.lesion_patches, rng,
+                                     level=BREAST_LEVEL * 65535)
             image = image.astype(np.float32) / 65535
         if self.augment:
             image, mask = augment_mammogram(image, mask, rng, mirror=not self.preprocess["orient"])
@@ -389,7 +391,8 @@ class SyntheticMammograms(_SegmentationSet):
         image, mask = synthetic_mammogram(self.size, rng, mass_probability=self.mass_probability)
         rng = self._rng(index) if self.augment or self.patch else None
         if self.patch:
-            image, mask = crop_patch(image, mask, self.patch, self.lesion_patches, rng, level=BREAST_LEVEL)
+            image, mask = crop_patch(image, mask, self.patch, self.lesion_patches, rng,
+                                     level=BREAST_LEVEL)
         if self.augment:
             image, mask = augment_mammogram(image, mask, rng, mirror=False)
         return self._output(image, mask)
@@ -436,10 +439,10 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, image_s
         size = ()
     if len(size) != 2 or min(size) < 1:
         raise DataError(f"image_size must be an int or an (H, W) pair, got {image_size!r}")
-    patch = options.pop("patch_size", None)
-    patch = (patch, patch) if isinstance(patch, (int, np.integer)) else tuple(patch) if patch else size
+    patch = options.pop("patch_size", None) or size
+    patch = (patch, patch) if isinstance(patch, (int, np.integer)) else tuple(patch)
     if len(patch) != 2 or min(patch) < 1 or patch[0] > size[0] or patch[1] > size[1]:
-        raise DataError(f"patch_size {patch} must fit the image size {size} (--patch-size <= --image-size)")
+        raise DataError(f"patch_size {patch} must fit in image_size {size} (--patch-size)")
     if patch != size:  # training patches; a patch as large as the image is the thesis' whole image
         if name == "voc":
             raise DataError("voc: patches are for whole mammograms; drop --patch-size")

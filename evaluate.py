@@ -65,7 +65,7 @@ class Candidate:
     model: torch.nn.Module
     checkpoint: dict
     runner: torch.nn.Module | None = None
-    window: tuple[int, int] | None = None  # sliding windows of its training patch, or None: whole images
+    window: tuple[int, int] | None = None  # windows of its training patch, or None: whole images
     overlap: float = 0.5
 
     @property
@@ -91,8 +91,9 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
                                                for j in range(len(images))]
         for candidate, metric, scores in zip(candidates, metrics, class_scores):
             if targets is None:
-                labels = predict_dataset_batch(candidate.runner, images, None, tta=tta, amp=amp, mammogram=True,
-                                               window=candidate.window, overlap=candidate.overlap)
+                labels = predict_dataset_batch(candidate.runner, images, None, tta=tta, amp=amp,
+                                               mammogram=True, window=candidate.window,
+                                               overlap=candidate.overlap)
                 targets_here = masks.to(labels.device)  # (B, H, W)
                 metric.update(labels, targets_here)
                 if isinstance(metric, ConfusionMatrix):
@@ -156,8 +157,9 @@ def write_panels(folder: Path, cases: list[tuple[str, int]], candidates: list[Ca
                 shown = np.asarray(original.convert("RGB"), dtype=np.float32) / 255  # (h, w, 3) original size
             target = read_voc_label(voc[1][index]).astype(np.int64)
             sizes = [target.shape]
-        predictions = [(c.name, predict_dataset_batch(c.runner, batch, sizes, tta=tta, amp=amp, mammogram=voc is None,
-                                                      window=c.window, overlap=c.overlap)[0].cpu().numpy())
+        predictions = [(c.name, predict_dataset_batch(c.runner, batch, sizes, tta=tta, amp=amp,
+                                                      mammogram=voc is None, window=c.window,
+                                                      overlap=c.overlap)[0].cpu().numpy())
                        for c in candidates]
         ranks[kind] += 1
         safe_id = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.ids[index])
@@ -259,9 +261,9 @@ def get_args_parser() -> ArgumentParser:
         "CBIS-DDSM's official test CSV, held out from training and model selection)")
     add("--image-size", type=int, metavar="PIXELS", help="square input side, a multiple of 32 (default: the size the "
         "checkpoints were trained at, else Table 1's for the dataset: recipes.PRESETS)")
-    add("--batch-size", type=int, default=8, help="images (or windows) per forward pass (default: 8)")
-    add("--overlap", type=float, metavar="SHARE", help="overlap of the sliding windows of a model trained on "
-        "patches, in [0, 1) (default: the checkpoint's)")
+    add("--batch-size", type=int, default=8, help="images or windows per forward pass (default: 8)")
+    add("--overlap", type=float, metavar="SHARE", help="overlap of the sliding windows of a model "
+        "trained on patches, in [0, 1) (default: the checkpoint's)")
     add("--workers", type=int, default=default_workers(), help="DataLoader worker processes (default: the machine's "
         f"cores, at most 4: {default_workers()} here)")
     add("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default: auto)")
@@ -340,7 +342,7 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     # otherwise, so auto means a graph on a GPU and the eager model on a CPU here (predict.py's auto is the fastest).
     backend = args.backend if args.backend != "auto" else "graph" if device.type == "cuda" else "eager"
     for candidate in candidates:
-        candidate.window = window_for(candidate.checkpoint, size)  # trained on patches: windows of that size
+        candidate.window = window_for(candidate.checkpoint, size)  # its patch, if it had one
         candidate.overlap = overlap_for(candidate.checkpoint, args.overlap)
         cache = cache_folder("onnx", candidate.path) if backend == "onnxruntime" else None
         candidate.runner = fast_model(candidate.model, device, backend=backend, checkpoint=candidate.path, cache=cache,
@@ -359,10 +361,12 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     if len(dataset) == 0:
         raise UsageError(f"--dataset {args.dataset} --split {args.split}: no images")
     voc = (dataset.images, dataset.labels) if args.dataset == "voc" else None
-    windows = "".join(f", {c.name} by {window_count(size, c.window, c.overlap)} windows of {c.window[0]}x"
-                      f"{c.window[1]} (overlap {c.overlap:g})" for c in candidates if c.window)
-    print(f"{args.dataset} {args.split}: {len(dataset)} images, input {size[0]}x{size[1]}{windows}, on {device}"
-          f"{', with --tta' if args.tta else ''}" + (", scored at the original sizes" if voc else ""))
+    windows = "".join(f", {c.name} by {window_count(size, c.window, c.overlap)} windows of "
+                      f"{c.window[0]}x{c.window[1]} (overlap {c.overlap:g})"
+                      for c in candidates if c.window)
+    print(f"{args.dataset} {args.split}: {len(dataset)} images, input {size[0]}x{size[1]}"
+          f"{windows}, on {device}{', with --tta' if args.tta else ''}"
+          + (", scored at the original sizes" if voc else ""))
     metrics, scores = evaluate_dataset(candidates, dataset, None if voc is None else voc[1],
                                        batch_size=args.batch_size, workers=args.workers, tta=args.tta, amp=args.amp)
 
@@ -372,15 +376,16 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         summary = metric.summary()
         print_metrics(candidate, summary)
         window = candidate.window or size  # a windowed image costs its windows' FLOPs
-        flops = count_flops(candidate.model, (1, candidate.model.config["in_channels"], *window)) * \
-            window_count(size, window, candidate.overlap)
+        shape = (1, candidate.model.config["in_channels"], *window)
+        flops = count_flops(candidate.model, shape) * window_count(size, window, candidate.overlap)
         rows.append(dict(name=candidate.name, checkpoint=candidate.path, architecture=candidate.architecture,
                          model_config=candidate.model.config, epoch=candidate.checkpoint.get("epoch"), metrics=summary,
                          params=count_parameters(candidate.model), flops=flops, thesis_flops_g=flops / 4 / 1e9,
                          window=list(candidate.window or size), overlap=candidate.overlap,
-                         inference_s=inference_seconds(candidate.runner, example, amp=args.amp, runs=args.timing_runs,
-                                                       window=candidate.window, overlap=candidate.overlap,
-                                                       batch_size=args.batch_size),
+                         inference_s=inference_seconds(
+                             candidate.runner, example, amp=args.amp, runs=args.timing_runs,
+                             window=candidate.window, overlap=candidate.overlap,
+                             batch_size=args.batch_size),
                          **{f"per_image_{'dice' if binary else 'miou'}": dict(zip(dataset.ids, per_image))}))
     print()
     print_table([dict(r, **r["metrics"]) for r in rows], binary=binary, device=str(device), runs=args.timing_runs,

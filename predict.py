@@ -4,20 +4,23 @@
     python predict.py --checkpoint runs/cbis/best.pt --input scans/ --output masks/ --tta --json masks/report.json
     python predict.py --checkpoint runs/cbis-1024/best.pt --input scans/ --output masks/ --save mask
 
-The model is rebuilt from the checkpoint alone (no architecture flags) and each image is prepared like its training
-data (inference.py's docstring); a model trained on patches predicts by sliding windows of its patch size (the
-checkpoint's --overlap unless given). Written per image, at its original size, those --save names: <stem>_mask.png
-(binary: 0/255; multiclass: a VOC palette PNG whose pixel values are class indices), <stem>_prob.png (the lesion's,
-or the winning class's, probability x 255) and <stem>_overlay.png (the mask's outline on the image). One line per image gives the predicted
-area (pixels, % of the image, mm^2 when the DICOM has PixelSpacing or ImagerPixelSpacing) and the largest
-probability, so an "all black" mask is obvious. Folders are searched recursively; DICOMs named as PACS exports name
-them (IM0001, or by UID) are found by their DICM marker. The output folder must hold no input, so a ground-truth
-<stem>_mask.png beside a scan is never overwritten, and no file of an earlier prediction unless --overwrite is given
-(an image that then fails keeps none of the earlier files either). A checkpoint saved before the first epoch is
-named in a warning. A file that cannot be read, an image whose outputs cannot be
-written (full disk, name too long, a file or folder in the way) or a folder that cannot be listed is one FAILED line
-on stderr, and the rest go on. Each PNG is written whole or not at all, and an image whose three PNGs could not all
-be written keeps none of this run's. `evaluate.py --input` runs this same command.
+The model is rebuilt from the checkpoint alone (no architecture flags) and each image is prepared
+like its training data (inference.py's docstring); a model trained on patches predicts by sliding
+windows of its patch size (the checkpoint's --overlap unless given). Written per image, at its
+original size, those --save names: <stem>_mask.png (binary: 0/255; multiclass: a VOC palette PNG
+whose pixel values are class indices), <stem>_prob.png (the lesion's, or the winning class's,
+probability x 255) and <stem>_overlay.png (the mask's outline on the image). One line per image
+gives the predicted area (pixels, % of the image, mm^2 when the DICOM has PixelSpacing or
+ImagerPixelSpacing) and the largest probability, so an "all black" mask is obvious. Folders are
+searched recursively; DICOMs named as PACS exports name them (IM0001, or by UID) are found by their
+DICM marker. The output folder must hold no input, so a ground-truth <stem>_mask.png beside a scan
+is never overwritten, and no file of an earlier prediction unless --overwrite is given (an image
+that then fails keeps none of the earlier files either). A checkpoint saved before the first epoch
+is named in a warning. A file that cannot be read, an image whose outputs cannot be written (full
+disk, name too long, a file or folder in the way) or a folder that cannot be listed is one FAILED
+line on stderr, and the rest go on. Each PNG is written whole or not at all, and an image whose
+three PNGs could not all be written keeps none of this run's. `evaluate.py --input` runs this same
+command.
 
 Exit codes: 0 done; 1 some files could not be read or written, or folders listed (the rest were done); 2 bad flags
 or checkpoint.
@@ -54,8 +57,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how the model runs (runners.py): auto = "
                         "a CUDA graph on a GPU, ONNX Runtime on a CPU when installed, else channels_last (default: "
                         "auto)")
-    parser.add_argument("--overlap", type=float, metavar="SHARE", help="overlap of the sliding windows "
-                        "of a model trained on patches, in [0, 1) (default: the checkpoint's)")
+    parser.add_argument("--overlap", type=float, metavar="SHARE", help="overlap of the sliding "
+                        "windows of a model trained on patches, [0, 1) (default: the checkpoint's)")
     parser.add_argument("--save", nargs="+", choices=OUTPUT_KINDS, default=list(OUTPUT_KINDS),
                         help="outputs written per image (default: all three, as before)")
     parser.add_argument("--json", metavar="FILE", help="also write one record per image (areas, outputs) to FILE")

@@ -70,7 +70,7 @@ SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC", "mias": "o
 # The other settings a run takes from its --resume checkpoint (or these defaults) unless a flag gives them again.
 RUN_DEFAULTS = {"data_root": None, "seed": 0, "amp": "none", "weight_decay": 0.01, "clip_grad": 0.0, "limit": None,
                 "eval_batch_size": None, "fold": None, "cache_dir": None,
-                "patch_size": None, "lesion_patches": 1 / 3, "overlap": 0.5}  # patches: nnU-Net's share, overlap
+                "patch_size": None, "lesion_patches": 1 / 3, "overlap": 0.5}  # nnU-Net's
 
 
 def apply_recipe(args, saved: dict) -> list[str]:

@@ -85,9 +85,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         f"with --data-parallel); not given in the thesis, so ours; {preset('batch_size')}")
     add("--eval-batch-size", type=int, help="images per validation step (default: --batch-size)")
     add("--image-size", type=int, help=f"side in pixels, a multiple of 32, Table 1; {preset('image_size')}")
-    add("--patch-size", type=int, help="train on crops of this side (a multiple of 32), validate by sliding "
-        "windows (default: the whole image, as the thesis)")
-    add("--lesion-patches", type=float, help="share of the patches centred near a lesion (default: 1/3)")
+    add("--patch-size", type=int, help="train on crops of this side (a multiple of 32), "
+        "validate by sliding windows (default: the whole image, as the thesis)")
+    add("--lesion-patches", type=float, help="share of patches centred on a lesion (default: 1/3)")
     add("--overlap", type=float, help="overlap of the validation windows, in [0, 1) (default: 0.5)")
     add("--lr", type=float, help="AdamW (amsgrad) learning rate at epoch 0, Table 1; it rescales the whole "
         f"--schedule; {preset('lr')}")
@@ -138,10 +138,10 @@ def main(args) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     step, eval_net = wrap_for_devices(model, criterion, args, world, device)
     metric_name = "dice_mean_per_image" if model.config["num_classes"] == 1 else "mean_iou"  # README, "Metrics"
-    windows = dict(window=args.patch_size, overlap=args.overlap)  # a patch smaller than the image: windows
+    windows = dict(window=args.patch_size, overlap=args.overlap)  # patches: validate by windows
     if args.eval_only:  # the --resume checkpoint's validation metrics
-        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set),
-                           **windows)
+        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"],
+                           len(val_set), **windows)
         log(f"eval {args.resume}: " + " ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         if args.json and rank == 0:
             write_json(args.json, summary)
@@ -173,8 +173,8 @@ def main(args) -> dict:
             raise NonFiniteLoss(f"{error}; last good checkpoint: {folder.path / 'last.pt'} ({kept}). Try --amp bf16 "
                                 "or none, a lower --lr, or --clip-grad 1") from None
         scheduler.step()
-        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"], len(val_set),
-                           **windows)
+        summary = evaluate(eval_net, val_loader, device, args.amp, model.config["num_classes"],
+                           len(val_set), **windows)
         improved = best is None or summary[metric_name] > best
         best = summary[metric_name] if improved else best
         records.append({"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in losses.items()},
@@ -214,11 +214,14 @@ def resolve_args(args) -> list[str]:
                                                       "process already drives one GPU (DDP): drop one of the two"),
         (args.image_size < 32 or args.image_size % 32 != 0, f"--image-size {args.image_size} must be a positive "
          f"multiple of 32 (the encoder's output stride), e.g. {max(32, round(args.image_size / 32) * 32)}"),
-        (args.patch_size is not None and not (32 <= args.patch_size <= args.image_size and args.patch_size % 32 == 0),
-         f"--patch-size {args.patch_size}: a multiple of 32, at most --image-size {args.image_size}"),
-        (args.patch_size is not None and args.patch_size < args.image_size and args.dataset == "voc",
+        (args.patch_size is not None and (args.patch_size % 32 or
+                                          not 32 <= args.patch_size <= args.image_size),
+         f"--patch-size {args.patch_size}: a multiple of 32, at most --image-size "
+         f"{args.image_size}"),
+        (args.dataset == "voc" and (args.patch_size or args.image_size) < args.image_size,
          "--patch-size is for mammograms; VOC trains on whole images"),
-        (not 0 <= args.lesion_patches <= 1, f"--lesion-patches {args.lesion_patches}: a share in [0, 1]"),
+        (not 0 <= args.lesion_patches <= 1,
+         f"--lesion-patches {args.lesion_patches}: a share, in [0, 1]"),
         (not 0 <= args.overlap < 1, f"--overlap {args.overlap}: a share in [0, 1)"),
         (min(args.batch_size, args.eval_batch_size, args.epochs, args.print_freq, args.limit or 1) < 1,
          "--batch-size, --eval-batch-size, --epochs, --print-freq and --limit must be >= 1"),
@@ -307,8 +310,8 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
     val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
     patches = dict(patch_size=args.patch_size, lesion_patches=args.lesion_patches)  # training crops
     train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
-                                                          args.image_size, augment=args.augment, **patches,
-                                                          **common)
+                                                          args.image_size, augment=args.augment,
+                                                          **patches, **common)
     prepare_datasets([val_set, train_set], args.workers, rank, world)  # an image that cannot be used: left out, named
     for split, dataset in (("val", val_set), (args.train_split, train_set)):
         if dataset is not None and len(dataset) == 0:
@@ -414,10 +417,11 @@ def train_one_epoch(step, optimizer, scaler, loader, device, epoch: int, *, amp:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp: str, num_logits: int, images: int, window: int | None = None,
-             overlap: float = 0.5) -> dict:
+def evaluate(model, loader, device, amp: str, num_logits: int, images: int,
+             window: int | None = None, overlap: float = 0.5) -> dict:
     """Exact metrics over this rank's share of the set, reduced over all ranks (metrics.py): every image of the
-    set (`images` of them) scored exactly once, whatever the number of processes. window: sliding windows."""
+    set (`images` of them) scored exactly once, whatever the number of processes. window: by
+    sliding windows of that side."""
     if dist.is_initialized():  # BN statistics drift apart on each rank's last batch: score (and save) rank 0's
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
@@ -426,8 +430,8 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int, wind
     for batch, masks in loader:
         batch, masks = to_device(batch, masks, device)
         with autocast(device, amp):
-            logits = model(batch) if window is None else sliding_window(model, batch, window, overlap=overlap,
-                                                                         batch_size=len(batch))
+            logits = model(batch) if window is None else \
+                sliding_window(model, batch, window, overlap=overlap, batch_size=len(batch))
         metrics.update(predict_labels(logits.float()), masks)
     metrics.reduce()
     summary = metrics.summary()
@@ -442,8 +446,8 @@ def final_report(args, model, val_set, val_loader, summary: dict, best: float, f
     floor = all_background_scores((masks for _, masks in val_loader), model.config["num_classes"])
     if not is_main:
         return summary
-    panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device, args.amp,
-                                  window=args.patch_size, overlap=args.overlap)
+    panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device,
+                                  args.amp, window=args.patch_size, overlap=args.overlap)
     if model.config["num_classes"] == 1:
         scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {len(val_set)} validation images "
                   f"({summary['dice_pooled']:.4f} pooled over their pixels), best {best:.4f}; predicting all "

@@ -176,10 +176,10 @@ def overlay(pixels: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
 
 
 @torch.no_grad()
-def write_dataset_panels(model, dataset, count: int, folder, device, amp: str, window: int | None = None,
-                         overlap: float = 0.5) -> list[str]:
+def write_dataset_panels(model, dataset, count: int, folder, device, amp: str,
+                         window: int | None = None, overlap: float = 0.5) -> list[str]:
     """image | ground truth | prediction panels of a dataset's first `count` items (normalised as the model's config
-says), named by their ids: what train.py draws after its last epoch. window: by sliding windows."""
+says), named by their ids: what train.py draws after its last epoch. window: by windows."""
     model.eval()
     mean, std = (torch.tensor(model.config[k])[:, None, None] for k in ("mean", "std"))
     paths = []

@@ -22,9 +22,8 @@ def write_finished_runs(out_dir):
                          iou_mean_per_image=every / 2, dice_pooled=lesion + 0.1, iou_pooled=lesion / 2 + 0.05,
                          images=15.0, images_with_lesion=11.0)
             (folder / "final.json").write_text(json.dumps({"final": final}))
-            (folder / "config.json").write_text(json.dumps({"args": {"epochs": 3, "image_size": 1024,
-                                                                      "patch_size": 256, "lesion_patches": 1 / 3,
-                                                                      "overlap": 0.5}}))
+            ran = dict(epochs=3, image_size=1024, patch_size=256, lesion_patches=1 / 3, overlap=0.5)
+            (folder / "config.json").write_text(json.dumps({"args": ran}))
             records = [{"epoch": epoch, "train_loss": 1 / (epoch + 1),
                         "val_dice_mean_lesion_images": lesion * (epoch + 1) / 3} for epoch in range(3)]
             (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -53,7 +52,7 @@ def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison
     assert pair["mean"] == pytest.approx(0.04)
     assert "60.00 ± 10.00" in printed and "DICE all images" in printed  # fusion's lesion-image Dice, mean ± SD
     assert "fusion wins 2 of 3 folds" in printed
-    assert "images at 1024x1024, trained on 256x256 patches (0.33 lesion-centred)" in printed  # as the runs ran
+    assert "images at 1024x1024, trained on 256x256 patches (0.33 lesion-centred)" in printed
     assert (summary["image_size"], summary["patch_size"]) == (1024, 256)
     assert (out_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
