@@ -54,6 +54,7 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
         ("bit_r50x1", "ce+focal_tversky", 384, 150, [0, 80])
     assert [voc.lr * f for f in voc.lr_factors] == pytest.approx([5e-5, 1e-5])
     assert demo.dataset == "synthetic" and demo.weights is None and demo.decoder == "fusion"
+    assert (demo.patch_size, demo.lesion_patches, demo.overlap) == (None, 1 / 3, 0.5)  # whole images
     overridden = resolve("--dataset", "cbis", "--lr", "1e-3", "--epochs", "3", "--weights", "none")
     assert (overridden.lr, overridden.epochs, overridden.weights) == (1e-3, 3, None)
     assert [overridden.lr * f for f in overridden.lr_factors] == pytest.approx([1e-3, 2e-4, 1e-4, 2e-5, 2e-6])
