@@ -2,6 +2,7 @@
 
     python train.py                      # demo: synthetic mammograms on the CPU, no download, about a minute
     python train.py --dataset cbis --data-root DATA/CBIS-DDSM                 # Table 2 (A), one GPU
+    python train.py --dataset cbis --data-root DATA/CBIS-DDSM --image-size 1024 --patch-size 256
     torchrun --standalone --nproc_per_node=4 train.py --dataset cbis --data-root DATA/CBIS-DDSM --batch-size 4
     python train.py --dataset cbis --data-root DATA/CBIS-DDSM --data-parallel    # DataParallel over all GPUs
     python train.py --resume runs/cbis/last.pt                   # continue exactly; the other flags come back too

@@ -2,9 +2,9 @@
 
   * batches       to_model_input (channels and normalisation from the model's config), model_logits (fp32 logits
                   under autocast, optional flip test-time augmentation), sliding_window_logits
-                  (the same by windows: a model trained on patches, window_for), logits_at_size
-                  (back to the image's size),
-                  predict_dataset_batch (evaluate.py's labels), inference_seconds (the inference-time column).
+                  (the same by windows, for a model trained on patches: window_for),
+                  logits_at_size (back to the image's size), predict_dataset_batch (evaluate.py's
+                  labels), inference_seconds (the inference-time column).
   * one image     predict_image: an image as read (mammograms.read_image_file) -> labels and probability at its own
                   size, prepared like the model's training data. prediction.py turns files into mask files with it.
 

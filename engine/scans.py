@@ -250,7 +250,7 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             continue
         record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
                                            spacing)
-        print(f"{line} -> {', '.join(paths.values())}")
+        print(f"{line} -> {paths.get('mask', next(iter(paths.values())))}")
         records.append(dict(record, **paths))
     total, done = time.perf_counter() - started, sum("error" not in record for record in records)
     if done:
