@@ -4,12 +4,14 @@ with error bars, and the lesions each decoder finds.
     python crossval.py --dataset mias --data-root ../shared/data/mini-mias   # 3 decoders x 5 folds
     python crossval.py --dataset folder --data-root DATA/mine --jobs 3 -- --epochs 50 --weights none
     python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --jobs 4 -- --device cuda
+    python crossval.py --dataset mias --data-root DATA/mias -- --image-size 512 --patch-size 128
 
-Each decoder (--decoders) on each fold k of K (--folds, by patient: splits.py) is one train.py run
-in <out-dir>/<decoder>/fold<k>/, trained with the dataset's recipe on the other folds and validated
-on fold k (--fold k/K); the flags after `--` go to every run. A finished run (final.json) is not
-trained again, an interrupted one resumes from its last.pt (one killed after its last epoch is
-scored from its log), so the command can be run again until every run is done.
+Each decoder (--decoders) on each fold k of K (--folds, by patient: readers/splits.py) is one
+train.py run in <out-dir>/<decoder>/fold<k>/, trained with the dataset's recipe on the other folds
+and validated on fold k (--fold k/K); the flags after `--` go to every run (--epochs, --image-size,
+--patch-size, ...), and the table names the resolution and patch size they had. A finished run
+(final.json) is not trained again, an interrupted one resumes from its last.pt (one killed after
+its last epoch is scored from its log): run the command again until every run is done.
 <out-dir>/crossval.json keeps the settings: runs of other settings never mix in one table. --jobs
 runs that many at once.
 
@@ -181,6 +183,32 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
             statistics.stdev(finite) if len(finite) > 1 else math.nan)
 
 
+def run_resolution(args, out_dir: Path) -> dict:
+    """image_size, patch_size, lesion_patches and overlap as the first run started recorded them."""
+    keys = ("image_size", "patch_size", "lesion_patches", "overlap")
+    for decoder in args.decoders:
+        for fold in range(args.folds):
+            try:
+                config = run_folder(out_dir, decoder, fold) / "config.json"
+                run = json.loads(config.read_text())["args"]
+                return {key: run.get(key) for key in keys}
+            except (OSError, ValueError, KeyError, TypeError):  # not started
+                continue
+    return dict.fromkeys(keys)
+
+
+def resolution_text(summary: dict) -> str:
+    """The table's caption of how the runs saw the images."""
+    size, patch = summary.get("image_size"), summary.get("patch_size")
+    if not size:
+        return "image size not recorded"
+    if not patch or patch >= size:
+        return f"whole images at {size}x{size}"
+    return (f"images at {size}x{size}, trained on {patch}x{patch} patches "
+            f"({summary['lesion_patches']:.2g} lesion-centred), validated by windows "
+            f"(overlap {summary['overlap']:g})")
+
+
 def summarise(args, out_dir: Path) -> tuple[dict, dict]:
     """(summary for summary.json, learning curves per decoder and fold) from every run's final.json and log.jsonl."""
     finals, curves = {}, {}
@@ -212,7 +240,8 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
                                             fusion_wins=sum(d > 0 for d in scored),
                                             other_wins=sum(d < 0 for d in scored), ties=sum(d == 0 for d in scored))
     summary = dict(dataset=args.dataset, data_root=args.data_root, folds=args.folds, train_args=args.train_args,
-                   scores=kind, compared=compared, runs=runs, table=table, paired=paired)
+                   scores=kind, compared=compared, runs=runs, table=table, paired=paired,
+                   **run_resolution(args, out_dir))
     return summary, curves
 
 
@@ -237,8 +266,9 @@ def print_summary(summary: dict) -> None:
               "by a mark with IoU >= 0.2, a mark that finds none is a false positive (FP)"
               if summary["scores"] == "binary" else
               "mIoU and mean Dice over the classes of each fold's confusion matrix")
-    print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient: mean ± standard deviation over "
-          f"folds of each fold's last-epoch validation; {scored}.")
+    print(f"{summary['dataset']}, {summary['folds']}-fold cross-validation by patient, "
+          f"{resolution_text(summary)}: mean ± standard deviation over folds of each fold's "
+          f"last-epoch validation; {scored}.")
     older = sum(bool(run.get("older_run")) for runs in summary["runs"].values() for run in runs)
     if older:
         print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are over all images")

@@ -8,7 +8,9 @@ i is), `.num_classes` (model output channels: 1 for the binary mammography sets,
 Options every dataset takes: `in_channels` (1 = native grayscale; 3 = grayscale replicated to RGB, the default, for
 ImageNet encoders; VOC needs 3), `mean`/`std` (ImageNet statistics by default), `augment` (default: on for training
 splits only), `seed`, `limit` (the first N items of the split), `verbose`, and for the mammography sets `fold`/`folds`
-(cross-validation: "val" is fold k of K by patient, "train" the others; splits.py). What each reads:
+(cross-validation: "val" is fold k of K by patient, "train" the others; splits.py) and
+`patch_size`/`lesion_patches` (each item a crop of that size, a share centred near a lesion:
+readers/patches.py, cut from the cache entry). What each reads:
 
   cbis       the NBIA download with TCIA's case-description CSVs (cbis.py). Masses by default,
              abnormality="calcification" for the other half. "train"/"val" split the official training CSV by patient
@@ -54,6 +56,7 @@ from readers.cbis import CbisTree, cbis_images, check_mammogram, load_mammogram,
 from readers.folders import check_class_masks, folder_items, load_folder_item
 from readers.mammograms import DataError, augment_mammogram, fitted_size, preprocess_mammogram, read_dicom
 from readers.mias import MiasImage, load_mias, patient_of, read_mias
+from readers.patches import BREAST_LEVEL, crop_patch
 from model import default_normalisation
 from readers.splits import SPLITS, check_fold, groups_of_split
 from readers.synthetic import synthetic_mammogram
@@ -96,7 +99,8 @@ class _SegmentationSet(Dataset):
     num_classes = 1
 
     def __init__(self, *, split: str, in_channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, augment: bool | None = None, seed: int = 0):
+                 std: Sequence[float] | None = None, augment: bool | None = None, seed: int = 0,
+                 patch: tuple[int, int] | None = None, lesion_patches: float = 1 / 3):
         if in_channels not in (1, 3):
             raise DataError(f"in_channels must be 1 or 3, got {in_channels}")
         default_mean, default_std = default_normalisation("resnet34", in_channels)  # ImageNet's, as torchvision
@@ -106,6 +110,7 @@ class _SegmentationSet(Dataset):
         self.in_channels, self.seed, self.split = in_channels, seed, split
         self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
         self.augment = split.startswith("train") if augment is None else augment
+        self.patch, self.lesion_patches = patch, lesion_patches  # None: the whole image
         self.ids: list[str] = []
 
     def __len__(self) -> int:
@@ -139,12 +144,17 @@ class MammogramDataset(_SegmentationSet):
 
     def preprocessed(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Image (H, W) float32 in [0, 1] and mask (H, W) uint8 labels, from the cache or built and cached."""
+        image, mask = self.cached(index)
+        return image.astype(np.float32) / 65535, mask
+
+    def cached(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cache entry: image (H, W) uint16 (x 65535), mask (H, W) uint8; built if missing."""
         path = self.cache_files[index]
         try:
             with np.load(path) as cached:
                 image, mask = cached["image"], cached["mask"]
             if image.shape == mask.shape == self.preprocess["size"]:
-                return image.astype(np.float32) / 65535, mask
+                return image, mask
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
             pass  # not built yet, or damaged on disk (writes are atomic, so not by a killed run): build it below
         pixels, masks, labels = self.load(*self.sources[index])
@@ -153,7 +163,7 @@ class MammogramDataset(_SegmentationSet):
         buffer = io.BytesIO()
         np.savez(buffer, image=quantised, mask=mask)
         atomic_write(path, buffer.getvalue())
-        return quantised.astype(np.float32) / 65535, mask  # exactly what a cache hit returns
+        return quantised, mask  # exactly what a cache hit returns
 
     def prepare(self, workers: int = 0, *, share: tuple[int, int] = (0, 1)) -> dict[int, str]:
         """Build the cache entries not on disk yet, now rather than in the first epoch: this process's `share` (k, n)
@@ -182,9 +192,16 @@ class MammogramDataset(_SegmentationSet):
                   f"{', ...' if len(failed) > 1 else ''}); listed in {listing}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.preprocessed(index)
+        if self.patch is None:
+            image, mask = self.preprocessed(index)
+            rng = self._rng(index) if self.augment else None
+        else:  # crop the cached uint16 entry, then convert only the patch
+            rng, (image, mask) = self._rng(index), self.cached(index)
+            image, mask = crop_patch(image, mask, self.patch, self.lesion_patches, rng,
+                                     level=BREAST_LEVEL * 65535)
+            image = image.astype(np.float32) / 65535
         if self.augment:
-            image, mask = augment_mammogram(image, mask, self._rng(index), mirror=not self.preprocess["orient"])
+            image, mask = augment_mammogram(image, mask, rng, mirror=not self.preprocess["orient"])
         return self._output(image, mask)
 
 
@@ -372,8 +389,12 @@ class SyntheticMammograms(_SegmentationSet):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.split_index, index])
         image, mask = synthetic_mammogram(self.size, rng, mass_probability=self.mass_probability)
+        rng = self._rng(index) if self.augment or self.patch else None
+        if self.patch:
+            image, mask = crop_patch(image, mask, self.patch, self.lesion_patches, rng,
+                                     level=BREAST_LEVEL)
         if self.augment:
-            image, mask = augment_mammogram(image, mask, self._rng(index), mirror=False)
+            image, mask = augment_mammogram(image, mask, rng, mirror=False)
         return self._output(image, mask)
 
 
@@ -418,6 +439,14 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str, image_s
         size = ()
     if len(size) != 2 or min(size) < 1:
         raise DataError(f"image_size must be an int or an (H, W) pair, got {image_size!r}")
+    patch = options.pop("patch_size", None) or size
+    patch = (patch, patch) if isinstance(patch, (int, np.integer)) else tuple(patch)
+    if len(patch) != 2 or min(patch) < 1 or patch[0] > size[0] or patch[1] > size[1]:
+        raise DataError(f"patch_size {patch} must fit in image_size {size} (--patch-size)")
+    if patch != size:  # training patches; a patch as large as the image is the thesis' whole image
+        if name == "voc":
+            raise DataError("voc: patches are for whole mammograms; drop --patch-size")
+        options["patch"] = patch
     splits = {"cbis": SPLITS, "mias": SPLITS, "folder": SPLITS, "synthetic": SPLITS, "voc": VOC_SPLITS}
     if name not in splits:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(splits)}")

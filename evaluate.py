@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader
 from engine.checkpoints import CheckpointError, load_checkpoint
 from data import DataError, build_dataset, cache_folder, prepare_datasets
 from engine.charts import PALETTE, draw_froc
-from engine.inference import image_size_for, inference_seconds, model_logits, predict_dataset_batch
+from engine.inference import (image_size_for, inference_seconds, overlap_for, predict_dataset_batch,
+                              sliding_window_logits, window_for)
+from engine.windows import window_count
 from engine.scans import run_prediction
 from metrics import FROC_RATES, ConfusionMatrix, LesionStats, build_metrics, predict_labels
 from engine.panels import write_panel
@@ -60,6 +62,8 @@ class Candidate:
     model: torch.nn.Module
     checkpoint: dict
     runner: torch.nn.Module | None = None
+    window: tuple[int, int] | None = None  # windows of its training patch, or None: whole images
+    overlap: float = 0.5
 
     @property
     def architecture(self) -> str:
@@ -86,7 +90,9 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
                                                for j in range(len(images))]
         for candidate, metric, lesion, scores in zip(candidates, metrics, lesions, class_scores):
             if targets is None:
-                logits = model_logits(candidate.runner, images, tta=tta, amp=amp, mammogram=True)
+                logits = sliding_window_logits(candidate.runner, images, candidate.window,
+                                               overlap=candidate.overlap, batch_size=len(images),
+                                               tta=tta, amp=amp, mammogram=True)
                 labels = predict_labels(logits)
                 targets_here = masks.to(labels.device)  # (B, H, W)
                 metric.update(labels, targets_here)
@@ -154,7 +160,9 @@ def write_panels(folder: Path, cases: list[tuple[str, int]], candidates: list[Ca
             target = read_voc_label(voc[1][index]).astype(np.int64)
             sizes = [target.shape]
         predictions = [(c.name, predict_dataset_batch(c.runner, batch, sizes, tta=tta, amp=amp,
-                                                      mammogram=voc is None)[0].cpu().numpy()) for c in candidates]
+                                                      mammogram=voc is None, window=c.window,
+                                                      overlap=c.overlap)[0].cpu().numpy())
+                       for c in candidates]
         ranks[kind] += 1
         safe_id = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset.ids[index])
         path = folder / f"{kind}-{ranks[kind]}-{safe_id}.png"
@@ -291,7 +299,9 @@ def get_args_parser() -> ArgumentParser:
         "CBIS-DDSM's official test CSV, held out from training and model selection)")
     add("--image-size", type=int, metavar="PIXELS", help="square input side, a multiple of 32 (default: the size the "
         "checkpoints were trained at, else Table 1's for the dataset: recipes.PRESETS)")
-    add("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    add("--batch-size", type=int, default=8, help="images or windows per forward pass (default: 8)")
+    add("--overlap", type=float, metavar="SHARE", help="overlap of the sliding windows of a model "
+        "trained on patches, in [0, 1) (default: the checkpoint's)")
     add("--workers", type=int, default=default_workers(), help="DataLoader worker processes (default: the machine's "
         f"cores, at most 4: {default_workers()} here)")
     add("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda or cuda:N (default: auto)")
@@ -326,6 +336,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--froc draws at most {len(PALETTE)} checkpoints; run it on fewer")
     if args.dataset is not None and args.output is not None:
         raise UsageError("--output goes with --input; with --dataset use --json FILE and --panels DIR")
+    if args.overlap is not None:
+        overlap_for({}, args.overlap)  # UsageError outside [0, 1)
     if args.image_size is not None and (args.image_size < 32 or args.image_size % 32):
         raise UsageError(f"--image-size {args.image_size}: must be a positive multiple of 32 (the encoder's "
                          "output stride)")
@@ -343,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
     if args.input is not None:
         return run_prediction(args.checkpoint[0], args.input, args.output, image_size=args.image_size, device=device,
                               tta=args.tta, amp=args.amp, json_path=args.json, backend=args.backend,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, overlap=args.overlap)
     return evaluate_checkpoints(args, device)
 
 
@@ -374,6 +386,8 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     # otherwise, so auto means a graph on a GPU and the eager model on a CPU here (predict.py's auto is the fastest).
     backend = args.backend if args.backend != "auto" else "graph" if device.type == "cuda" else "eager"
     for candidate in candidates:
+        candidate.window = window_for(candidate.checkpoint, size)  # its patch, if it had one
+        candidate.overlap = overlap_for(candidate.checkpoint, args.overlap)
         cache = cache_folder("onnx", candidate.path) if backend == "onnxruntime" else None
         candidate.runner = fast_model(candidate.model, device, backend=backend, checkpoint=candidate.path, cache=cache,
                                       size=size)
@@ -394,8 +408,12 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     if len(dataset) == 0:
         raise UsageError(f"--dataset {args.dataset} --split {args.split}: no images")
     voc = (dataset.images, dataset.labels) if args.dataset == "voc" else None
-    print(f"{args.dataset} {args.split}: {len(dataset)} images, input {size[0]}x{size[1]}, on {device}"
-          f"{', with --tta' if args.tta else ''}" + (", scored at the original sizes" if voc else ""))
+    windows = "".join(f", {c.name} by {window_count(size, c.window, c.overlap)} windows of "
+                      f"{c.window[0]}x{c.window[1]} (overlap {c.overlap:g})"
+                      for c in candidates if c.window)
+    print(f"{args.dataset} {args.split}: {len(dataset)} images, input {size[0]}x{size[1]}"
+          f"{windows}, on {device}{', with --tta' if args.tta else ''}"
+          + (", scored at the original sizes" if voc else ""))
     metrics, lesions, scores = evaluate_dataset(
         candidates, dataset, None if voc is None else voc[1], batch_size=args.batch_size,
         workers=args.workers, tta=args.tta, amp=args.amp)
@@ -405,11 +423,17 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     for candidate, metric, lesion, per_image in zip(candidates, metrics, lesions, scores):
         summary = metric.summary() if lesion is None else {**metric.summary(), **lesion.summary()}
         print_metrics(candidate, summary)
-        flops = count_flops(candidate.model, (1, candidate.model.config["in_channels"], *size))
+        window = candidate.window or size  # a windowed image costs its windows' FLOPs
+        shape = (1, candidate.model.config["in_channels"], *window)
+        flops = count_flops(candidate.model, shape) * window_count(size, window, candidate.overlap)
         rows.append(dict(name=candidate.name, checkpoint=candidate.path, architecture=candidate.architecture,
                          model_config=candidate.model.config, epoch=candidate.checkpoint.get("epoch"), metrics=summary,
                          params=count_parameters(candidate.model), flops=flops, thesis_flops_g=flops / 4 / 1e9,
-                         inference_s=inference_seconds(candidate.runner, example, amp=args.amp, runs=args.timing_runs),
+                         window=list(candidate.window or size), overlap=candidate.overlap,
+                         inference_s=inference_seconds(
+                             candidate.runner, example, amp=args.amp, runs=args.timing_runs,
+                             window=candidate.window, overlap=candidate.overlap,
+                             batch_size=args.batch_size),
                          **({} if lesion is None else {"froc": lesion.froc()}),
                          **{f"per_image_{'dice' if binary else 'miou'}": dict(zip(dataset.ids, per_image))}))
     print()

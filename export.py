@@ -5,6 +5,8 @@ any batch, H and W multiples of 32; the model's normalisation is inside the grap
 The metadata_props carry the model_config, mean, std, that convention, the rule from logits to a mask and the
 checkpoint's epoch and metrics. Before the file appears, ONNX Runtime (CPU) and PyTorch run an image prepared as
 predict.py prepares it, at the training size (batch 1) and another (batch 2); a difference above TOLERANCE exits 1.
+A model trained on patches is checked at its patch size; its metadata names the sliding windows
+that predict a whole image (docs/high-resolution.md shows them around ONNX Runtime).
 
     python export.py --checkpoint runs/cbis/best.pt --output model.onnx [--check-image scan.png] [--opset 17]
 """
@@ -22,7 +24,8 @@ from PIL import Image
 
 from engine.checkpoints import CheckpointError, load_checkpoint
 from data import DataError, preprocess_mammogram, transform_voc
-from engine.inference import image_size_for, to_model_input, trained_on_mammograms
+from engine.inference import (image_size_for, overlap_for, to_model_input, trained_on_mammograms,
+                              window_for)
 from engine.backends import NormalisedModel, export_graph
 from readers.mammograms import read_image_file
 from readers.synthetic import synthetic_mammogram
@@ -49,6 +52,7 @@ class CheckFailed(Exception):
 def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) -> dict[str, str]:
     """The metadata_props a user of the file needs: what to feed, what comes out, where it came from."""
     binary, mammogram = config["num_classes"] == 1, trained_on_mammograms(checkpoint)
+    window, overlap = window_for(checkpoint, image_size), overlap_for(checkpoint, None)
     metadata = {
         "model_config": json.dumps(config),
         "mean": json.dumps(config["mean"]), "std": json.dumps(config["std"]),
@@ -58,6 +62,10 @@ def graph_metadata(config: dict, checkpoint: dict, image_size: tuple[int, int]) 
         "output": f"{OUTPUT_NAME}: float32 (B, {config['num_classes']}, H, W)",
         "mask": "lesion where logit > 0, i.e. sigmoid > 0.5" if binary else "class = argmax over the K logits",
         "training_image_size": json.dumps(list(image_size)),
+        "window": json.dumps(list(window or image_size)), "overlap": json.dumps(overlap),
+        "prediction": "the image at training_image_size by Gaussian-weighted sliding windows "
+                      "(engine/windows.py)" if window else
+                      "the image at training_image_size in one pass",
         "preprocessing": ("mammograms.preprocess_mammogram: resized, contrast stretched to the 0.5th-99.5th "
                           "percentiles, breast on the left") if mammogram else
                          "data.transform_voc: longer side fitted, black padding",
@@ -123,7 +131,8 @@ def get_args_parser() -> ArgumentParser:
     parser.add_argument("--check-image", metavar="FILE", help="DICOM, PNG, JPEG or PGM image to compare ONNX Runtime "
                         "with PyTorch on (default: a synthetic mammogram or a random photo, seeded)")
     parser.add_argument("--image-size", type=int, metavar="PIXELS", help="square side of the check, a multiple of 32 "
-                        "(default: the checkpoint's training size, else 256 binary / 384 multiclass)")
+                        "(default: the checkpoint's patch or training size, else 256 binary / 384 "
+                        "multiclass)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset, {OPSETS.start}-{OPSETS.stop - 1} (default: {DEFAULT_OPSET})")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --output file")
@@ -149,7 +158,9 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(MISSING_ONNX) from None
     model, checkpoint = load_checkpoint(args.checkpoint)
     config = model.config
-    size = image_size_for({args.checkpoint: checkpoint}, args.image_size)
+    trained = image_size_for({args.checkpoint: checkpoint}, None)  # the whole image's
+    size = image_size_for({args.checkpoint: checkpoint}, args.image_size) if args.image_size else \
+        window_for(checkpoint, trained) or trained  # the network's input: its patch, if any
     second_size = (max(32, size[0] // 64 * 32), size[1] + 32)  # half the height, one step wider: another shape
     mammogram = trained_on_mammograms(checkpoint)
     pixels, source = check_pixels(args.check_image, mammogram=mammogram)
@@ -160,7 +171,7 @@ def main(args: argparse.Namespace) -> None:
     check_writable_file(output, "--output")
     graph = onnx.load_from_string(export_graph(NormalisedModel(model).eval(), args.opset,
                                                in_channels=config["in_channels"]))
-    onnx.helper.set_model_props(graph, graph_metadata(config, checkpoint, size))
+    onnx.helper.set_model_props(graph, graph_metadata(config, checkpoint, trained))
     graph.doc_string = f"{config['encoder']} + {config['decoder']} exported from {Path(args.checkpoint).name}"
     onnx.checker.check_model(graph)
     exported = graph.SerializeToString()

@@ -69,9 +69,10 @@ SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC",
 
 
 # The other settings a run takes from its --resume checkpoint (or these defaults) unless a flag
-# gives them again.
+# gives them again; the windowing's are nnU-Net's.
 RUN_DEFAULTS = {"data_root": None, "seed": 0, "amp": "none", "weight_decay": 0.01, "clip_grad": 0.0,
-                "limit": None, "eval_batch_size": None, "fold": None, "cache_dir": None}
+                "limit": None, "eval_batch_size": None, "fold": None, "cache_dir": None,
+                "patch_size": None, "lesion_patches": 1 / 3, "overlap": 0.5}
 
 
 def apply_recipe(args, saved: dict) -> list[str]:

@@ -34,6 +34,7 @@ from engine.devices import (AMP_DTYPES, autocast, check_device_flags, default_wo
 from engine.measure import count_parameters, process_seconds
 from engine.panels import write_dataset_panels
 from engine.run_folder import RunFolder
+from engine.windows import sliding_window
 from losses import build_loss
 from metrics import LesionStats, all_background_scores, build_metrics, predict_labels
 from model import WeightsError, build_model, load_encoder_weights
@@ -82,6 +83,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--batch-size", type=int, help=f"images per step and process; {recipe_default('batch_size')}")
     add("--eval-batch-size", type=int, help="images per validation step (default: --batch-size)")
     add("--image-size", type=int, help=f"side of the input, a multiple of 32; {recipe_default('image_size')}")
+    add("--patch-size", type=int, help="train on crops of this side (a multiple of 32) and validate by "
+        "sliding windows (default: the whole image, as the thesis)")
+    add("--lesion-patches", type=float, help="share of patches centred near a lesion (default: 1/3)")
+    add("--overlap", type=float, help="overlap of the validation windows, in [0, 1) (default: 0.5)")
     add("--lr", type=float, help=f"AdamW learning rate at epoch 0, scales --schedule; {recipe_default('lr')}")
     add("--schedule", help="piecewise-constant learning rate, EPOCH:LR,... or constant (Table 1)")
     add("--weight-decay", type=float, help="AdamW weight decay (default: 0.01, PyTorch's)")
@@ -130,7 +135,8 @@ def main(args, stop: StopRequests | None = None) -> dict:
                                            sync_bn=args.sync_bn, data_parallel=args.data_parallel,
                                            compile_model=args.compile)
     if args.eval_only:
-        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set), lesions=True)
+        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set), lesions=True,
+                           window=args.patch_size, overlap=args.overlap)
         log(f"eval {args.resume}: " + " ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         if args.json and rank == 0:
             write_json(args.json, summary)
@@ -179,6 +185,7 @@ def main(args, stop: StopRequests | None = None) -> dict:
             due = steps == steps_per_epoch and ((epoch + 1) % args.val_every == 0 or last)
             summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set),
                                lesions=last,  # lesion counts cost CPU time: the last epoch only
+                               window=args.patch_size, overlap=args.overlap,
                                stop=stop if world == 1 else None) if due else None  # ranks score all
             clock["training"] += validated - started
             clock["validation"] += time.time() - validated
@@ -243,6 +250,12 @@ def resolve_args(args) -> list[str]:
         (args.eval_only and not args.resume, "--eval-only needs --resume CHECKPOINT (the weights to score)"),
         (size < 32 or size % 32 != 0, f"--image-size {size} must be a positive multiple of 32 (the encoder's "
          f"output stride), e.g. {max(32, round(size / 32) * 32)}"),
+        (args.patch_size is not None and (args.patch_size % 32 or not 32 <= args.patch_size <= size),
+         f"--patch-size {args.patch_size}: a multiple of 32, at most --image-size {size}"),
+        (args.dataset == "voc" and (args.patch_size or size) < size,
+         "--patch-size is for mammograms; VOC trains on whole images"),
+        (not 0 <= args.lesion_patches <= 1, f"--lesion-patches {args.lesion_patches}: a share, in [0, 1]"),
+        (not 0 <= args.overlap < 1, f"--overlap {args.overlap}: a share in [0, 1)"),
         (min(args.batch_size, args.eval_batch_size, args.epochs, args.print_freq) < 1,
          "--batch-size, --eval-batch-size, --epochs and --print-freq must be >= 1"),
         (args.limit is not None and args.limit < 1, f"--limit {args.limit}: must be >= 1 (or left out)"),
@@ -310,8 +323,10 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
     common = dict(in_channels=config["in_channels"], mean=config["mean"], std=config["std"], seed=args.seed,
                   limit=args.limit, verbose=rank == 0, **dataset_options(args))
     val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
+    patches = dict(patch_size=args.patch_size, lesion_patches=args.lesion_patches)  # training crops
     train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
-                                                          args.image_size, augment=args.augment, **common)
+                                                          args.image_size, augment=args.augment,
+                                                          **patches, **common)
     listed = [len(d) if d is not None else 0 for d in (val_set, train_set)]
     prepare_datasets([val_set, train_set], args.workers, rank, world)  # unusable images: left out, named
     for split, dataset, count in (("val", val_set, listed[0]), (args.train_split, train_set, listed[1])):
@@ -433,6 +448,7 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: 
 
 @torch.no_grad()
 def evaluate(model, loader, device, amp: str, num_logits: int, images: int, *, lesions: bool = False,
+             window: int | None = None, overlap: float = 0.5,
              stop: StopRequests | None = None) -> dict | None:
     """Exact metrics over this rank's shard, reduced over all ranks (metrics.py): every one of the set's
     `images` scored once, whatever the number of processes. None if a stop was requested."""
@@ -446,9 +462,9 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int, *, l
         if stop is not None and stop.signum is not None:
             return None
         batch, masks = to_device(batch, masks, device)
-        with autocast(device, amp):
-            logits = model(batch)  # (B, K, H, W)
-        metrics.update(predict_labels(logits.float()), masks)
+        with autocast(device, amp):  # whole images, or by windows of a patch-trained model's patch size
+            logits = sliding_window(model, batch, window, overlap=overlap, batch_size=len(batch))
+        metrics.update(predict_labels(logits.float()), masks)  # logits (B, K, H, W)
         if lesion_stats is not None:
             lesion_stats.update(logits.float(), masks)
     metrics.reduce()
@@ -467,7 +483,8 @@ def final_report(args, model, val_set, val_loader, summary: dict, best: float, f
     floor = all_background_scores((masks for _, masks in val_loader), model.config["num_classes"])
     if not is_main:
         return summary
-    panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device, args.amp)
+    panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device, args.amp,
+                                  window=args.patch_size, overlap=args.overlap)
     if model.config["num_classes"] == 1:
         scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {len(val_set)} validation "
                   f"images ({summary['dice_pooled']:.4f} pooled over their pixels), best "

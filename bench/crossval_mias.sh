@@ -9,20 +9,20 @@
 #   bash bench/crossval_mias.sh RESULTS_DIR [MIAS_ROOT]   # default root: ../shared/data/mini-mias
 #   DRY_RUN=1 bash bench/crossval_mias.sh DIR             # the same command on the CPU at toy sizes
 #
-# The runs go to $CV_RUNS (default: a temporary folder); RESULTS_DIR gets summary.json, summary.png, and each run's
+# The runs go to $CV_RUNS/$PROTOCOL (default: a temporary folder); RESULTS_DIR gets summary.json, summary.png, and each run's
 # log.jsonl, final.json and train.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${1:-bench-results/crossval-mias}
 mias=${2:-${MIAS_ROOT:-../shared/data/mini-mias}}
-runs=${CV_RUNS:-$(mktemp -d)}
+runs=${CV_RUNS:-$(mktemp -d)}/${PROTOCOL:-whole}  # one folder of runs per protocol
 mkdir -p "$results"
 if [[ ! -f "$mias/Info.txt" ]]; then
   echo "crossval_mias.sh: no mini-MIAS at $mias (Info.txt, images/, masks/); pass its folder" >&2
   exit 2
 fi
 if [[ "${PROTOCOL:-whole}" == patches ]]; then
-  decoders=(unet); jobs=5; sizes=(--image-size 1024 --patch-size 256 --val-every 5)
+  decoders=(unet); jobs=5; sizes=(--image-size 1024 --patch-size 256 --val-every 5 --eval-batch-size 32)
   dry_sizes=(--image-size 64 --patch-size 32 --val-every 1)
 else
   decoders=(fusion unet unetplusplus); jobs=15; sizes=(); dry_sizes=(--image-size 32)

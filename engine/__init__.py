@@ -3,6 +3,7 @@
   cli, devices, measure     flags and one-line errors, --device/--amp/torchrun, timing and FLOPs
   checkpoints, run_folder   the checkpoint format and the run's folder (nothing a run writes is ever lost)
   inference, backends       a model's logits for batches and whole images; eager, CUDA graph or ONNX Runtime
+  windows                   sliding-window prediction by a network trained on patches (torch only)
   scans                     image files in, mask files out (predict.py)
   panels, charts            pictures of predictions (Fig. 7-11) and of a cross-validation
 

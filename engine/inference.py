@@ -1,8 +1,10 @@
 """From images to predictions (thesis §6): a model's logits for dataset batches and for one image as read.
 
   * batches       to_model_input (channels and normalisation from the model's config), model_logits (fp32 logits
-                  under autocast, optional flip test-time augmentation), logits_at_size (back to the image's size),
-                  predict_dataset_batch (evaluate.py's labels), inference_seconds (the inference-time column).
+                  under autocast, optional flip test-time augmentation), sliding_window_logits
+                  (the same by windows, for a model trained on patches: window_for),
+                  logits_at_size (back to the image's size), predict_dataset_batch (evaluate.py's
+                  labels), inference_seconds (the inference-time column).
   * one image     predict_image: an image as read (mammograms.read_image_file) -> labels and probability at its own
                   size, prepared like the model's training data. prediction.py turns files into mask files with it.
 
@@ -35,8 +37,12 @@ from recipes import PRESETS
 from .cli import UsageError
 from .devices import autocast
 from .measure import median_seconds
+from .windows import sliding_window
 
 MAX_CLASSES = 255  # labels are written as 8-bit class indices
+# Windows per forward pass on a scan: memory grows with it, not with the windows. A CPU is no faster
+# with more (thesis model, 256 x 256: 820 ms a window at 1, 853 at 8), a GPU is.
+WINDOW_BATCH = {"cuda": 8, "cpu": 2}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -102,6 +108,38 @@ def model_logits(model: torch.nn.Module, images: torch.Tensor, *, tta: bool = Fa
     return probability.clamp_min(1e-12).log()
 
 
+def sliding_window_logits(model: torch.nn.Module, images: torch.Tensor,
+                          window: tuple[int, int] | None, *, overlap: float = 0.5,
+                          batch_size: int = 8, tta: bool = False, amp: str = "none",
+                          mammogram: bool | None = None) -> torch.Tensor:
+    """model_logits by Gaussian-blended windows (windows.py), flip TTA on each window (nnU-Net's);
+    a window covering the image (or None) is model_logits itself."""
+    def forward(crops: torch.Tensor) -> torch.Tensor:
+        return model_logits(model, crops, tta=tta, amp=amp, mammogram=mammogram)
+
+    return sliding_window(forward, images, window, overlap=overlap, batch_size=batch_size)
+
+
+def window_for(checkpoint: dict, size: tuple[int, int]) -> tuple[int, int] | None:
+    """A checkpoint's prediction window at input `size`: its training patch, or None (whole images,
+    or a patch that covers the image)."""
+    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    patch = args.get("patch_size")
+    if not patch:
+        return None
+    window = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return None if window[0] >= size[0] and window[1] >= size[1] else window
+
+
+def overlap_for(checkpoint: dict, requested: float | None) -> float:
+    """--overlap, else the one the checkpoint's run validated with, else 0.5."""
+    args = checkpoint.get("args") if isinstance(checkpoint.get("args"), dict) else {}
+    overlap = next((value for value in (requested, args.get("overlap")) if value is not None), 0.5)
+    if not 0 <= overlap < 1:
+        raise UsageError(f"--overlap {overlap}: the share of a window its neighbour covers, [0, 1)")
+    return overlap
+
+
 def logits_at_size(logits: torch.Tensor, size: tuple[int, int], *,
                    content: tuple[int, int] | None = None) -> torch.Tensor:
     """(1, K, H, W) -> (1, K, *size): crop the letterboxed content (top-left h, w) if given, then resize bilinearly."""
@@ -112,10 +150,12 @@ def logits_at_size(logits: torch.Tensor, size: tuple[int, int], *,
 
 def predict_dataset_batch(model: torch.nn.Module, images: torch.Tensor,
                           original_sizes: list[tuple[int, int]] | None, *, tta: bool, amp: str,
-                          mammogram: bool | None = None) -> torch.Tensor | list[torch.Tensor]:
+                          mammogram: bool | None = None, window: tuple[int, int] | None = None,
+                          overlap: float = 0.5) -> torch.Tensor | list[torch.Tensor]:
     """Labels of dataset images (B, C, H, W) in [0, 1]: (B, H, W) at the input size, or, given each letterboxed VOC
-    image's original (h, w), one (h, w) label map per image at that size."""
-    logits = model_logits(model, images, tta=tta, amp=amp, mammogram=mammogram)
+    image's original (h, w), one (h, w) label map per image at that size. window: by windows."""
+    logits = sliding_window_logits(model, images, window, overlap=overlap, batch_size=len(images),
+                                   tta=tta, amp=amp, mammogram=mammogram)
     if original_sizes is None:
         return predict_labels(logits)
     return [predict_labels(logits_at_size(logits[j:j + 1], size, content=fitted_size(size, images.shape[-2:])))[0]
@@ -123,9 +163,11 @@ def predict_dataset_batch(model: torch.nn.Module, images: torch.Tensor,
 
 
 @torch.no_grad()
-def inference_seconds(model: torch.nn.Module, image: torch.Tensor, *, amp: str = "none", runs: int = 10) -> float:
-    """Median seconds of one forward pass on `image` (1, C, H, W) in [0, 1], after min(3, runs) warm-up passes
-    (utils.median_seconds, which synchronises a GPU around each pass); NaN for runs = 0."""
+def inference_seconds(model: torch.nn.Module, image: torch.Tensor, *, amp: str = "none",
+                      runs: int = 10, window: tuple[int, int] | None = None, overlap: float = 0.5,
+                      batch_size: int = 8) -> float:
+    """Median seconds of one forward pass (or of the windows) on `image` (1, C, H, W) in [0, 1],
+    after min(3, runs) warm-ups (measure.median_seconds synchronises a GPU); NaN for runs = 0."""
     if runs < 1:
         return math.nan
     device = next(model.parameters()).device
@@ -133,7 +175,7 @@ def inference_seconds(model: torch.nn.Module, image: torch.Tensor, *, amp: str =
 
     def forward() -> None:
         with autocast(device, amp):
-            model(inputs)
+            sliding_window(model, inputs, window, overlap=overlap, batch_size=batch_size)
 
     return median_seconds(forward, device=device, warmup=min(3, runs), repeats=runs)
 
@@ -162,10 +204,12 @@ def image_size_for(checkpoints: dict[str, dict], requested: int | None, dataset:
 # One image
 
 def timed_logits(model: torch.nn.Module, batch: torch.Tensor, tta: bool, amp: str, timer: Counter | None,
-                 mammogram: bool):
-    """model_logits, its seconds added to timer["model"] (the GPU waited for, so they are the model's own)."""
-    start = time.perf_counter()
-    logits = model_logits(model, batch, tta=tta, amp=amp, mammogram=mammogram)
+                 mammogram: bool, window: tuple[int, int] | None = None, overlap: float = 0.5):
+    """sliding_window_logits, its seconds (the GPU waited for) added to timer["model"]."""
+    start, device = time.perf_counter(), next(model.parameters()).device
+    logits = sliding_window_logits(model, batch, window, overlap=overlap,
+                                   batch_size=WINDOW_BATCH.get(device.type, 2), tta=tta, amp=amp,
+                                   mammogram=mammogram)
     if timer is not None:
         if logits.is_cuda:
             torch.cuda.synchronize(logits.device)
@@ -174,14 +218,16 @@ def timed_logits(model: torch.nn.Module, batch: torch.Tensor, tta: bool, amp: st
 
 
 def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, int], *, tta: bool = False,
-                  amp: str = "none", timer: Counter | None = None,
-                  mammogram: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  amp: str = "none", timer: Counter | None = None, mammogram: bool | None = None,
+                  window: tuple[int, int] | None = None,
+                  overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """An image as read -> (labels (H, W) uint8, probability (H, W) float32) at the image's own size.
 
     The probability is the lesion's for a binary model and the winning class's for a multiclass one. Preprocessing
     follows the model's training data (module docstring; trained_on_mammograms gives `mammogram`, None: binary
     models are mammogram models): mammogram preprocessing, or VOC's letterbox. At full size only the logits (K x 4
-    bytes a pixel), turned into the probability in place, and the labels (1 byte a pixel) are held."""
+    bytes a pixel), turned into the probability in place, and the labels (1 byte a pixel) are held.
+    window: the model runs on windows of that size over the image at `size`."""
     if model.config["num_classes"] > MAX_CLASSES:
         raise ValueError(f"{model.config['num_classes']} classes do not fit 8-bit labels (at most {MAX_CLASSES})")
     height, width = pixels.shape[:2]
@@ -192,13 +238,14 @@ def predict_image(model: torch.nn.Module, pixels: np.ndarray, size: tuple[int, i
         prepared, _ = preprocess_mammogram(gray, [], size, orient=False)
         mirrored = faces_right(prepared)  # preprocess_mammogram's rule, applied so the mirror can be undone below
         batch = torch.from_numpy(np.ascontiguousarray(prepared[:, ::-1] if mirrored else prepared))[None, None]
-        logits = timed_logits(model, batch, tta, amp, timer, mammogram)  # (1, K, h, w), breast on the left
+        # (1, K, h, w) logits, the breast on the left
+        logits = timed_logits(model, batch, tta, amp, timer, mammogram, window, overlap)
         logits = logits_at_size(logits.flip(-1) if mirrored else logits, (height, width))
     else:
         rgb = Image.fromarray(to_rgb8(pixels))
         canvas, _ = transform_voc(rgb, Image.new("L", rgb.size), size, None)
         batch = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255).permute(2, 0, 1)[None]  # (1, 3, h, w)
-        logits = timed_logits(model, batch, tta, amp, timer, mammogram)
+        logits = timed_logits(model, batch, tta, amp, timer, mammogram, window, overlap)
         logits = logits_at_size(logits, (height, width), content=fitted_size((height, width), size))
     labels = predict_labels(logits, dtype=torch.uint8)[0]  # (H, W)
     scores = logits[0]  # (K, H, W), overwritten below

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from metrics import IGNORE_INDEX, BinaryStats, ConfusionMatrix, predict_labels
 from .devices import autocast
+from .windows import sliding_window
 
 LESION_COLOUR, TRUTH_COLOUR, IGNORE_COLOUR = (255, 48, 48), (48, 220, 96), (224, 224, 192)
 MIN_TILE_WIDTH = 160  # narrower panel tiles are enlarged (nearest) so their labels fit
@@ -166,15 +167,18 @@ def overlay(pixels: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndar
 
 
 @torch.no_grad()
-def write_dataset_panels(model, dataset, count: int, folder, device, amp: str) -> list[str]:
-    """Panels of a dataset's first `count` items, named by their ids (train.py's at its end)."""
+def write_dataset_panels(model, dataset, count: int, folder, device, amp: str,
+                         window: int | None = None, overlap: float = 0.5) -> list[str]:
+    """Panels of a dataset's first `count` items, named by their ids (train.py's at its end);
+    predicted by sliding windows of side `window` if given."""
     model.eval()
     mean, std = (torch.tensor(model.config[k])[:, None, None] for k in ("mean", "std"))
     paths = []
     for index in range(min(count, len(dataset))):
         image, mask = dataset[index]
         with autocast(device, amp):
-            prediction = predict_labels(model(image[None].to(device)).float())[0].cpu().numpy()
+            logits = sliding_window(model, image[None].to(device), window, overlap=overlap)
+            prediction = predict_labels(logits.float())[0].cpu().numpy()
         # un-normalised: (C, H, W) -> (H, W, C) in [0, 1]
         pixels = (image * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
         paths.append(str(folder / f"{dataset.ids[index]}.png"))

@@ -4,11 +4,13 @@
                   each with the base name of its outputs; read by mammograms.read_image_file (DICOM, PNG, JPEG, TIFF,
                   PGM; 8 or 16 bit).
   * the outputs   write_prediction: <stem>_mask.png (0/255, or class indices in a palette PNG), <stem>_prob.png and
-                  <stem>_overlay.png at the input's size, each written whole or not at all.
+                  <stem>_overlay.png at the input's size, those asked only (save), each written
+                  whole or not at all.
   * the command   run_prediction: the output folder, --json and --image-size checked before the model loads; a folder
                   holding an earlier prediction's files is refused unless overwrite=True; the model rebuilt from its
                   checkpoint (a checkpoint saved before any training epoch is named in a warning); each image
-                  predicted by inference.predict_image. A file that cannot be read or written, or a folder that
+                  predicted by inference.predict_image (by sliding windows when the checkpoint
+                  trained on patches). A file that cannot be read or written, or a folder that
                   cannot be listed, is one FAILED line on stderr and the others go on; the exit code is then 1.
 
     run_prediction("runs/cbis/best.pt", ["scans/"], "masks/", image_size=None, device=torch.device("cpu"),
@@ -30,7 +32,8 @@ from PIL import Image
 
 from .checkpoints import CheckpointError, load_checkpoint
 from data import DataError, cache_folder
-from .inference import MAX_CLASSES, image_size_for, predict_image, trained_on_mammograms
+from .inference import (MAX_CLASSES, image_size_for, overlap_for, predict_image,
+                        trained_on_mammograms, window_for)
 from readers.mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
 from .panels import overlay, voc_palette
 from .backends import fast_model
@@ -39,6 +42,7 @@ from readers.atomic import atomic_write, write_json
 from readers.voc import VOC_CLASSES
 
 OUTPUT_KINDS = ("mask", "prob", "overlay")  # <base>_<kind>.png for every image
+PNG_LEVEL = 1  # zlib: 3x faster than PIL's default 6 on a 12 Mpx overlay (docs/high-resolution.md)
 
 
 def _marked_dicom(path: Path) -> bool:
@@ -110,19 +114,22 @@ def find_inputs(inputs: list[str], output: Path, failures: list[dict] | None = N
     return unique
 
 
-def _pictures(pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray, num_classes: int):
-    """(kind, PIL image) of the three outputs, made one at a time: a 12000 x 12000 scan's overlay alone is 432 MB."""
+def _pictures(pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray, num_classes: int,
+              kinds: tuple):
+    """(kind, PIL image) of the outputs asked, one at a time: a 12000^2 scan's overlay is 432 MB."""
     labels = np.asarray(labels, dtype=np.uint8)  # no copy when predict_image made them
-    if num_classes == 1:
+    if "mask" in kinds and num_classes == 1:
         yield "mask", Image.fromarray(labels * np.uint8(255))  # 0/255: a 0/1 PNG looks all black
-    else:
+    elif "mask" in kinds:
         mask = Image.fromarray(labels)
         mask.putpalette(voc_palette().ravel().tolist())  # L -> P: pixel values stay the class indices
         yield "mask", mask
-    scaled = confidence * np.float32(255)
-    yield "prob", Image.fromarray(np.round(scaled, out=scaled).astype(np.uint8))
-    del scaled
-    yield "overlay", Image.fromarray(overlay(pixels, labels, num_classes))
+    if "prob" in kinds:
+        scaled = confidence * np.float32(255)
+        yield "prob", Image.fromarray(np.round(scaled, out=scaled).astype(np.uint8))
+        del scaled
+    if "overlay" in kinds:
+        yield "overlay", Image.fromarray(overlay(pixels, labels, num_classes))
 
 
 def _why_not_written(error: OSError, path: Path) -> str:
@@ -137,18 +144,19 @@ def _why_not_written(error: OSError, path: Path) -> str:
 
 
 def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
-                     num_classes: int) -> dict[str, str]:
-    """<base>_mask.png, <base>_prob.png and <base>_overlay.png at the image's size (module docstring).
+                     num_classes: int, save: tuple = OUTPUT_KINDS) -> dict[str, str]:
+    """<base>_<kind>.png for each kind in `save` (mask, prob, overlay), at the image's size.
 
     Each PNG is encoded in memory, then written atomically (utils.atomic_write), so no partial or empty file is
     ever left. If one cannot be written, those of this image already written are removed, so a half set is never
-    taken for a whole one, and OSError(errno, reason, the path that failed) is raised."""
-    kinds = OUTPUT_KINDS
+    taken for a whole one, and OSError(errno, reason, the path that failed) is raised. An earlier
+    prediction's file of a kind not asked (there with --overwrite only) is removed."""
+    kinds = tuple(kind for kind in OUTPUT_KINDS if kind in save)
     paths, written = {kind: f"{base}_{kind}.png" for kind in kinds}, []
     try:
-        for kind, picture in _pictures(pixels, labels, confidence, num_classes):
+        for kind, picture in _pictures(pixels, labels, confidence, num_classes, kinds):
             buffer = io.BytesIO()
-            picture.save(buffer, format="PNG")
+            picture.save(buffer, format="PNG", compress_level=PNG_LEVEL)
             atomic_write(paths[kind], buffer.getbuffer(), size_hint=buffer.tell())
             written.append(paths[kind])
     except OSError as error:
@@ -156,6 +164,8 @@ def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confide
             Path(path).unlink(missing_ok=True)
         failed = paths[kinds[len(written)]]
         raise OSError(error.errno, _why_not_written(error, Path(failed)), failed) from error
+    for kind in set(OUTPUT_KINDS) - set(kinds):
+        Path(f"{base}_{kind}.png").unlink(missing_ok=True)
     return paths
 
 
@@ -207,7 +217,9 @@ def remove_outputs(base: Path) -> None:
 
 
 def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], records: list[dict], size: tuple[int, int],
-                  *, tta: bool, amp: str, mammogram: bool | None = None) -> list[dict]:
+                  *, tta: bool, amp: str, mammogram: bool | None = None,
+                  window: tuple[int, int] | None = None, overlap: float = 0.5,
+                  save: tuple = OUTPUT_KINDS) -> list[dict]:
     """Predict every (image file, output base) of find_inputs, print one line per image, and add one record each to
     `records`. A file that cannot be read or whose outputs cannot be written is one FAILED line on stderr and a record
     with "error"; the others go on. An image that fails keeps no outputs, not even an earlier prediction's under its
@@ -221,7 +233,7 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             seconds["read"] += time.perf_counter() - tick
             tick, model_before = time.perf_counter(), seconds["model"]
             labels, confidence = predict_image(model, pixels, size, tta=tta, amp=amp, timer=seconds,
-                                               mammogram=mammogram)
+                                               mammogram=mammogram, window=window, overlap=overlap)
             seconds["prepare"] += time.perf_counter() - tick - (seconds["model"] - model_before)
         except DataError as error:
             report_failure(records, source, error_line(error))
@@ -229,7 +241,8 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             continue
         try:
             tick = time.perf_counter()
-            paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"])
+            paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"],
+                                     save)
             seconds["write"] += time.perf_counter() - tick
         except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
             report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
@@ -237,7 +250,7 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             continue
         record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
                                            spacing)
-        print(f"{line} -> {paths['mask']}")
+        print(f"{line} -> {paths.get('mask', next(iter(paths.values())))}")
         records.append(dict(record, **paths))
     total, done = time.perf_counter() - started, sum("error" not in record for record in records)
     if done:
@@ -273,7 +286,9 @@ def describe_checkpoint(checkpoint: str, saved: dict) -> str:
 
 
 def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
-                   tta: bool, amp: str, json_path: str | None, backend: str = "auto", overwrite: bool = False) -> int:
+                   tta: bool, amp: str, json_path: str | None, backend: str = "auto",
+                   overwrite: bool = False, overlap: float | None = None,
+                   save: tuple = OUTPUT_KINDS) -> int:
     """The prediction command (predict.py, evaluate.py --input): --image-size, the output folder, --json and the
     inputs checked first (files of an earlier prediction in the way are refused unless `overwrite`), then the model
     rebuilt from its checkpoint, every input predicted. An output folder this call made is removed again when it
@@ -281,6 +296,8 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
     folder listed, or the --json report written (each one FAILED line on stderr)."""
     if image_size is not None:
         image_size_for({}, image_size)  # a bad --image-size is refused before the checkpoint is read
+    if overlap is not None:
+        overlap_for({}, overlap)  # so is a bad --overlap
     made = [folder for folder in (Path(output), *Path(output).parents) if not folder.exists()]  # deepest first
     output_folder = check_output_folder(output)
     try:
@@ -311,17 +328,22 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
     for base in renamed:  # --overwrite was given
         remove_outputs(base)
     size = image_size_for({checkpoint: saved}, image_size)
+    window, overlap = window_for(saved, size), overlap_for(saved, overlap)
     model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=onnx_cache(checkpoint, device),
-                       size=size)
+                       size=window or size)
+    windows = f" by {window[0]}x{window[1]} windows (overlap {overlap:g})" if window else ""
     print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
-          f"output(s){describe_checkpoint(checkpoint, saved)}, input {size[0]}x{size[1]} on {device} "
-          f"({type(model).__name__}){', with --tta' if tta else ''}")
-    predict_files(model, found, records, size, tta=tta, amp=amp, mammogram=trained_on_mammograms(saved))
+          f"output(s){describe_checkpoint(checkpoint, saved)}, input {size[0]}x{size[1]}{windows} "
+          f"on {device} ({type(model).__name__}){', with --tta' if tta else ''}")
+    predict_files(model, found, records, size, tta=tta, amp=amp,
+                  mammogram=trained_on_mammograms(saved), window=window, overlap=overlap, save=save)
     failed = sum("error" in record for record in records)
     print(f"{len(records) - failed} image(s) predicted into {output}{f', {failed} FAILED' if failed else ''}")
     if json_path:
         try:
-            write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta, files=records))
+            write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta,
+                                       window=list(window) if window else None, overlap=overlap,
+                                       files=records))
         except OSError as error:  # checked before the run, but a disk can fill up during it
             print(f"FAILED --json {json_path}: cannot write it ({error.strerror or error})", file=sys.stderr)
             return 1

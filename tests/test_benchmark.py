@@ -100,10 +100,12 @@ def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
                           env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1", CV_RUNS=str(tmp_path / "cv")))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "!! " not in done.stdout  # no step failed
-    summary = json.loads((results / "crossval-mias" / "summary.json").read_text())
-    assert set(summary["table"]) == {"fusion", "unet"} and summary["folds"] == 2
-    assert all(run["images"] for runs in summary["runs"].values() for run in runs)  # every fold scored
-    assert (results / "crossval-mias" / "summary.png").stat().st_size > 0
+    for protocol, decoders in (("256", {"fusion", "unet"}), ("1024", {"unet"})):  # whole images; patches
+        summary = json.loads((results / f"crossval-mias-{protocol}" / "summary.json").read_text())
+        assert set(summary["table"]) == decoders and summary["folds"] == 2
+        assert all(run["images"] for runs in summary["runs"].values() for run in runs)  # every fold scored
+        assert (results / f"crossval-mias-{protocol}" / "summary.png").stat().st_size > 0
+    assert "--patch-size 32" in (results / "crossval-mias-1024" / "crossval.txt").read_text()
     assert [row["backend"] for row in json.loads((results / "pipeline.json").read_text())["rows"]][0] == "eager"
     speed = json.loads((results / "speed.json").read_text())
     assert [(row["model"], row["precision"]) for row in speed["speed"]] == [("Table 2 (B) SMP Unet, ResNet-34", "fp32")]

@@ -25,7 +25,8 @@ def write_finished_runs(out_dir):
                          false_positives_per_image=fold + lesion,
                          false_positives_per_normal_image=2 * fold)
             (folder / "final.json").write_text(json.dumps({"final": final}))
-            (folder / "config.json").write_text(json.dumps({"args": {"epochs": 3}}))
+            ran = dict(epochs=3, image_size=1024, patch_size=256, lesion_patches=1 / 3, overlap=0.5)
+            (folder / "config.json").write_text(json.dumps({"args": ran}))
             records = [{"epoch": epoch, "train_loss": 1 / (epoch + 1),
                         "val_dice_mean_lesion_images": lesion * (epoch + 1) / 3} for epoch in range(3)]
             (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
@@ -67,6 +68,8 @@ def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison
     cells = re.split(r"\s{2,}", fusion)[-4:]
     assert cells == ["80.00 ± 10.00", "1.60 ± 1.05", "2.00 ± 2.00", "3"]  # FP not in %
     assert "fusion wins 2 of 3 folds" in printed
+    assert "images at 1024x1024, trained on 256x256 patches (0.33 lesion-centred)" in printed
+    assert (summary["image_size"], summary["patch_size"]) == (1024, 256)
     assert (out_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime", reason="export.py's optional dependency
 
 import export  # noqa: E402 (after the skips: export.py imports them itself, lazily)
 from model import build_model  # noqa: E402
-from engine.inference import to_model_input  # noqa: E402
+from engine.inference import sliding_window_logits, to_model_input  # noqa: E402
 
 TINY_DECODER = (16, 16, 16, 16, 16)
 
@@ -178,3 +178,34 @@ def test_the_docs_snippet_runs_the_exported_file_on_gray_and_rgb_models(in_chann
     with torch.no_grad():
         expected = model(to_model_input(image, model.config))[0, 0].numpy() > 0
     assert names["mask"].shape == (256, 256) and (names["mask"] != expected).mean() < 1e-3
+
+
+def test_a_patch_model_exports_at_its_patch_and_the_docs_window_onnx_runtime(tmp_path, capsys,
+                                                                             monkeypatch):
+    """A model trained on 64x64 patches of 128x128 images: checked at its patch, its windows in the
+    metadata; docs/high-resolution.md's lines, run as written, give engine.inference's mask."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "high-resolution.md").read_text()
+    snippet = docs.split("Windows around ONNX Runtime:\n\n```python\n", 1)[1].split("```", 1)[0]
+    assert len(snippet.strip().splitlines()) <= 11
+    torch.manual_seed(0)
+    model = build_model("resnet34", "unet", num_classes=1, in_channels=1,
+                        decoder_channels=TINY_DECODER).eval()
+    args = {"image_size": 128, "patch_size": 64, "overlap": 0.5, "dataset": "mias"}
+    torch.save({"model": model.state_dict(), "model_config": model.config, "args": args},
+               tmp_path / "p.pt")
+    assert export.cli(["--checkpoint", str(tmp_path / "p.pt"), "--output",
+                       str(tmp_path / "model.onnx")]) == 0
+    assert "check 64x64 batch 1" in capsys.readouterr().out  # the network's input: its patch
+    metadata = onnx.load(tmp_path / "model.onnx").metadata_props
+    metadata = {prop.key: prop.value for prop in metadata}
+    assert json.loads(metadata["window"]) == [64, 64]
+    assert json.loads(metadata["training_image_size"]) == [128, 128]  # the whole image's
+    scan = (np.random.default_rng(3).random((300, 200)) * 255).astype(np.uint8)
+    Image.fromarray(scan).save(tmp_path / "scan.png")
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    exec(snippet, names)  # noqa: S102 (the docs' own code)
+    image = np.asarray(Image.fromarray(scan).resize((128, 128)), np.float32) / 255
+    image = torch.from_numpy(image)[None, None]  # (1, 1, 128, 128)
+    expected = sliding_window_logits(model, image, (64, 64), overlap=0.5)[0, 0].numpy() > 0
+    assert names["mask"].shape == (128, 128) and (names["mask"] != expected).mean() < 1e-3

@@ -54,6 +54,7 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
         ("bit_r50x1", "ce+focal_tversky", 384, 150, [0, 80])
     assert [voc.lr * f for f in voc.lr_factors] == pytest.approx([5e-5, 1e-5])
     assert demo.dataset == "synthetic" and demo.weights is None and demo.decoder == "fusion"
+    assert (demo.patch_size, demo.lesion_patches, demo.overlap) == (None, 1 / 3, 0.5)  # whole images
     overridden = resolve("--dataset", "cbis", "--lr", "1e-3", "--epochs", "3", "--weights", "none")
     assert (overridden.lr, overridden.epochs, overridden.weights) == (1e-3, 3, None)
     assert [overridden.lr * f for f in overridden.lr_factors] == pytest.approx([1e-3, 2e-4, 1e-4, 2e-5, 2e-6])
@@ -271,6 +272,10 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         (["--data-parallel"], torchrun, "torchrun"),
         (["--image-size", "100"], {}, "multiple of 32"),
         (["--image-size", "-32"], {}, "positive multiple of 32"),
+        (["--patch-size", "48"], {}, "--patch-size 48: a multiple of 32, at most --image-size 32"),
+        (["--patch-size", "64"], {}, "at most --image-size 32"),
+        (["--overlap", "1"], {}, "--overlap 1.0: a share in [0, 1)"),
+        (["--lesion-patches", "2"], {}, "--lesion-patches 2.0"),
         (["--amp", "fp16", "--device", "cpu"], {}, "bf16"),
         (["--dataset", "cbis", "--data-root", str(tmp_path / "missing")], {}, "not found"),  # before any download
         (["--lr", "-1"], {}, "--lr -1.0: must be >= 0"),
