@@ -109,8 +109,7 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     model.train()
     loss = "jaccard+focal_tversky" if num_classes == 1 else "ce+focal_tversky"  # Table 1
     criterion = build_loss(loss, num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True,
-                                  fused=compile_model and device.type == "cuda")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, fused=True)  # train.py's
     target = torch.randint(0, max(2, num_classes), (batch_size, side, side), device=device)
 
     def train_step():

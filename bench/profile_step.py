@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> None:
     model = build_model(**kwargs, **widths).to(device, memory_format=torch.channels_last)
     criterion = build_loss(loss, kwargs["num_classes"])
     network = torch.compile(model) if args.compile else model  # as train.py --compile
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, fused=args.compile)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, fused=True)  # train.py's
     images = torch.randn(args.batch_size, 3, side, side,
                          device=device).to(memory_format=torch.channels_last)
     classes = max(2, kwargs["num_classes"])
@@ -96,7 +96,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25, help="kernels listed")
     parser.add_argument("--compile", action="store_true",
-                        help="as train.py --compile: compiled step, fused AdamW")
+                        help="as train.py --compile: the network compiled")
     return parser
 
 
