@@ -28,8 +28,8 @@ cache_dir (cache_folder: default $UNET_FUSION_CACHE, or ~/.cache/unet-fusion, th
 since data roots are often read-only): one .npz per image, named by a hash of its source files (path, size, mtime)
 and of the preprocessing options, so a change to either builds a new entry. Entries are written atomically and are
 readable by the group (umask permitting), so a killed run or concurrent workers never leave a broken one and a shared
-cache serves a team. Skipped rows are summed up on stdout and listed in <cache_dir>/skipped_<split>.csv
-(skipped_<abnormality>_<split>.csv for CBIS-DDSM).
+cache serves a team. Skipped rows are summed up on stdout and listed in
+<cache_dir>/skipped_<dataset>-<hash of the root>_<split>.csv.
 
 Augmentation draws from torch's RNG, which sampling.SeededItems seeds for every item: no hidden state. Before a run,
 prepare_datasets builds every missing cache entry and leaves out, named, the images that cannot be used.
@@ -53,7 +53,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from readers.cbis import CbisTree, cbis_images, check_mammogram, load_mammogram, subject_of
-from readers.folders import check_class_masks, folder_items, load_folder_item
+from readers.folders import check_class_masks, folder_items, load_folder_item, read_split_csv
 from readers.mammograms import DataError, augment_mammogram, fitted_size, preprocess_mammogram, read_dicom
 from readers.mias import MiasImage, load_mias, patient_of, read_mias
 from readers.patches import BREAST_LEVEL, crop_patch
@@ -72,21 +72,28 @@ CACHE_VERSION = 2  # bump when preprocess_mammogram changes, so old cache entrie
 CACHE_ENV = "UNET_FUSION_CACHE"  # the cache's base folder, when ~/.cache cannot be written (read-only homes)
 
 
-def cache_folder(name: str, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
+def root_hash(root: str | os.PathLike) -> str:
+    """What names a dataset root in the shared cache: a hash of its absolute path."""
+    return hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]
+
+
+def cache_folder(name: str, root: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                 flag: str | None = "--cache-dir") -> Path:
     """The folder of one dataset root's preprocessed images: cache_dir if given (--cache-dir), else
     <$UNET_FUSION_CACHE, or $XDG_CACHE_HOME/unet-fusion, or ~/.cache/unet-fusion>/<name>-<hash of the root>. Checked
     here, so that an unwritable one ends in one line naming it, not in a traceback from a loader worker."""
     if cache_dir is None:
         base = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / \
             "unet-fusion"
-        cache_dir = Path(base) / f"{name}-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:12]}"
+        cache_dir = Path(base) / f"{name}-{root_hash(root)}"
     cache_dir = Path(cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=cache_dir).close()  # the one sure test: create (and at once delete) a file
     except OSError as error:
-        raise DataError(f"cache folder {cache_dir} cannot be written ({error.strerror or error}); give a writable "
-                        f"one with --cache-dir DIR or ${CACHE_ENV}") from None
+        where = f"{flag} DIR or ${CACHE_ENV}" if flag else f"${CACHE_ENV}"  # the command's own flag, if any
+        raise DataError(f"cache folder {cache_dir} cannot be written ({error.strerror or error}); give a "
+                        f"writable one with {where}") from None
     return cache_dir
 
 
@@ -251,6 +258,11 @@ def _list_rows(path: Path, rows: list[tuple]) -> None:
     atomic_write(path, text.getvalue().encode())
 
 
+def _listing(cache_dir: Path, name: str, root: Path, split: str) -> Path:
+    """The CSV of a split's skipped rows, named by the dataset and its root: caches may be shared."""
+    return cache_dir / f"skipped_{name}-{root_hash(root)[:8]}_{split}.csv"
+
+
 def _report(name: str, split: str, counts: str, skipped: list[tuple], path: Path, verbose: bool) -> None:
     """Write every skipped row to `path` (a CSV) and print a one-line summary."""
     _list_rows(path, skipped)
@@ -303,7 +315,7 @@ def _build_cbis(root: Path, split: str, size: tuple[int, int], *, abnormality: s
     # Mass and calcification builds share the cache folder, so each keeps its own list.
     counts = (f"{len(ids)} images, {lesions} lesion masks ({lesions - len(ids)} merged into images with several "
               "lesions)")
-    _report("cbis", split, counts, skipped, cache_dir / f"skipped_{abnormality}_{split}.csv", verbose)
+    _report("cbis", split, counts, skipped, _listing(cache_dir, f"cbis-{abnormality}", root, split), verbose)
     return MammogramDataset(ids, sources, cache_files, _cbis_sample, split=split, **options, **common)
 
 
@@ -329,7 +341,7 @@ def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normal
     normal = sum(image.normal for image in images)
     counts = (f"{len(images)} images: {outlined} with outline masks ({root / 'masks'}), "
               f"{len(images) - outlined - normal} with Info.txt's circles, {normal} normal")
-    _report("mias", split, counts, skipped, cache_dir / f"skipped_{split}.csv", verbose)
+    _report("mias", split, counts, skipped, _listing(cache_dir, "mias", root, split), verbose)
     return MammogramDataset([image.ref for image in images], [(image,) for image in images], cache_files,
                             _mias_sample, split=split, **options, **common)
 
@@ -357,7 +369,10 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
     cache_files = [_cache_file(cache_dir, item.stem.replace("/", "__"), [item.image, item.mask],
                                dict(options, classes=num_classes)) for item in items]
     counts = f"{len(items)} images with masks from {root}"
-    report = cache_dir / f"skipped_{split}.csv"
+    # A skipped file is listed once: in the split split.csv gives it, else with the training images
+    split_of = read_split_csv(root / "split.csv") if fixed else {}
+    skipped = [row for row in skipped if (split_of.get(row[2], {}).get("split") or "train") == split]
+    report = _listing(cache_dir, "folder", root, split)
     _report("folder", split, counts, skipped, report, verbose)
     # Else the empty part would read as a wrong data root ("no images found"); raised after the report, which lists
     # the skipped rows. A test part is optional, as a drawn split has none.

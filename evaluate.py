@@ -388,7 +388,7 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     for candidate in candidates:
         candidate.window = window_for(candidate.checkpoint, size)  # its patch, if it had one
         candidate.overlap = overlap_for(candidate.checkpoint, args.overlap)
-        cache = cache_folder("onnx", candidate.path) if backend == "onnxruntime" else None
+        cache = cache_folder("onnx", candidate.path, flag=None) if backend == "onnxruntime" else None
         candidate.runner = fast_model(candidate.model, device, backend=backend, checkpoint=candidate.path, cache=cache,
                                       size=size)
     channels = 3 if args.dataset == "voc" else 1  # raw [0, 1] pixels; each model converts and normalises them

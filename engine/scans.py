@@ -267,7 +267,7 @@ def onnx_cache(checkpoint: str, device: torch.device) -> Path | None:
     if device.type != "cpu":
         return None
     try:
-        return cache_folder("onnx", checkpoint)
+        return cache_folder("onnx", checkpoint, flag=None)
     except DataError as error:
         print(f"note: {error_line(error)}; predicting without ONNX Runtime", file=sys.stderr)
         return None

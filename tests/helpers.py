@@ -61,3 +61,9 @@ def run_processes(function, args: tuple, processes: int) -> None:
     for process in context.processes:
         process.terminate()
     pytest.fail(f"the {processes} gloo processes did not finish in 60 s")
+
+
+def listing(cache: Path, dataset: str, split: str) -> Path:
+    """The CSV of a split's skipped rows in a cache folder (data.py names it by dataset and root)."""
+    (path,) = cache.glob(f"skipped_{dataset}-*_{split}.csv")
+    return path

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import data
+from helpers import listing
 from readers import mammograms
 from readers import mias as mias_lib
 import train
@@ -73,7 +74,7 @@ def test_mias_uses_the_outlines_keeps_normals_and_splits_by_patient(mias, mias_c
             assert (mask.sum() == 0) == (ref in normals)  # normal images stay in, without a lesion
             half = image.shape[-1] // 2  # oriented: the breast (the brighter half) is on the left
             assert image[..., :half].sum() > image[..., half:].sum()
-    skipped = "".join((mias_cache / f"skipped_{s}.csv").read_text() for s in splits)
+    skipped = "".join(listing(mias_cache, "mias", s).read_text() for s in splits)
     assert "mdb059" in skipped and "no coordinates" in skipped
 
 

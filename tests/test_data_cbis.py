@@ -15,7 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGLSLossless
 
 from readers import cbis
-from helpers import write_dicom
+from helpers import listing, write_dicom
 import data
 from readers import mammograms
 from data import DataError, build_dataset, read_dicom
@@ -244,16 +244,16 @@ def test_cbis_both_layouts_and_every_pitfall(tmp_path, layout, metadata, capsys)
             np.testing.assert_array_equal(mask.numpy(), expected, err_msg=item)
 
     # Skipped rows: reported once, with their reasons, in the summary and in the file.
-    rows = list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_train.csv"))) + \
-        list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_val.csv")))
+    rows = list(csv.DictReader(open(listing(tmp_path / "cache", "cbis-mass", "train")))) + \
+        list(csv.DictReader(open(listing(tmp_path / "cache", "cbis-mass", "val"))))
     reasons = Counter(row["reason"].split(":")[0] for row in rows)
     assert reasons == {"no full-size mask": 2, "ROI files missing": 1, "full mammogram missing": 1,
                        "image skipped": 1}
     assert {row["id"] for row in rows} == {"Mass-Training_P_00003_LEFT_CC_1", "Mass-Training_P_00004_RIGHT_MLO_1",
                                            "Mass-Training_P_00005_LEFT_CC_1", "Mass-Training_P_00006_LEFT_CC_1",
                                            "Mass-Training_P_00006_LEFT_CC_2"}
-    assert summary.count("\n") == 1 and f"{len(train)} images" in summary and "skipped_mass_train.csv" in summary
-    train_skips = sum(1 for _ in csv.DictReader(open(tmp_path / "cache" / "skipped_mass_train.csv")))
+    assert summary.count("\n") == 1 and f"{len(train)} images" in summary and listing(tmp_path / "cache", "cbis-mass", "train").name in summary
+    train_skips = sum(1 for _ in csv.DictReader(open(listing(tmp_path / "cache", "cbis-mass", "train"))))
     assert f"skipped rows: {train_skips}" in summary
 
 
@@ -335,7 +335,7 @@ def test_cbis_cache_is_reused_rebuilt_on_change_and_written_atomically(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         fresh[0]
     monkeypatch.undo()
-    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["skipped_mass_test.csv"]
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == [listing(tmp_path / "killed", "cbis-mass", "test").name]
     fresh[0]
     assert len(list((tmp_path / "killed").glob("*.npz"))) == 1
 
@@ -351,7 +351,7 @@ def test_cbis_broken_files_end_in_skip_or_data_error(tmp_path):
         write_dicom(file, (np.random.default_rng(1).random(SHAPE) * 900).astype(np.uint16))
     dataset = _cbis(root, "test", tmp_path)
     assert dataset.ids == ["Mass-Test_P_00021_RIGHT_CC"]
-    skipped = list(csv.DictReader(open(tmp_path / "cache" / "skipped_mass_test.csv")))
+    skipped = list(csv.DictReader(open(listing(tmp_path / "cache", "cbis-mass", "test"))))
     assert len(skipped) == 1 and "truncated" in skipped[0]["reason"]
     with pytest.raises(DataError, match="is a mask"):
         dataset[0]
@@ -428,6 +428,6 @@ def test_real_csvs_without_images_skip_and_report_every_row(cbis_csvs, tmp_path)
             dataset = build_dataset("cbis", tmp_path, split, 64, abnormality=abnormality, csv_dir=cbis_csvs,
                                     cache_dir=tmp_path / "c", verbose=False)
             assert len(dataset) == 0
-            listed = tmp_path / "c" / f"skipped_{abnormality}_{split}.csv"
+            listed = listing(tmp_path / "c", f"cbis-{abnormality}", split)
             counted[abnormality] += sum(1 for _ in csv.DictReader(open(listed)))
     assert counted == {"mass": 1318 + 378, "calcification": 1546 + 326}

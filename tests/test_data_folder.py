@@ -12,7 +12,7 @@ from PIL import Image
 
 from readers import folders
 from readers import splits
-from helpers import run_processes, write_dicom
+from helpers import listing, run_processes, write_dicom
 from data import DataError, build_dataset, prepare_datasets
 
 SIZE = 32
@@ -68,8 +68,10 @@ def test_pairs_by_stem_in_every_format_with_a_seeded_split_and_the_skips_listed(
             image, mask = dataset[index]
             assert image.shape == (1, SIZE, SIZE) and set(mask.unique().tolist()) == {0, 1}  # 0/255 and 0/1 alike
     skipped = {row["id"]: row["reason"] for split in ("train", "val")
-               for row in csv.DictReader(open(folder.parent / "cache" / f"skipped_{split}.csv"))}
+               for row in csv.DictReader(open(listing(folder.parent / "cache", "folder", split)))}
     assert skipped["orphan"].startswith("mask missing") and skipped["odd"].startswith("mask size mismatch")
+    # each skipped file listed once, with the training images (it belongs to no drawn split)
+    assert not list(csv.DictReader(open(listing(folder.parent / "cache", "folder", "val"))))
 
 
 def test_split_csv_fixes_the_split_and_groups_stay_together(folder):
@@ -170,9 +172,9 @@ def test_a_fixed_split_without_the_requested_split_names_split_csv(tmp_path):
     assert build(root, "test").ids == ["a4", "a5"] and len(build(root, "train")) == 4
     assert len(build(root, "val", fold=0, folds=2)) == 2  # cross-validation draws val from the train rows
     (root / "split.csv").write_text("file,split\na0.png,train\na1.png,train\nnone.png,val\n")  # no none.png
-    with pytest.raises(DataError, match=r"split.csv lists 1 val image, none usable: .*skipped_val.csv says why"):
+    with pytest.raises(DataError, match=r"split.csv lists 1 val image, none usable: .*skipped_folder-\w+_val.csv says why"):
         build(root, "val")
-    assert "listed in split.csv, but no usable" in (tmp_path / "cache" / "skipped_val.csv").read_text()
+    assert "listed in split.csv, but no usable" in listing(tmp_path / "cache", "folder", "val").read_text()
 
 
 def test_a_leaking_group_and_disagreeing_rows_raise_and_an_image_without_a_split_says_so(tmp_path):

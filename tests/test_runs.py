@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import train
-from data import DataError, build_dataset
+from data import DataError, build_dataset, cache_folder
 from engine import checkpoints, run_folder
 from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
 from model import build_model
@@ -132,9 +132,12 @@ def test_an_unwritable_cache_is_named_in_one_line_and_the_cache_is_group_readabl
     monkeypatch.setenv("UNET_FUSION_CACHE", str(blocker))  # a read-only home's fix, here pointing at a file
     with pytest.raises(DataError, match="UNET_FUSION_CACHE"):
         build_dataset("mias", tmp_path, "train", 64)
+    with pytest.raises(DataError) as error:  # predict.py's ONNX cache: a command without --cache-dir
+        cache_folder("onnx", tmp_path, blocker / "onnx", flag=None)
+    assert "--cache-dir" not in str(error.value) and "UNET_FUSION_CACHE" in str(error.value)
     monkeypatch.setenv("UNET_FUSION_CACHE", str(tmp_path / "shared-cache"))
     build_dataset("mias", tmp_path, "train", 64, verbose=False)
-    written = list((tmp_path / "shared-cache").rglob("skipped_train.csv"))
+    written = list((tmp_path / "shared-cache").rglob("skipped_mias-*_train.csv"))
     assert written and written[0].stat().st_mode & 0o044 == 0o044 & ~atomic._UMASK  # readable as the umask allows
     assert train.cli([*TINY, "--dataset", "mias", "--data-root", str(tmp_path), "--weights", "none",
                       "--cache-dir", str(blocker), "--out-dir", str(tmp_path / "o")]) == 2
