@@ -1,13 +1,15 @@
 """Training (thesis §4.3, Table 1): one script for a CPU, one GPU, DataParallel or torchrun.
 
-    python train.py                                              # the demo: synthetic mammograms, CPU
-    python train.py --dataset cbis --data-root DATA/CBIS-DDSM    # Table 2 (A) on one GPU
-    torchrun --standalone --nproc_per_node=4 train.py --dataset cbis --data-root DATA/CBIS-DDSM --batch-size 4
-    python train.py --resume runs/cbis/last.pt                   # continue exactly where it stopped
-    python train.py --resume runs/cbis/best.pt --eval-only       # the validation scores of a checkpoint
+    python train.py                                            # the demo: synthetic mammograms, CPU
+    python train.py --dataset cbis --data-root DATA/CBIS-DDSM  # Table 2 (A) on one GPU
+    torchrun --standalone --nproc_per_node=4 train.py --dataset cbis --data-root DATA/CBIS-DDSM \\
+        --batch-size 4                                         # the same batch of 16 on 4 GPUs
+    python train.py --resume runs/cbis/last.pt                 # continue exactly where it stopped
+    python train.py --resume runs/cbis/best.pt --eval-only     # a checkpoint's validation scores
 
-Defaults are each dataset's recipe (recipes.py, Table 1); docs/runs.md describes the run folder, resume,
-checkpoints and exit codes (2: a bad flag or data, 3: a non-finite loss, 130/143: Ctrl-C/SIGTERM).
+Defaults are each dataset's recipe (recipes.py, Table 1). docs/runs.md describes the run folder,
+resume, checkpoints and exit codes (2: a bad flag or data, 3: a non-finite loss, 130/143: Ctrl-C or
+SIGTERM).
 """
 from __future__ import annotations
 
@@ -21,33 +23,30 @@ import time
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Subset
 
-from data import DataError, build_dataset, prepare_datasets
-from engine.checkpoints import (MODEL_ENTRIES, RESUME_ENTRIES, CheckpointError, model_from_checkpoint,
-                                read_checkpoint, restore_training_state, tensor_bytes, training_checkpoint)
-from engine.cli import (ArgumentParser, Progress, Stopped, StopRequests, UsageError, check_writable_file,
-                        run_command)
-from engine.devices import (AMP_DTYPES, autocast, check_device_flags, default_workers, device_name,
-                            git_commit, init_distributed, resolve_device, to_device, versions,
-                            wrap_for_devices)
+from data import DataError
+from engine.checkpoints import (MODEL_ENTRIES, RESUME_ENTRIES, CheckpointError, read_checkpoint,
+                                restore_training_state, tensor_bytes, training_checkpoint)
+from engine.cli import ArgumentParser, Progress, Stopped, StopRequests, UsageError, run_command
+from engine.devices import (AMP_DTYPES, autocast, check_device_flags, default_workers,
+                            device_name, git_commit, init_distributed, resolve_device, to_device,
+                            versions, wrap_for_devices)
 from engine.measure import count_parameters, process_seconds
 from engine.panels import write_dataset_panels
 from engine.run_folder import RunFolder
+from engine.setup import build_loaders, build_network, resolve_args
 from engine.windows import sliding_window
 from losses import build_loss
 from metrics import LesionStats, all_background_scores, build_metrics, predict_labels
-from model import WeightsError, build_model, load_encoder_weights
+from model import WeightsError
 from readers.atomic import DiskFullError, write_json
-from readers.sampling import EpochSampler, SeededItems
-from recipes import PRESETS, PiecewiseConstant, apply_recipe
+from recipes import PRESETS, PiecewiseConstant
 
-FIXED_ON_RESUME = ("encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")
 NON_FINITE_EXIT = 3
 
 
 class NonFiniteLoss(Exception):
-    """The loss became NaN or infinite; exit code 3, last.pt saved just before the step that failed."""
+    """The loss became NaN or infinite: exit code 3, last.pt saved before the step that failed."""
 
     def __init__(self, message: str, step: int = 0, totals: dict | None = None):
         super().__init__(message)
@@ -65,53 +64,61 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = ArgumentParser(prog="train.py", description=__doc__.split("\n\n")[0], add_help=add_help,
                        epilog=__doc__.split("\n\n", 1)[1])
     add = p.add_argument
-    add("--dataset", choices=list(PRESETS), help="recipe and data (default: the --resume checkpoint's, "
-        "else synthetic, the demo)")
+    add("--dataset", choices=list(PRESETS),
+        help="recipe and data (default: the --resume checkpoint's, else synthetic, the demo)")
     add("--data-root", help="the dataset's folder (docs/data.md says what each holds)")
-    add("--fold", metavar="K/N", help="validate on fold K of N, split by patient (crossval.py runs them all)")
+    add("--fold", metavar="K/N", help="validate on fold K of N by patient (as crossval.py runs)")
     add("--cache-dir", help="folder of the preprocessed images (default: ~/.cache/unet-fusion)")
-    add("--encoder", choices=["resnet34", "bit_r50x1"], help=f"Table 1 'Encoder'; {recipe_default('encoder')}")
+    add("--encoder", choices=["resnet34", "bit_r50x1"],
+        help=f"Table 1 'Encoder'; {recipe_default('encoder')}")
     add("--decoder", choices=["fusion", "unet", "unetplusplus"],
-        help="fusion: §4.2 (row A of Tables 2-4); unet, unetplusplus: the SMP baselines (rows B, C)")
-    add("--decoder-channels", help="decoder widths, deepest first, e.g. 128,64,32,16,16 (default: Tables 2, 4)")
+        help="fusion: §4.2 (row A of Tables 2-4); unet, unetplusplus: SMP's (rows B, C)")
+    add("--decoder-channels", help="decoder widths, deepest first, e.g. 128,64,32,16,16")
     add("--weights", help="encoder weights: imagenet, imagenet-timm, imagenet21k, none or a file; "
         + recipe_default("weights"))
-    add("--in-channels", type=int, choices=[1, 3], help="1: grayscale; 3: gray replicated for ImageNet encoders")
-    add("--num-classes", type=int, help="1: a lesion logit (binary masks); K > 1: class-index masks")
+    add("--in-channels", type=int, choices=[1, 3],
+        help="1: grayscale; 3: gray replicated for ImageNet encoders")
+    add("--num-classes", type=int, help="1: a lesion logit (binary masks); K > 1: class indices")
     add("--loss", help=f"'+'-joined losses of losses.py, Table 1; {recipe_default('loss')}")
     add("--epochs", type=int, help=f"Table 1 'Num epochs'; {recipe_default('epochs')}")
-    add("--batch-size", type=int, help=f"images per step and process; {recipe_default('batch_size')}")
+    add("--batch-size", type=int,
+        help=f"images per step and process; {recipe_default('batch_size')}")
     add("--eval-batch-size", type=int, help="images per validation step (default: --batch-size)")
-    add("--image-size", type=int, help=f"side of the input, a multiple of 32; {recipe_default('image_size')}")
-    add("--patch-size", type=int, help="train on crops of this side (a multiple of 32) and validate by "
-        "sliding windows (default: the whole image, as the thesis)")
-    add("--lesion-patches", type=float, help="share of patches centred near a lesion (default: 1/3)")
+    add("--image-size", type=int,
+        help=f"side of the input, a multiple of 32; {recipe_default('image_size')}")
+    add("--patch-size", type=int, help="train on crops of this side, validate by sliding windows "
+        "(default: the whole image, as the thesis)")
+    add("--lesion-patches", type=float, help="share of patches centred on a lesion (default: 1/3)")
     add("--overlap", type=float, help="overlap of the validation windows, in [0, 1) (default: 0.5)")
-    add("--lr", type=float, help=f"AdamW learning rate at epoch 0, scales --schedule; {recipe_default('lr')}")
+    add("--lr", type=float,
+        help=f"AdamW learning rate at epoch 0, scales --schedule; {recipe_default('lr')}")
     add("--schedule", help="piecewise-constant learning rate, EPOCH:LR,... or constant (Table 1)")
     add("--weight-decay", type=float, help="AdamW weight decay (default: 0.01, PyTorch's)")
     add("--clip-grad", type=float, help="largest gradient norm, 0 = off (default: 0)")
     add("--train-split", help="training split (voc: train or trainaug; default: train)")
-    add("--augment", action=argparse.BooleanOptionalAction, help="augment the training images (ours; on)")
+    add("--augment", action=argparse.BooleanOptionalAction,
+        help="augment the training images (ours; default: on)")
     add("--amp", choices=list(AMP_DTYPES), help="autocast precision (default: none, i.e. fp32)")
     add("--compile", action="store_true", help="torch.compile the network (faster on a GPU)")
-    add("--data-parallel", action="store_true", help="nn.DataParallel over the visible GPUs of one process")
+    add("--data-parallel", action="store_true", help="nn.DataParallel over the visible GPUs")
     add("--sync-bn", action="store_true", help="SyncBatchNorm across torchrun processes")
     add("--workers", type=int, default=default_workers(),
-        help=f"DataLoader workers per process (default: cores, at most 4: {default_workers()} here)")
+        help=f"DataLoader workers per process (default: cores, at most 4: {default_workers()})")
     add("--seed", type=int, help="seed of initialisation, shuffle and augmentation (default: 0)")
-    add("--out-dir", help="the run's folder (default: the --resume checkpoint's, else a free runs/<dataset>)")
+    add("--out-dir", help="the run's folder (default: the --resume checkpoint's, else a free "
+        "runs/<dataset>)")
     add("--overwrite", action="store_true", help="replace the run in --out-dir")
     add("--resume", help="last.pt to continue exactly (or any checkpoint, with --eval-only)")
-    add("--eval-only", action="store_true", help="score the --resume checkpoint on the val split, then stop")
+    add("--eval-only", action="store_true", help="score the --resume checkpoint on val, then stop")
     add("--val-every", type=int, default=1, metavar="N",
-        help="validate every N epochs and after the last (default: 1, every epoch)")
+        help="validate every N epochs and after the last (default: 1)")
     add("--save-every", type=float, default=5.0, metavar="MINUTES",
-        help="minutes between writes of last.pt; it is also written at the end and on Ctrl-C (default: 5)")
+        help="minutes between writes of last.pt, also written at the end and when stopped "
+        "(default: 5)")
     add("--limit", type=int, help="only the first N images of each split (smoke tests)")
     add("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     add("--print-freq", type=int, default=20, help="steps between log lines (default: 20)")
-    add("--panels", type=int, default=4, help="validation images drawn as panels at the end (default: 4)")
+    add("--panels", type=int, default=4, help="validation images drawn at the end (default: 4)")
     add("--json", help="also write the final validation metrics to this JSON file")
     return p
 
@@ -119,7 +126,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args, stop: StopRequests | None = None) -> dict:
     """Train (or, with --eval-only, score) as `args` say; returns the last validation summary."""
     stop = stop or StopRequests()
-    changed = resolve_args(args)
+    changed = resolve_args(args)  # every unset flag from the recipe or the --resume checkpoint
     device = resolve_device(args.device)
     check_device_flags(device, args.device, amp=args.amp, sync_bn=args.sync_bn,
                        data_parallel=args.data_parallel)
@@ -128,15 +135,17 @@ def main(args, stop: StopRequests | None = None) -> dict:
     needs = (*MODEL_ENTRIES, "args") if args.eval_only else RESUME_ENTRIES
     checkpoint = read_checkpoint(args.resume, needs=needs, flag="--resume") if args.resume else None
     model = build_network(args, checkpoint, rank, device)
-    train_set, val_set, train_loader, val_loader = build_loaders(args, model.config, rank, world, device)
-    num_classes = model.config["num_classes"]
-    metric = "dice_mean_per_image" if num_classes == 1 else "mean_iou"  # chooses best.pt (docs/metrics.md)
+    train_set, val_set, train_loader, val_loader = build_loaders(args, model.config, rank, world,
+                                                                 device)
+    num_classes, windows = model.config["num_classes"], dict(window=args.patch_size,
+                                                             overlap=args.overlap)
+    metric = "dice_mean_per_image" if num_classes == 1 else "mean_iou"  # picks best.pt
     train_net, eval_net = wrap_for_devices(model, world=world, device=device, amp=args.amp,
                                            sync_bn=args.sync_bn, data_parallel=args.data_parallel,
                                            compile_model=args.compile)
     if args.eval_only:
-        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set), lesions=True,
-                           window=args.patch_size, overlap=args.overlap)
+        summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set),
+                           lesions=True, **windows)
         log(f"eval {args.resume}: " + " ".join(f"{k} {v:.4f}" for k, v in summary.items()))
         if args.json and rank == 0:
             write_json(args.json, summary)
@@ -150,28 +159,27 @@ def main(args, stop: StopRequests | None = None) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     first_epoch, first_step, totals, best, records, scores = 0, 0, {}, None, [], None
     if checkpoint:
-        first_epoch, first_step, totals, best, records = restore(checkpoint, optimizer, scheduler,
-                                                                 scaler, args, metric, changed, log)
+        first_epoch, first_step, totals, best, records = restore(
+            checkpoint, optimizer, scheduler, scaler, args, metric, changed, log)
         scores = checkpoint.get("metrics")
     steps_per_epoch = len(train_loader)
 
     def state(epoch: int, next_step: int = 0, partial: dict | None = None) -> dict:  # for last.pt
         return training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch,
                                    steps_per_epoch=steps_per_epoch, best_metric=best,
-                                   metric_name=metric, metrics=scores, args=vars(args), log=records,
-                                   next_step=next_step, partial_losses=partial)
+                                   metric_name=metric, metrics=scores, args=vars(args),
+                                   log=records, next_step=next_step, partial_losses=partial)
 
     folder = open_run_folder(args, rank, world, device, checkpoint, records, model)
-    log(f"{model.config['encoder']} + {model.config['decoder']}: {count_parameters(model) / 1e6:.2f}M "
-        f"parameters on {device_name(device)} x {world} process(es); effective batch "
-        f"{args.batch_size * world}, lr {args.lr:g}; {len(train_set)} train / {len(val_set)} val "
-        f"images, {steps_per_epoch} steps per epoch, epochs {first_epoch}..{args.epochs - 1}; "
-        f"writing {folder.path}")
+    log(f"{model.config['encoder']} + {model.config['decoder']}: "
+        f"{count_parameters(model) / 1e6:.2f}M parameters on {device_name(device)} x {world} "
+        f"process(es); effective batch {args.batch_size * world}, lr {args.lr:g}; {len(train_set)} "
+        f"train / {len(val_set)} val images, {steps_per_epoch} steps per epoch, epochs "
+        f"{first_epoch}..{args.epochs - 1}; writing {folder.path}")
     progress = Progress(steps=steps_per_epoch, epochs=args.epochs, print_freq=args.print_freq,
                         enabled=rank == 0, world=world, device=device)
     clock = {"start-up": process_seconds(), "training": 0.0, "validation": 0.0}
-    stop.graceful = True  # from here Ctrl-C and SIGTERM end the run at the next step, saving last.pt
-    epoch = first_epoch
+    stop.graceful, epoch = True, first_epoch  # from here a signal ends the run at the next step
     try:
         for epoch in range(first_epoch, args.epochs):
             started, lr = time.time(), optimizer.param_groups[0]["lr"]
@@ -185,13 +193,14 @@ def main(args, stop: StopRequests | None = None) -> dict:
             due = steps == steps_per_epoch and ((epoch + 1) % args.val_every == 0 or last)
             summary = evaluate(eval_net, val_loader, device, args.amp, num_classes, len(val_set),
                                lesions=last,  # lesion counts cost CPU time: the last epoch only
-                               window=args.patch_size, overlap=args.overlap,
-                               stop=stop if world == 1 else None) if due else None  # ranks score all
+                               stop=stop if world == 1 else None,  # ranks score the same images
+                               **windows) if due else None
             clock["training"] += validated - started
             clock["validation"] += time.time() - validated
-            if steps < steps_per_epoch or (due and summary is None):  # a signal: validation on resume
-                save_now(folder, rank, state(epoch - 1, steps, totals))
-                raise Stopped(stop.signum, stopped_line(stop, epoch, steps, steps_per_epoch, folder))
+            if steps < steps_per_epoch or (due and summary is None):  # a signal came
+                save_now(folder, rank, state(epoch - 1, steps, totals))  # validation on resume
+                raise Stopped(stop.signum,
+                              stopped_line(stop, epoch, steps, steps_per_epoch, folder))
             scheduler.step()
             improved = summary is not None and (best is None or summary[metric] > best)
             scores, best = summary or scores, summary[metric] if improved else best
@@ -200,223 +209,102 @@ def main(args, stop: StopRequests | None = None) -> dict:
                             **{f"val_{k}": v for k, v in (summary or {}).items()},
                             "seconds": round(time.time() - started, 1)})
             first_step, totals = 0, {}
-            if rank == 0:  # log.jsonl now, last.pt when --save-every minutes have passed or at the end
+            if rank == 0:  # log.jsonl now; last.pt every --save-every minutes and at the end
                 folder.end_epoch(records, lambda: state(epoch), improved=improved, final=last)
             scored = "not validated (--val-every)" if summary is None else (
                 f"val {metric} {summary[metric]:.4f} (best {best:.4f}) "
                 + " ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != metric))
-            log(f"epoch {epoch} {scored} | {time.time() - started:.0f}s" + (" | best so far" * improved))
+            log(f"epoch {epoch} {scored} | {time.time() - started:.0f}s"
+                + " | best so far" * improved)
         stop.graceful = False
         folder.close()  # the last write ends before the run reports
     except NonFiniteLoss as error:
         stop.graceful = False
-        finite = all(t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point())
-        if finite:  # the weights before the update, BatchNorm's statistics after that forward pass
+        finite = all(t.isfinite().all() for t in model.state_dict().values()
+                     if t.is_floating_point())
+        if finite:  # the weights before the update, BatchNorm's statistics after that forward
             save_now(folder, rank, state(epoch - 1, error.step, error.totals))
         kept = "saved before that step" if finite else "kept as last written"
-        raise NonFiniteLoss(f"{error}; last.pt {kept} ({folder.path / 'last.pt'}). Try --amp bf16 or "
-                            "none, a lower --lr, or --clip-grad 1") from None
+        raise NonFiniteLoss(f"{error}; last.pt {kept} ({folder.path / 'last.pt'}). Try --amp bf16 "
+                            "or none, a lower --lr, or --clip-grad 1") from None
     finally:
         stop.graceful = False
-        folder.writer.cancel()  # after an error or a second Ctrl-C: a write in flight is abandoned whole
+        folder.writer.cancel()  # after an error or a second Ctrl-C: a write in flight is abandoned
     clock["checkpoints (waited)"] = folder.writer.seconds_waited
     return final_report(args, model, val_set, val_loader, scores, best, folder, device, clock,
                         is_main=rank == 0)
 
 
-# ------------------------------------------------------------------------------------------------- setup
-def resolve_args(args) -> list[str]:
-    """Fill unset flags from the --resume checkpoint's run, else the recipe, and check every combination
-    before touching data. Returns the given flags that differ from the checkpoint's."""
-    needs = ("args",) if args.eval_only else RESUME_ENTRIES
-    saved = read_checkpoint(args.resume, needs=needs, flag="--resume", mmap=True)["args"] if args.resume else {}
-    if saved and args.dataset not in (None, saved.get("dataset")) and not args.eval_only:
-        raise UsageError(f"--resume {args.resume} continues a {saved.get('dataset')} run; --dataset "
-                         f"{args.dataset} would make it another run: drop --dataset, or score it there with "
-                         "--eval-only")
-    args.dataset = args.dataset or saved.get("dataset", "synthetic")
-    saved = saved if saved.get("dataset") == args.dataset else {}
-    try:
-        differing = apply_recipe(args, saved)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})" for k in differing]
-    fixed = [line for key, line in zip(differing, changed) if key in FIXED_ON_RESUME]
-    if fixed:  # the network comes from the checkpoint: such a flag would be listed, then ignored
-        raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop the flag, "
-                         "or start a new run")
-    size = args.image_size
-    problems = [
-        (args.eval_only and not args.resume, "--eval-only needs --resume CHECKPOINT (the weights to score)"),
-        (size < 32 or size % 32 != 0, f"--image-size {size} must be a positive multiple of 32 (the encoder's "
-         f"output stride), e.g. {max(32, round(size / 32) * 32)}"),
-        (args.patch_size is not None and (args.patch_size % 32 or not 32 <= args.patch_size <= size),
-         f"--patch-size {args.patch_size}: a multiple of 32, at most --image-size {size}"),
-        (args.dataset == "voc" and (args.patch_size or size) < size,
-         "--patch-size is for mammograms; VOC trains on whole images"),
-        (not 0 <= args.lesion_patches <= 1, f"--lesion-patches {args.lesion_patches}: a share, in [0, 1]"),
-        (not 0 <= args.overlap < 1, f"--overlap {args.overlap}: a share in [0, 1)"),
-        (min(args.batch_size, args.eval_batch_size, args.epochs, args.print_freq) < 1,
-         "--batch-size, --eval-batch-size, --epochs and --print-freq must be >= 1"),
-        (args.limit is not None and args.limit < 1, f"--limit {args.limit}: must be >= 1 (or left out)"),
-        (args.workers < 0 or args.panels < 0, "--workers and --panels must be >= 0"),
-        (not args.save_every > 0, f"--save-every {args.save_every}: minutes, > 0"),
-        (args.val_every < 1, f"--val-every {args.val_every}: must be >= 1"),
-        (args.overwrite and (args.resume or not args.out_dir), "--overwrite replaces the run in a given "
-         "--out-dir; it does not go with --resume")]
-    for failed, message in problems:
-        if failed:
-            raise UsageError(message)
-    try:
-        build_loss(args.loss, args.num_classes)
-    except ValueError as error:
-        raise UsageError(f"--loss: {error}") from None
-    if args.json:
-        check_writable_file(args.json, "--json")
-    return changed
-
-
-def build_network(args, checkpoint: dict | None, rank: int, device: torch.device) -> nn.Module:
-    """The checkpoint's network (no architecture flag needed), else a new one with --weights loaded."""
-    torch.manual_seed(args.seed)  # the initialisation; the data streams have their own seeds
-    if checkpoint:
-        model = model_from_checkpoint(checkpoint, args.resume)
-    else:
-        options = {"decoder_channels": args.decoder_channels} if args.decoder_channels else {}
-        model = build_model(args.encoder, args.decoder, args.num_classes, args.in_channels, None, **options)
-        if args.weights:
-            load_weights(model, args.weights, rank)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    return model.to(device, memory_format=memory_format)
-
-
-def load_weights(model: nn.Module, weights: str, rank: int) -> None:
-    """--weights into the encoder; under torchrun rank 0 downloads while the others wait, then they read."""
-    def load():
-        load_encoder_weights(model.encoder, model.config["encoder"], weights, mean=model.config["mean"],
-                             std=model.config["std"])
-
-    failure = [None]
-    if rank == 0:
-        try:
-            load()
-        except WeightsError as error:
-            failure = [str(error)]
-    if dist.is_initialized():
-        dist.broadcast_object_list(failure, src=0)  # a failure on rank 0 stops every rank with its message
-    if failure[0]:
-        raise WeightsError(failure[0])
-    if rank != 0:
-        load()
-
-
-def dataset_options(args) -> dict:
-    """What build_dataset takes from the flags: --fold, --cache-dir, and a folder's --num-classes."""
-    options = {"fold": args.fold[0], "folds": args.fold[1]} if args.fold else {}
-    if args.cache_dir and args.dataset != "synthetic":
-        options["cache_dir"] = args.cache_dir
-    return dict(options, num_classes=args.num_classes) if args.dataset == "folder" else options
-
-
-def build_loaders(args, config: dict, rank: int, world: int, device: torch.device):
-    """(train set, val set, train loader, val loader), normalised as the model's encoder expects."""
-    common = dict(in_channels=config["in_channels"], mean=config["mean"], std=config["std"], seed=args.seed,
-                  limit=args.limit, verbose=rank == 0, **dataset_options(args))
-    val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
-    patches = dict(patch_size=args.patch_size, lesion_patches=args.lesion_patches)  # training crops
-    train_set = None if args.eval_only else build_dataset(args.dataset, args.data_root, args.train_split,
-                                                          args.image_size, augment=args.augment,
-                                                          **patches, **common)
-    listed = [len(d) if d is not None else 0 for d in (val_set, train_set)]
-    prepare_datasets([val_set, train_set], args.workers, rank, world)  # unusable images: left out, named
-    for split, dataset, count in (("val", val_set, listed[0]), (args.train_split, train_set, listed[1])):
-        if dataset is not None and len(dataset) == 0:
-            raise DataError(f"{args.dataset} {split}: all {count} images were left out as unusable (the "
-                            "line above says why)" if count else f"{args.dataset} {split}: no images found "
-                            f"under {args.data_root}; check --data-root")
-    if val_set.num_classes != config["num_classes"]:
-        raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint "
-                         f"{config['num_classes']}")
-    options = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
-                   persistent_workers=args.workers > 0)  # workers started once, not every epoch
-    shard = Subset(val_set, range(rank, len(val_set), world))  # every image scored once, no padding
-    val_loader = DataLoader(shard, batch_size=args.eval_batch_size, **options)
-    if train_set is None:
-        return None, val_set, None, val_loader
-    sampler = EpochSampler(train_set, world, rank, shuffle=True, seed=args.seed)
-    train_loader = DataLoader(SeededItems(train_set, args.seed), batch_size=args.batch_size, drop_last=True,
-                              sampler=sampler, **options)
-    if len(train_loader) == 0:
-        raise UsageError(f"{args.dataset} {args.train_split} has {len(train_set)} images, fewer than one "
-                         f"batch of --batch-size {args.batch_size} per process; lower --batch-size")
-    return train_set, val_set, train_loader, val_loader
-
-
+# ------------------------------------------------------------------------------ the run's folder
 def open_run_folder(args, rank: int, world: int, device, checkpoint: dict | None, records: list,
                     model: nn.Module) -> RunFolder:
-    """The run's folder; on rank 0 its lock, a log that matches the weights, config.json and a space check."""
+    """The run's folder; on rank 0 its lock, a log matching the weights, config.json, space."""
     folder = RunFolder.choose(args.out_dir, os.path.join("runs", args.dataset), resume=args.resume,
                               overwrite=args.overwrite, save_minutes=args.save_every)
     args.out_dir = str(folder.path)  # as run: config.json and the checkpoints say where it went
     if rank == 0:
-        config = {"args": vars(args), "versions": versions(), "git_commit": git_commit(), "world_size": world,
-                  "device": device_name(device), "effective_batch_size": args.batch_size * world}
-        folder.start(overwrite=args.overwrite, checkpoint=checkpoint, resume=args.resume, records=records,
-                     config=config)
-        folder.check_space(5 * tensor_bytes(model.state_dict()))  # last.pt: weights, 3 moments; best.pt
+        config = {"args": vars(args), "versions": versions(), "git_commit": git_commit(),
+                  "world_size": world, "device": device_name(device),
+                  "effective_batch_size": args.batch_size * world}
+        folder.start(overwrite=args.overwrite, checkpoint=checkpoint, resume=args.resume,
+                     records=records, config=config)
+        folder.check_space(5 * tensor_bytes(model.state_dict()))  # last.pt's 4 copies, best.pt
     return folder
 
 
 def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric: str, changed: list[str],
             log) -> tuple:
-    """A resumed run's optimizer, schedule, scaler and RNG -> (first epoch, first step in it, its partial
-    loss sums, best score, epoch records)."""
+    """A resumed run's optimizer, schedule, scaler and RNG -> (first epoch, first step in it, its
+    partial loss sums, best score, epoch records)."""
     first_epoch, first_step = checkpoint["epoch"] + 1, checkpoint.get("next_step", 0)
     if first_epoch >= args.epochs:
         raise UsageError(f"{args.resume} already finished epoch {first_epoch - 1}; pass --epochs > "
                          f"{first_epoch}")
-    restore_training_state(checkpoint, optimizer, scheduler, scaler, lr=args.lr, milestones=args.milestones,
-                           factors=args.lr_factors)
-    where = f"epoch {checkpoint['epoch']}" + (f", {first_step} steps into epoch {first_epoch}"
-                                               if first_step else "")
-    log(f"resumed {args.resume} ({where})" + ("; changed: " * bool(changed)) + ", ".join(changed))
+    restore_training_state(checkpoint, optimizer, scheduler, scaler, lr=args.lr,
+                           milestones=args.milestones, factors=args.lr_factors)
+    within = f", {first_step} steps into epoch {first_epoch}" if first_step else ""
+    log(f"resumed {args.resume} (epoch {checkpoint['epoch']}{within})"
+        + "; changed: " * bool(changed) + ", ".join(changed))
     best = checkpoint["best_metric"]
     if checkpoint.get("metric_name") != metric:  # an older file chose best.pt by another score
-        log(f"note: {args.resume} chose best.pt by {checkpoint.get('metric_name')}; from now on by {metric}")
+        log(f"note: {args.resume} chose best.pt by {checkpoint.get('metric_name')}; from now on "
+            f"by {metric}")
         best = None
     records = RunFolder.records_at_resume(checkpoint, args.resume)
     return first_epoch, first_step, dict(checkpoint.get("partial_losses") or {}), best, records
 
 
 def save_now(folder: RunFolder, rank: int, checkpoint: dict) -> None:
-    """last.pt of a run that stops (a signal, a non-finite loss), written before the process ends."""
+    """last.pt of a run that stops (a signal, a non-finite loss), written before it ends."""
     if rank == 0:
         folder.save(checkpoint)
         folder.close()
 
 
-def stopped_line(stop: StopRequests, epoch: int, steps: int, steps_per_epoch: int, folder: RunFolder) -> str:
-    name = "SIGINT (Ctrl-C)" if stop.signum == 2 else "SIGTERM"
-    return (f"stopped by {name} at epoch {epoch}, step {steps} of {steps_per_epoch}; saved "
-            f"{folder.path / 'last.pt'}: continue with python train.py --resume {folder.path / 'last.pt'}")
+def stopped_line(stop: StopRequests, epoch: int, steps: int, steps_per_epoch: int,
+                 folder: RunFolder) -> str:
+    name = "SIGINT (Ctrl-C)" if stop.signum == signal.SIGINT else "SIGTERM"
+    last = folder.path / "last.pt"
+    return (f"stopped by {name} at epoch {epoch}, step {steps} of {steps_per_epoch}; saved {last}: "
+            f"continue with python train.py --resume {last}")
 
 
-# ----------------------------------------------------------------------------------------- training loop
+# --------------------------------------------------------------------------------- training loop
 def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: int, *, amp: str,
                     clip_grad: float, progress: Progress, stop: StopRequests, first_step: int = 0,
                     totals: dict | None = None) -> tuple[dict, int]:
-    """One pass over the training set from `first_step` -> (summed loss terms, steps done); fewer steps
-    than the epoch's if a stop was requested."""
+    """One pass over the training set from `first_step` -> (summed loss terms, steps done): fewer
+    steps than the epoch's if a stop was requested."""
     model.train()
     world = dist.get_world_size() if dist.is_initialized() else 1
     totals, step, tick = dict(totals or {}), first_step, time.time()
     for images, masks in loader:
-        data_time = time.time() - tick  # waiting for the loader: > 0 means the workers cannot keep up
+        data_time = time.time() - tick  # waiting for the loader: > 0, the workers cannot keep up
         images, masks = to_device(images, masks, device)
         with autocast(device, amp):
             logits = model(images)  # (B, K, H, W)
-            loss, terms = criterion.forward_with_terms(logits, masks)  # Table 1's loss, in float32
-        # One host sync a step: every rank learns of a NaN or a stop on any rank, and they stop together
+            loss, terms = criterion.forward_with_terms(logits, masks)  # Table 1's loss, float32
+        # One host sync a step: every rank learns of a NaN or a stop on any rank; they stop together
         logged = torch.stack([loss.detach(), *(t.detach() for t in terms.values()),
                               torch.tensor(float(stop.signum is not None), device=loss.device)])
         if world > 1:
@@ -426,8 +314,9 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: 
         values = dict(zip(["loss", *terms], values))
         if not math.isfinite(values["loss"]):
             raise NonFiniteLoss(f"non-finite loss ({values['loss']}) at epoch {epoch}, step "
-                                f"{epoch * progress.steps + step + 1} ({step + 1} of {progress.steps} in "
-                                "the epoch); stopped before the update", step, totals)
+                                f"{epoch * progress.steps + step + 1} ({step + 1} of "
+                                f"{progress.steps} in the epoch); stopped before the update",
+                                step, totals)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad > 0:
@@ -447,22 +336,22 @@ def train_one_epoch(model, criterion, optimizer, scaler, loader, device, epoch: 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp: str, num_logits: int, images: int, *, lesions: bool = False,
-             window: int | None = None, overlap: float = 0.5,
+def evaluate(model, loader, device, amp: str, num_logits: int, images: int, *,
+             lesions: bool = False, window: int | None = None, overlap: float = 0.5,
              stop: StopRequests | None = None) -> dict | None:
-    """Exact metrics over this rank's shard, reduced over all ranks (metrics.py): every one of the set's
+    """Exact metrics over this rank's shard, reduced over all ranks (metrics.py): each of the set's
     `images` scored once, whatever the number of processes. None if a stop was requested."""
     if dist.is_initialized():  # BN statistics drift apart on each rank's last batch: keep rank 0's
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
     model.eval()
     metrics = build_metrics(num_logits)
-    lesion_stats = LesionStats() if lesions and num_logits == 1 else None  # lesions found, false positives
+    lesion_stats = LesionStats() if lesions and num_logits == 1 else None  # lesions found, FPs
     for batch, masks in loader:
         if stop is not None and stop.signum is not None:
             return None
         batch, masks = to_device(batch, masks, device)
-        with autocast(device, amp):  # whole images, or by windows of a patch-trained model's patch size
+        with autocast(device, amp):  # whole images, or windows of a patch-trained model's patch
             logits = sliding_window(model, batch, window, overlap=overlap, batch_size=len(batch))
         metrics.update(predict_labels(logits.float()), masks)  # logits (B, K, H, W)
         if lesion_stats is not None:
@@ -476,47 +365,50 @@ def evaluate(model, loader, device, amp: str, num_logits: int, images: int, *, l
     return summary
 
 
-# ------------------------------------------------------------------------------------------------ the end
-def final_report(args, model, val_set, val_loader, summary: dict, best: float, folder: RunFolder, device,
-                 clock: dict, *, is_main: bool) -> dict:
-    """The last epoch's scores beside the all-background floor, where the time went, panels, --json."""
+# ---------------------------------------------------------------------------------------- the end
+def final_report(args, model, val_set, val_loader, summary: dict, best: float, folder: RunFolder,
+                 device, clock: dict, *, is_main: bool) -> dict:
+    """The last epoch's scores beside the all-background floor, the run's time, panels, --json."""
     floor = all_background_scores((masks for _, masks in val_loader), model.config["num_classes"])
     if not is_main:
         return summary
-    panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device, args.amp,
-                                  window=args.patch_size, overlap=args.overlap)
+    panels = write_dataset_panels(model, val_set, args.panels, folder.path / "panels", device,
+                                  args.amp, window=args.patch_size, overlap=args.overlap)
+    images = len(val_set)
     if model.config["num_classes"] == 1:
-        scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {len(val_set)} validation "
-                  f"images ({summary['dice_pooled']:.4f} pooled over their pixels), best "
-                  f"{best:.4f}; predicting all background scores {floor['dice_mean_per_image']:.4f} "
-                  f"({floor['dice_pooled']:.4f} pooled)")
+        scores = (f"Dice {summary['dice_mean_per_image']:.4f} as a mean over the {images} "
+                  f"validation images ({summary['dice_pooled']:.4f} pooled over their pixels), "
+                  f"best {best:.4f}; predicting all background scores "
+                  f"{floor['dice_mean_per_image']:.4f} ({floor['dice_pooled']:.4f} pooled)")
         if "lesions" in summary:  # metrics.LesionStats, counted in the last epoch
-            scores += (f"; lesions found {summary['lesions_found']:.0f} of {summary['lesions']:.0f}, "
-                       f"false positives per image {summary['false_positives_per_image']:.2f} "
+            scores += (f"; lesions found {summary['lesions_found']:.0f} of "
+                       f"{summary['lesions']:.0f}, false positives per image "
+                       f"{summary['false_positives_per_image']:.2f} "
                        f"({summary['false_positives_per_normal_image']:.2f} on normal images)")
     else:
-        scores = (f"mIoU {summary['mean_iou']:.4f} on the {len(val_set)} validation images, best {best:.4f}; "
-                  f"predicting all background scores {floor['mean_iou']:.4f}")
-    seconds = process_seconds()
-    steps = clock["training"] + clock["validation"]
-    timing = dict(clock, total=seconds, checkpoint_bytes=folder.writer.bytes_written)
-    print(f"done in {seconds:.0f}s, {100 * steps / seconds:.0f}% of it in training and validation "
+        scores = (f"mIoU {summary['mean_iou']:.4f} on the {images} validation images, best "
+                  f"{best:.4f}; predicting all background scores {floor['mean_iou']:.4f}")
+    seconds, written = process_seconds(), folder.writer.bytes_written
+    in_steps = (clock["training"] + clock["validation"]) / seconds
+    print(f"done in {seconds:.0f}s, {100 * in_steps:.0f}% of it in training and validation "
           f"(start-up {clock['start-up']:.1f}s, waiting for checkpoint writes "
-          f"{clock['checkpoints (waited)']:.1f}s, {folder.writer.bytes_written / 2**20:.0f} MB written). "
-          f"After epoch {args.epochs - 1}: {scores}\ncheckpoints: {folder.path / 'best.pt'} (best), "
-          f"{folder.path / 'last.pt'} (last)" + ("\npanels: " + " ".join(panels) if panels else ""))
+          f"{clock['checkpoints (waited)']:.1f}s, {written / 2**20:.0f} MB written). After epoch "
+          f"{args.epochs - 1}: {scores}\ncheckpoints: {folder.path / 'best.pt'} (best), "
+          f"{folder.path / 'last.pt'} (last)" + ("\npanels: " + " ".join(panels)) * bool(panels))
     if args.json:
-        write_json(args.json, {"final": summary, "best": best, "all_background": floor, "time": timing})
+        timing = dict(clock, total=seconds, checkpoint_bytes=written)
+        write_json(args.json, {"final": summary, "best": best, "all_background": floor,
+                               "time": timing})
     return summary
 
 
 def cli(argv: list[str] | None = None) -> int:
     """Parse, run main(), and turn the errors a user can cause into one line and an exit code."""
     args, stop = get_args_parser().parse_args(argv), StopRequests()
+    errors = (UsageError, DataError, WeightsError, CheckpointError, DiskFullError, NonFiniteLoss)
     try:
-        return run_command("train.py", lambda: main(args, stop),
-                           (UsageError, DataError, WeightsError, CheckpointError, DiskFullError,
-                            NonFiniteLoss), exit_codes={NonFiniteLoss: NON_FINITE_EXIT},
+        return run_command("train.py", lambda: main(args, stop), errors,
+                           exit_codes={NonFiniteLoss: NON_FINITE_EXIT},
                            quiet=int(os.environ.get("RANK", 0)) != 0, stop=stop)
     finally:
         if dist.is_initialized():

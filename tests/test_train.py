@@ -17,6 +17,7 @@ import torch
 
 import recipes
 import train
+from engine import setup
 from model import build_model
 from engine.devices import AutocastReplica, check_device_flags, resolve_device
 from engine.cli import UsageError, error_line
@@ -66,7 +67,7 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
 
 
 def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
-    built, build_dataset = {}, train.build_dataset
+    built, build_dataset = {}, setup.build_dataset
 
     class Built(Exception):
         """Both splits are built: main() stops here, before any training."""
@@ -77,7 +78,7 @@ def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
             raise Built
         return built[split]
 
-    monkeypatch.setattr(train, "build_dataset", spy)
+    monkeypatch.setattr(setup, "build_dataset", spy)
     for flags, augmented in ((["--no-augment"], False), ([], True)):
         with pytest.raises(Built):
             run_main([*TINY, "--epochs", "1", *flags, "--out-dir", str(tmp_path)])

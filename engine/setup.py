@@ -1,0 +1,160 @@
+"""The parts of a training run built from train.py's flags: its settings (Table 1's recipe, or the
+--resume checkpoint's run), its network with --weights loaded, and its data loaders.
+
+    args = train.get_args_parser().parse_args([...]); resolve_args(args)   # every default filled
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from data import DataError, build_dataset, prepare_datasets
+from losses import build_loss
+from model import WeightsError, build_model, load_encoder_weights
+from readers.sampling import EpochSampler, SeededItems
+from recipes import apply_recipe
+
+from .checkpoints import RESUME_ENTRIES, model_from_checkpoint, read_checkpoint
+from .cli import UsageError, check_writable_file
+
+FIXED_ON_RESUME = (  # the network: a resumed run keeps its checkpoint's
+    "encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")
+
+
+def resolve_args(args) -> list[str]:
+    """Fill unset flags from the --resume checkpoint's run, else the recipe, and check every
+    combination before any data is read. Returns the given flags that differ from the checkpoint."""
+    needs = ("args",) if args.eval_only else RESUME_ENTRIES
+    saved = read_checkpoint(args.resume, needs=needs, flag="--resume", mmap=True)["args"] \
+        if args.resume else {}
+    if saved and args.dataset not in (None, saved.get("dataset")) and not args.eval_only:
+        raise UsageError(f"--resume {args.resume} continues a {saved.get('dataset')} run; "
+                         f"--dataset {args.dataset} would make it another run: drop --dataset, or "
+                         "score it there with --eval-only")
+    args.dataset = args.dataset or saved.get("dataset", "synthetic")
+    saved = saved if saved.get("dataset") == args.dataset else {}
+    try:
+        differing = apply_recipe(args, saved)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
+               for k in differing]
+    fixed = [line for key, line in zip(differing, changed) if key in FIXED_ON_RESUME]
+    if fixed:  # the network comes from the checkpoint: such a flag would be listed, then ignored
+        raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop "
+                         "the flag, or start a new run")
+    size, patch = args.image_size, args.patch_size
+    problems = [
+        (args.eval_only and not args.resume,
+         "--eval-only needs --resume CHECKPOINT (the weights to score)"),
+        (size < 32 or size % 32 != 0, f"--image-size {size} must be a positive multiple of 32 (the "
+         f"encoder's output stride), e.g. {max(32, round(size / 32) * 32)}"),
+        (patch is not None and (patch % 32 or not 32 <= patch <= size),
+         f"--patch-size {patch}: a multiple of 32, at most --image-size {size}"),
+        (args.dataset == "voc" and (patch or size) < size,
+         "--patch-size is for mammograms; VOC trains on whole images"),
+        (not 0 <= args.lesion_patches <= 1,
+         f"--lesion-patches {args.lesion_patches}: a share, in [0, 1]"),
+        (not 0 <= args.overlap < 1, f"--overlap {args.overlap}: a share in [0, 1)"),
+        (min(args.batch_size, args.eval_batch_size, args.epochs, args.print_freq) < 1,
+         "--batch-size, --eval-batch-size, --epochs and --print-freq must be >= 1"),
+        (args.limit is not None and args.limit < 1,
+         f"--limit {args.limit}: must be >= 1 (or left out)"),
+        (args.workers < 0 or args.panels < 0, "--workers and --panels must be >= 0"),
+        (not args.save_every > 0, f"--save-every {args.save_every}: minutes, > 0"),
+        (args.val_every < 1, f"--val-every {args.val_every}: must be >= 1"),
+        (args.overwrite and (args.resume or not args.out_dir),
+         "--overwrite replaces the run in a given --out-dir; it does not go with --resume")]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
+    try:
+        build_loss(args.loss, args.num_classes)
+    except ValueError as error:
+        raise UsageError(f"--loss: {error}") from None
+    if args.json:
+        check_writable_file(args.json, "--json")
+    return changed
+
+
+def build_network(args, checkpoint: dict | None, rank: int, device: torch.device) -> nn.Module:
+    """The checkpoint's network (no architecture flag needed), else a new one with --weights."""
+    torch.manual_seed(args.seed)  # the initialisation; the data streams have their own seeds
+    if checkpoint:
+        model = model_from_checkpoint(checkpoint, args.resume)
+    else:
+        options = {"decoder_channels": args.decoder_channels} if args.decoder_channels else {}
+        model = build_model(args.encoder, args.decoder, args.num_classes, args.in_channels, None,
+                            **options)
+        if args.weights:
+            load_weights(model, args.weights, rank)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+def load_weights(model: nn.Module, weights: str, rank: int) -> None:
+    """--weights into the encoder; under torchrun rank 0 downloads while the others wait."""
+    def load():
+        load_encoder_weights(model.encoder, model.config["encoder"], weights,
+                             mean=model.config["mean"], std=model.config["std"])
+
+    failure = [None]
+    if rank == 0:
+        try:
+            load()
+        except WeightsError as error:
+            failure = [str(error)]
+    if dist.is_initialized():  # a failure on rank 0 stops every rank with its message
+        dist.broadcast_object_list(failure, src=0)
+    if failure[0]:
+        raise WeightsError(failure[0])
+    if rank != 0:
+        load()  # from torch.hub's cache, which rank 0 filled
+
+
+def dataset_options(args) -> dict:
+    """What build_dataset takes from the flags: --fold, --cache-dir, a folder's --num-classes."""
+    options = {"fold": args.fold[0], "folds": args.fold[1]} if args.fold else {}
+    if args.cache_dir and args.dataset != "synthetic":
+        options["cache_dir"] = args.cache_dir
+    return dict(options, num_classes=args.num_classes) if args.dataset == "folder" else options
+
+
+def build_loaders(args, config: dict, rank: int, world: int, device: torch.device):
+    """(train set, val set, train loader, val loader), normalised as the model's encoder expects."""
+    common = dict(in_channels=config["in_channels"], mean=config["mean"], std=config["std"],
+                  seed=args.seed, limit=args.limit, verbose=rank == 0, **dataset_options(args))
+    val_set = build_dataset(args.dataset, args.data_root, "val", args.image_size, **common)
+    patches = dict(patch_size=args.patch_size, lesion_patches=args.lesion_patches)  # training crops
+    train_set = None if args.eval_only else build_dataset(
+        args.dataset, args.data_root, args.train_split, args.image_size, augment=args.augment,
+        **patches, **common)
+    listed = [0 if d is None else len(d) for d in (val_set, train_set)]
+    prepare_datasets([val_set, train_set], args.workers, rank, world)  # unusable images left out
+    for split, dataset, count in (("val", val_set, listed[0]),
+                                  (args.train_split, train_set, listed[1])):
+        if dataset is not None and len(dataset) == 0:
+            raise DataError(f"{args.dataset} {split}: all {count} images were left out as unusable "
+                            "(the line above says why)" if count else f"{args.dataset} {split}: no "
+                            f"images found under {args.data_root}; check --data-root")
+    if val_set.num_classes != config["num_classes"]:
+        raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint "
+                         f"{config['num_classes']}")
+    options = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
+                   persistent_workers=args.workers > 0)  # workers started once, not every epoch
+    shard = Subset(val_set, range(rank, len(val_set), world))  # every image scored once, no padding
+    val_loader = DataLoader(shard, batch_size=args.eval_batch_size, **options)
+    if train_set is None:
+        return None, val_set, None, val_loader
+    sampler = EpochSampler(train_set, world, rank, shuffle=True, seed=args.seed)
+    train_loader = DataLoader(SeededItems(train_set, args.seed), batch_size=args.batch_size,
+                              drop_last=True, sampler=sampler, **options)
+    if len(train_loader) == 0:
+        raise UsageError(f"{args.dataset} {args.train_split} has {len(train_set)} images, fewer "
+                         f"than one batch of --batch-size {args.batch_size} per process; lower "
+                         "--batch-size")
+    return train_set, val_set, train_loader, val_loader
