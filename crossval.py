@@ -6,21 +6,9 @@ with error bars, and the lesions each decoder finds.
     python crossval.py --dataset cbis --data-root DATA/CBIS-DDSM --jobs 4 -- --device cuda
     python crossval.py --dataset mias --data-root DATA/mias -- --image-size 512 --patch-size 128
 
-Each decoder (--decoders) on each fold k of K (--folds, by patient: readers/splits.py) is one
-train.py run in <out-dir>/<decoder>/fold<k>/, trained with the dataset's recipe on the other folds
-and validated on fold k (--fold k/K); the flags after `--` go to every run (--epochs, --image-size,
---patch-size, ...), and the table names the resolution and patch size they had. A finished run
-(final.json) is not trained again, an interrupted one resumes from its last.pt (one killed after
-its last epoch is scored from its log): run the command again until every run is done.
-<out-dir>/crossval.json keeps the settings: runs of other settings never mix in one table. --jobs
-runs that many at once.
-
-A fold's score is its last epoch's validation (best.pt is chosen on the fold's images: not used).
-The summary gives, per decoder, the mean and standard deviation over folds of Dice and IoU over the
-images with a lesion (the thesis' statistic), over all images and pooled, of the lesions found and
-of the false positives per image (all images, normal ones); then fusion against each other decoder
-on the same folds (Dice differences, folds won). It writes <out-dir>/summary.json and summary.png
-(charts.py).
+Each decoder on each fold k is one train.py run in <out-dir>/<decoder>/fold<k>/, scored by its last
+epoch's validation; the flags after `--` go to every run; run the command again until every run is
+done (docs/real-mammograms.md). It writes <out-dir>/summary.json and summary.png.
 Exit codes: 0 every run done; 1 some runs failed (their log is named; the others summarised); 2 bad
 flags.
 """
@@ -36,15 +24,15 @@ import time
 from pathlib import Path
 
 from engine.charts import draw_crossval
-from recipes import PRESETS
-from engine.run_folder import RunFolder
 from engine.cli import ArgumentParser, UsageError, run_command
 from engine.devices import default_workers
+from engine.run_folder import RunFolder
 from readers.atomic import write_json
+from recipes import PRESETS
 
 DECODERS = ("fusion", "unet", "unetplusplus")  # Table 2: (A) proposed, (B) SMP Unet, (C) SMP Unet++
-# The table's columns (header -> final.json key) for binary masks and for class-index ones (-- --num-classes K);
-# the paired comparison and the figure use COMPARED: Table 2's statistic (metrics.py), or the mIoU.
+# The table's columns (header -> final.json key) for binary masks and class-index ones (after --:
+# --num-classes K); the paired comparison and the figure use COMPARED: Table 2's statistic, or mIoU.
 SCORES = {"binary": {"IoU, lesion images (%)": "iou_mean_lesion_images",
                      "Dice, lesion images (%)": "dice_mean_lesion_images",
                      "Dice, all images (%)": "dice_mean_per_image", "IoU pooled (%)": "iou_pooled",
@@ -60,33 +48,36 @@ def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="crossval.py", description=__doc__.split("\n\n")[0],
                             epilog=__doc__.split("\n\n", 1)[1])
     add = parser.add_argument
-    add("--dataset", required=True, choices=[name for name in PRESETS if name in ("cbis", "mias", "folder")],
+    add("--dataset", required=True,
+        choices=[name for name in PRESETS if name in ("cbis", "mias", "folder")],
         help="a mammography dataset (data.py)")
     add("--data-root", required=True, help="its folder, as for train.py")
     add("--folds", type=int, default=5, help="folds, by patient (default: 5)")
-    add("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS, help="decoders compared (default: all "
-        "three of Table 2)")
+    add("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS,
+        help="decoders compared (default: all three of Table 2)")
     add("--out-dir", help="where the runs and the summary go (default: runs/cv-<dataset>)")
     add("--jobs", type=int, default=1, help="train.py runs at once (default: 1)")
     add("train_args", nargs="*", metavar="-- TRAIN.PY FLAGS", help="flags for every run, after --")
     return parser
 
 
-# ------------------------------------------------------------------------------------------------------ the runs
+# ---------------------------------------------------------------------------------------- the runs
 def run_folder(out_dir: Path, decoder: str, fold: int) -> Path:
     return out_dir / decoder / f"fold{fold}"
 
 
 def train_command(args, decoder: str, fold: int, folder: Path) -> list[str]:
     """The train.py command of one run: fresh, or resumed from its last.pt after an interruption."""
-    # The data root resolved, for new and resumed runs alike: a run resumed from another folder finds its data.
-    command = [sys.executable, str(Path(__file__).parent / "train.py"), "--json", str(folder / "final.json"),
-               "--data-root", str(Path(args.data_root).resolve())]
+    # The data root resolved, for new and resumed runs alike: resumed elsewhere, a run finds it.
+    command = [sys.executable, str(Path(__file__).parent / "train.py"), "--json",
+               str(folder / "final.json"), "--data-root", str(Path(args.data_root).resolve())]
     if (folder / "last.pt").is_file():
         return command + ["--resume", str(folder / "last.pt"), *args.train_args]
-    overwrite = ["--overwrite"] if RunFolder(folder).holds_run() else []  # killed before its first checkpoint
+    # killed before its first checkpoint
+    overwrite = ["--overwrite"] if RunFolder(folder).holds_run() else []
     return command + ["--dataset", args.dataset, "--decoder", decoder, "--fold",
-                      f"{fold}/{args.folds}", "--out-dir", str(folder), *overwrite, *args.train_args]
+                      f"{fold}/{args.folds}", "--out-dir", str(folder), *overwrite,
+                      *args.train_args]
 
 
 RUNTIME_FLAGS = {"--device", "--workers", "--print-freq", "--compile", "--cache-dir", "--panels",
@@ -94,8 +85,8 @@ RUNTIME_FLAGS = {"--device", "--workers", "--print-freq", "--compile", "--cache-
 
 
 def recipe_flags(train_args: list[str]) -> list[list[str]]:
-    """The flags after -- that shape the results, each with its values, in a fixed order: how a run runs (the
-    device, its workers, ...) and the order of the flags may change between calls."""
+    """The flags after -- that shape the results, each with its values, in a fixed order: how a
+    run runs (the device, its workers, ...) and the flags' order may change between calls."""
     groups: list[list[str]] = []
     for token in train_args:
         if token.startswith("--") or not groups:
@@ -106,12 +97,12 @@ def recipe_flags(train_args: list[str]) -> list[list[str]]:
 
 
 def check_settings(args, out_dir: Path) -> None:
-    """<out-dir>/crossval.json keeps the settings of the runs in the folder; once a run has started there, a call with
-    other settings is refused, since its table would mix folds of different splits or recipes (a call whose every
-    run failed at once, a typo, say, fixes nothing)."""
-    settings = dict(dataset=args.dataset, data_root=str(Path(args.data_root).resolve()), folds=args.folds,
-                    train_args=recipe_flags(args.train_args))
+    """<out-dir>/crossval.json keeps the runs' settings; once a run has started there, a call with
+    others is refused: its table would mix folds of different splits or recipes."""
+    settings = dict(dataset=args.dataset, data_root=str(Path(args.data_root).resolve()),
+                    folds=args.folds, train_args=recipe_flags(args.train_args))
     path = out_dir / "crossval.json"
+    # fixed once a run has started: a call whose runs all failed at once (a typo) fixes nothing
     started = any(out_dir.glob("*/fold*/config.json"))
     if not path.is_file() or not started:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,13 +112,13 @@ def check_settings(args, out_dir: Path) -> None:
     changed = [f"{key} {earlier.get(key)!r}, not {value!r}" for key, value in settings.items()
                if earlier.get(key) != value]
     if changed:
-        raise UsageError(f"--out-dir {out_dir} holds a cross-validation with other settings ({'; '.join(changed)}): "
-                         "run it with those, or choose another --out-dir")
+        raise UsageError(f"--out-dir {out_dir} holds a cross-validation with other settings "
+                         f"({'; '.join(changed)}): run it with those, or choose another --out-dir")
 
 
 def score_from_log(folder: Path) -> bool:
-    """A run killed after its last epoch but before its final.json: write final.json from its log's last record (the
-    last epoch's validation) and return True; False when its training is not finished."""
+    """A run killed after its last epoch, before its final.json: write it from the log's last
+    record (that epoch's validation) and return True; False while training is unfinished."""
     try:
         epochs = json.loads((folder / "config.json").read_text())["args"]["epochs"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -141,13 +132,13 @@ def score_from_log(folder: Path) -> bool:
 
 
 def run_all(args, out_dir: Path) -> list[str]:
-    """Every run not yet finished, --jobs at a time, each logging to its folder's train.log; returns the failures."""
+    """Every run not finished yet, --jobs at a time, each logging to its train.log -> failures."""
     pending = [(decoder, fold) for decoder in args.decoders for fold in range(args.folds)
                if not (run_folder(out_dir, decoder, fold) / "final.json").is_file()
                and not score_from_log(run_folder(out_dir, decoder, fold))]
-    print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} runs to do, {args.jobs} "
-          f"at a time, in {out_dir}")
-    threads = max(1, default_workers() // args.jobs)  # CPU runs side by side share the cores instead of fighting
+    print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} "
+          f"runs to do, {args.jobs} at a time, in {out_dir}")
+    threads = max(1, default_workers() // args.jobs)  # runs side by side share the cores
     environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
     running, failures = {}, []
     while pending or running:
@@ -157,7 +148,8 @@ def run_all(args, out_dir: Path) -> list[str]:
             folder.mkdir(parents=True, exist_ok=True)
             log = open(folder / "train.log", "a")
             command = train_command(args, decoder, fold, folder)
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       env=environment)
             running[(decoder, fold)] = (process, log, time.time())
             print(f"  started {decoder} fold {fold}: {' '.join(command[1:])}", flush=True)
         for key, (process, log, started) in list(running.items()):
@@ -169,15 +161,16 @@ def run_all(args, out_dir: Path) -> list[str]:
             if process.returncode == 0:
                 print(f"  done {key[0]} fold {key[1]} in {time.time() - started:.0f}s", flush=True)
             else:
-                failures.append(f"{key[0]} fold {key[1]} (exit {process.returncode}; see {folder / 'train.log'})")
+                failures.append(f"{key[0]} fold {key[1]} (exit {process.returncode}; see "
+                                f"{folder / 'train.log'})")
                 print(f"  FAILED {failures[-1]}", file=sys.stderr, flush=True)
         time.sleep(0.5)
     return failures
 
 
-# --------------------------------------------------------------------------------------------------- the summary
+# ------------------------------------------------------------------------------------- the summary
 def mean_and_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1) of the finite values; NaN where there are too few."""
+    """Mean and sample standard deviation (n - 1) of the finite values; NaN where too few."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return (statistics.fmean(finite) if finite else math.nan,
             statistics.stdev(finite) if len(finite) > 1 else math.nan)
@@ -210,26 +203,28 @@ def resolution_text(summary: dict) -> str:
 
 
 def summarise(args, out_dir: Path) -> tuple[dict, dict]:
-    """(summary for summary.json, learning curves per decoder and fold) from every run's final.json and log.jsonl."""
+    """(summary.json's content, learning curves per decoder and fold) from every run's files."""
     finals, curves = {}, {}
     for decoder in args.decoders:
         finals[decoder], curves[decoder] = [], []
         for fold in range(args.folds):
             folder = run_folder(out_dir, decoder, fold)
-            final = json.loads((folder / "final.json").read_text())["final"] if (folder / "final.json").is_file() \
-                else {}
+            path = folder / "final.json"
+            final = json.loads(path.read_text())["final"] if path.is_file() else {}
             for lesion, every in (("dice_mean_lesion_images", "dice_mean_per_image"),
                                   ("iou_mean_lesion_images", "iou_mean_per_image")):
-                if every in final and lesion not in final:  # a run of an older version: noted in the table
+                if every in final and lesion not in final:  # an older version's run: noted
                     final[lesion], final["older_run"] = final[every], True
             finals[decoder].append(final)
             curves[decoder].append(RunFolder(folder).read_log())
-    kind = "classes" if any("mean_iou" in final for runs in finals.values() for final in runs) else "binary"
+    classes = any("mean_iou" in final for runs in finals.values() for final in runs)
+    kind = "classes" if classes else "binary"
     keys, compared = SCORES[kind].values(), COMPARED[kind]
-    runs = {decoder: [{"fold": fold, **{key: final.get(key) for key in (*keys, "images", "images_with_lesion",
-                                                                         "older_run")}}
+    kept = (*keys, "images", "images_with_lesion", "older_run")
+    runs = {decoder: [{"fold": fold, **{key: final.get(key) for key in kept}}
                       for fold, final in enumerate(folds)] for decoder, folds in finals.items()}
-    table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows]))) for key in keys}
+    table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows])))
+                       for key in keys}
              for decoder, rows in runs.items()}
     paired = {}
     for other in (d for d in args.decoders if d != "fusion" and "fusion" in args.decoders):
@@ -238,10 +233,11 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
         scored = [d for d in differences if d is not None]
         paired[f"fusion vs {other}"] = dict(differences=differences, mean=mean_and_std(scored)[0],
                                             fusion_wins=sum(d > 0 for d in scored),
-                                            other_wins=sum(d < 0 for d in scored), ties=sum(d == 0 for d in scored))
-    summary = dict(dataset=args.dataset, data_root=args.data_root, folds=args.folds, train_args=args.train_args,
-                   scores=kind, compared=compared, runs=runs, table=table, paired=paired,
-                   **run_resolution(args, out_dir))
+                                            other_wins=sum(d < 0 for d in scored),
+                                            ties=sum(d == 0 for d in scored))
+    summary = dict(dataset=args.dataset, data_root=args.data_root, folds=args.folds,
+                   train_args=args.train_args, scores=kind, compared=compared, runs=runs,
+                   table=table, paired=paired, **run_resolution(args, out_dir))
     return summary, curves
 
 
@@ -259,7 +255,8 @@ def print_summary(summary: dict) -> None:
     widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
     print()
     for line in [header] + body:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(line, widths))))
     scored = ("lesion images: means over the images with a lesion (the thesis' statistic: "
               "Table 2's images all hold a mass); all images: over every image (a lesion-free one "
               "predicted empty scores 1); pooled: over all pixels of the fold; a lesion is found "
@@ -271,25 +268,31 @@ def print_summary(summary: dict) -> None:
           f"last-epoch validation; {scored}.")
     older = sum(bool(run.get("older_run")) for runs in summary["runs"].values() for run in runs)
     if older:
-        print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are over all images")
+        print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are "
+              "over all images")
     uncounted = sum(run.get("lesion_sensitivity") is None and run[compared] is not None
                     for runs in summary["runs"].values() for run in runs)
     if summary["scores"] == "binary" and uncounted:
         print(f"{uncounted} run(s) predate the lesion counts: their lesion columns are left out")
     what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     for name, pair in summary["paired"].items():
-        differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in pair["differences"])
-        print(f"{name}: {what} difference per fold {differences} points (mean {100 * pair['mean']:+.2f});"
-              f" fusion wins {pair['fusion_wins']} of {len([d for d in pair['differences'] if d is not None])} folds")
+        differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}"
+                                for d in pair["differences"])
+        counted = len([d for d in pair["differences"] if d is not None])
+        print(f"{name}: {what} difference per fold {differences} points (mean "
+              f"{100 * pair['mean']:+.2f}); fusion wins {pair['fusion_wins']} of {counted} folds")
 
 
 def main(args) -> int:
     if args.folds < 2 or args.jobs < 1:
-        raise UsageError(f"--folds {args.folds} and --jobs {args.jobs}: need at least 2 folds and 1 job")
-    forbidden = {"--dataset", "--data-root", "--decoder", "--fold", "--out-dir", "--resume", "--json", "--overwrite"}
+        raise UsageError(f"--folds {args.folds} and --jobs {args.jobs}: need at least 2 folds and "
+                         "1 job")
+    forbidden = {"--dataset", "--data-root", "--decoder", "--fold", "--out-dir", "--resume",
+                 "--json", "--overwrite"}
     clashes = sorted(forbidden & {flag.split("=")[0] for flag in args.train_args})
     if clashes:
-        raise UsageError(f"{', '.join(clashes)} after --: crossval.py sets these for each run itself")
+        raise UsageError(f"{', '.join(clashes)} after --: crossval.py sets these for each run "
+                         "itself")
     if not Path(args.data_root).is_dir():
         raise UsageError(f"--data-root {args.data_root}: folder not found")
     out_dir = Path(args.out_dir or f"runs/cv-{args.dataset}")
@@ -299,11 +302,12 @@ def main(args) -> int:
     print_summary(summary)
     write_json(out_dir / "summary.json", summary)
     draw_crossval(out_dir / "summary.png", summary["runs"], curves, metric=summary["compared"],
-                  title=f"{args.dataset}: Table 2 decoders, {args.folds}-fold cross-validation by patient")
+                  title=f"{args.dataset}: Table 2 decoders, {args.folds}-fold cross-validation by "
+                        "patient")
     print(f"\nwrote {out_dir / 'summary.json'} and {out_dir / 'summary.png'}")
     if failures:
-        print(f"{len(failures)} run(s) failed: {'; '.join(failures)}; run the command again to resume them",
-              file=sys.stderr)
+        print(f"{len(failures)} run(s) failed: {'; '.join(failures)}; run the command again to "
+              "resume them", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -1,20 +1,8 @@
-"""How a trained model runs for prediction (thesis Tables 2 and 4's "inference time", for users): the same masks, at
-the hardware's speed rather than Python's.
+"""How a trained model runs for prediction (Tables 2 and 4's "inference time", for users): a CUDA
+graph per input shape on a GPU, ONNX Runtime (else channels_last) on a CPU, the eager model where a
+path cannot be used (docs/speed.md). Each takes normalised images (B, C, H, W) to logits.
 
-  * GraphedModel       on a CUDA GPU, the forward captured once per input shape as a CUDA graph and replayed: batch-1
-                       prediction then takes the card's own time instead of Python's time to launch each of a few
-                       hundred kernels (three times faster for the thesis model on an H200; README, "On a GPU").
-  * OnnxRuntimeModel   on a CPU, the model exported to ONNX (export_graph; cached beside the preprocessed images, keyed
-                       by the checkpoint) and run by ONNX Runtime, when it is installed (requirements-dev.txt).
-  * fast_model         the path a device uses by default (--backend auto): a CUDA graph on a GPU; on a CPU, ONNX
-                       Runtime when it is installed (1.5x eager's speed on 2 cores, the export cached after a first
-                       use of a few seconds), else channels_last (1.2x), as bench/cpu_predict.py measured side by side.
-                       ONNX Runtime's logits are checked against the eager model's before it is used, and a path that
-                       cannot be used falls back to the eager model with a note.
-Each wraps the model with the same interface: `.config`, `.parameters()`, and a call from normalised images (B, C,
-H, W) to logits (B, K, H, W).
-
-    model = fast_model(model, device, backend="auto", checkpoint="runs/cbis/best.pt")
+    model = fast_model(model, device, backend="auto", checkpoint="runs/cbis/best.pt", cache=folder)
 """
 from __future__ import annotations
 
@@ -30,14 +18,14 @@ import torch.nn as nn
 from readers.atomic import atomic_write
 
 BACKENDS = ("auto", "eager", "graph", "onnxruntime", "channels_last")
-ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, justified by measurement in the README ("Export to ONNX")
+ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, measured in docs/deploy.md
 
 
 class GraphedModel(nn.Module):
-    """The model's forward on a CUDA GPU, in eval mode without gradients, captured as a CUDA graph once per input
-    shape (and autocast setting) and replayed; anywhere else, or past MAX_SHAPES shapes, the plain forward."""
+    """On a CUDA GPU without gradients, the forward captured as a CUDA graph once per input shape
+    (and autocast setting) and replayed: the card's own time, not Python's kernel launches."""
 
-    MAX_SHAPES = 4  # a graph holds its own memory: a few shapes (a batch, the last smaller one, TTA) at most
+    MAX_SHAPES = 4  # a graph holds its own memory: a batch, the last smaller one, TTA at most
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -45,11 +33,12 @@ class GraphedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda" or torch.is_grad_enabled() or self.model.training:
-            return self.model(x)
+            return self.model(x)  # anywhere else, or past MAX_SHAPES shapes: the plain forward
         amp = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
         key = (tuple(x.shape), x.dtype, x.is_contiguous(memory_format=torch.channels_last), *amp)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(x, *amp) if len(self.graphs) < self.MAX_SHAPES else None
+            fits = len(self.graphs) < self.MAX_SHAPES
+            self.graphs[key] = self._capture(x, *amp) if fits else None
         if self.graphs[key] is None:
             return self.model(x)
         graph, static_input, static_output = self.graphs[key]
@@ -58,9 +47,9 @@ class GraphedModel(nn.Module):
         return static_output.clone()  # the next replay overwrites the static output
 
     def _capture(self, x: torch.Tensor, amp_enabled: bool, amp_dtype: torch.dtype):
-        """(graph, its input, its output), or None (the plain forward from then on) where capture fails."""
+        """(graph, its input, its output), or None (the plain forward) where capture fails."""
         static_input = x.clone(memory_format=torch.preserve_format)
-        # Autocast's cache of cast weights would live outside the graph and be freed under it: off while capturing.
+        # Autocast's cache of cast weights would live outside the graph and be freed under it.
         cast = dict(device_type="cuda", enabled=amp_enabled, dtype=amp_dtype, cache_enabled=False)
         try:
             side = torch.cuda.Stream(x.device)
@@ -73,60 +62,59 @@ class GraphedModel(nn.Module):
             with torch.cuda.graph(graph), torch.autocast(**cast):
                 static_output = self.model(static_input)
             return graph, static_input, static_output
-        except RuntimeError as error:  # an operation that cannot be captured: say so once, run eagerly
-            print(f"note: CUDA graph capture failed ({str(error).splitlines()[0]}); running the model eagerly",
-                  file=sys.stderr)
+        except RuntimeError as error:  # an operation that cannot be captured: say so, run eagerly
+            print(f"note: CUDA graph capture failed ({str(error).splitlines()[0]}); running the "
+                  "model eagerly", file=sys.stderr)
             return None
 
 
 class NormalisedModel(nn.Module):
-    """Images in [0, 1] (B, C, H, W) -> logits (B, K, H, W): the model with its normalisation inside (export.py)."""
+    """Images in [0, 1] (B, C, H, W) -> logits: the model with its normalisation inside (export)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(model.config["mean"], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(model.config["std"], dtype=torch.float32).view(1, -1, 1, 1))
+        for name in ("mean", "std"):
+            value = torch.tensor(model.config[name], dtype=torch.float32).view(1, -1, 1, 1)
+            self.register_buffer(name, value)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model((images - self.mean) / self.std)
 
 
 def export_graph(module: nn.Module, opset: int = 17, *, in_channels: int) -> bytes:
-    """Trace `module` (eval mode) into an ONNX model with dynamic batch, height and width -> its serialised bytes.
-
-    The TorchScript exporter (dynamo=False), not torch 2.9+'s default dynamo exporter: both give correct dynamic
-    shapes here (align_corners Resize, PixelShuffle as DepthToSpace, BiT's var_mean, GroupNorm as the same
-    InstanceNormalization), but dynamo needs onnxscript and onnx_ir besides onnx and took 5x longer here (26 s vs
-    4.8 s for BiT + fusion with a tiny decoder). The TorchScript one is deprecated; when torch drops it, use
-    dynamo=True, dynamic_shapes=({0: Dim("batch"), 2: 32 * Dim("h32"), 3: 32 * Dim("w32")},), pip install onnxscript.
-    """
-    example = torch.rand(2, in_channels, 64, 96)  # batch 2, H != W: nothing traced as 1 or as square
+    """`module` (eval mode) as a serialised ONNX model with dynamic batch, height and width."""
+    example = torch.rand(2, in_channels, 64, 96)  # batch 2, H != W: nothing traced as 1 or square
     axes = {0: "batch", 2: "height", 3: "width"}
     with warnings.catch_warnings():
-        # The deprecation notice is about the choice above. The TracerWarnings come from SegmentationModel.forward's
-        # input checks (multiple of 32), traced as the branch not taken; callers check the graph at two sizes.
-        # BiT's ConstantPad2d leaves a Slice with step -1 that is computed at run time instead of folded.
+        # The deprecation notice is about the exporter below. The TracerWarnings come from
+        # SegmentationModel.forward's input checks (multiple of 32), traced as the branch not
+        # taken; callers check the graph at two sizes. BiT's ConstantPad2d leaves a Slice with
+        # step -1 that is computed at run time instead of folded.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         buffer = io.BytesIO()
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": axes, "logits": axes})
+        # The TorchScript exporter (deprecated), not torch 2.9+'s dynamo one: both export these
+        # models right, but dynamo needs onnxscript and onnx_ir and took 5x longer (docs/deploy.md).
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": axes, "logits": axes})
     return buffer.getvalue()
 
 
 class OnnxRuntimeModel(nn.Module):
-    """The model through ONNX Runtime on the CPU: normalised images (B, C, H, W) -> float32 logits (B, K, H, W)."""
+    """The model through ONNX Runtime on the CPU: normalised images -> float32 logits."""
 
     def __init__(self, model: nn.Module, path: Path):
         super().__init__()
         import onnxruntime  # optional: only this path needs it
 
-        self.model, self.config = model, model.config  # kept for .parameters() (the device) and the config
+        self.model, self.config = model, model.config  # kept for .parameters() (the device)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch would use
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        options.intra_op_num_threads = torch.get_num_threads()  # as many threads as torch uses
+        self.session = onnxruntime.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (logits,) = self.session.run(None, {"image": x.detach().float().contiguous().numpy()})
@@ -134,37 +122,38 @@ class OnnxRuntimeModel(nn.Module):
 
 
 def _onnx_file(model: nn.Module, checkpoint: str, cache: Path) -> Path:
-    """The cached export of this checkpoint (keyed by its path, size and mtime, and the torch version)."""
+    """The cached export of this checkpoint, keyed by its path, size, mtime and torch's version."""
     stat = Path(checkpoint).stat()
     key = f"{Path(checkpoint).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{torch.__version__}"
     path = cache / f"{Path(checkpoint).stem}-{hashlib.sha1(key.encode()).hexdigest()[:16]}.onnx"
     if not path.is_file():
-        print(f"exporting {checkpoint} to ONNX for ONNX Runtime (once; cached as {path})", flush=True)
+        print(f"exporting {checkpoint} to ONNX for ONNX Runtime (once; cached as {path})",
+              flush=True)
         atomic_write(path, export_graph(model, in_channels=model.config["in_channels"]))
     return path
 
 
 def _agrees(fast: nn.Module, model: nn.Module, size: tuple[int, int]) -> float:
-    """The largest logit difference between a path and the eager model on a seeded input, in units of
-    max(1, max |logit|); export.py's tolerance applies."""
-    x = torch.randn(1, model.config["in_channels"], *size, generator=torch.Generator().manual_seed(0))
+    """The largest logit difference of a path from the eager model, in max(1, max |logit|)."""
+    seeded = torch.Generator().manual_seed(0)
+    x = torch.randn(1, model.config["in_channels"], *size, generator=seeded)
     with torch.no_grad():
         expected, got = model(x), fast(x)
     return float((got - expected).abs().max() / max(1.0, float(expected.abs().max())))
 
 
-def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto", checkpoint: str | None = None,
-               cache: Path | None = None, size: tuple[int, int] = (256, 256)) -> nn.Module:
-    """The model wrapped for the fastest path on `device` that computes its logits (module docstring). auto: a CUDA
-    graph on a GPU; on a CPU, ONNX Runtime when it is installed and a checkpoint and cache folder to keep the export
-    in are given, else channels_last. Refused paths (onnxruntime missing, logits off by more than ONNX_TOLERANCE)
-    fall back to the eager model with a note."""
+def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto",
+               checkpoint: str | None = None, cache: Path | None = None,
+               size: tuple[int, int] = (256, 256)) -> nn.Module:
+    """The model wrapped for `backend`; auto: the fastest on `device` (ONNX Runtime needs a
+    checkpoint and a cache folder for its export); a path refused falls back to eager."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     model.eval()
-    if backend == "auto":  # measured side by side by bench/cpu_predict.py (README, "Prediction on a CPU")
-        backend = "graph" if device.type == "cuda" else "onnxruntime" if _has_onnxruntime() and checkpoint and \
-            cache else "channels_last"
+    if backend == "auto":  # measured by bench/cpu_predict.py (docs/speed.md, "Prediction on a CPU")
+        onnx = _has_onnxruntime() and checkpoint and cache
+        backend = ("graph" if device.type == "cuda" else
+                   "onnxruntime" if onnx else "channels_last")
     if backend == "graph":
         return GraphedModel(model)
     if backend == "channels_last":
@@ -172,14 +161,14 @@ def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto",
     if backend != "onnxruntime":
         return model
     if device.type != "cpu" or not _has_onnxruntime() or checkpoint is None or cache is None:
-        print("note: --backend onnxruntime needs the CPU, `pip install onnxruntime onnx` and a checkpoint; running "
-              "the model eagerly", file=sys.stderr)
+        print("note: --backend onnxruntime needs the CPU, `pip install onnxruntime onnx` and a "
+              "checkpoint; running the model eagerly", file=sys.stderr)
         return model
     fast = OnnxRuntimeModel(model, _onnx_file(model, checkpoint, cache))
     difference = _agrees(fast, model, size)
     if not difference <= ONNX_TOLERANCE:
-        print(f"note: ONNX Runtime's logits differ by {difference:.2g} of their scale; running the model eagerly",
-              file=sys.stderr)
+        print(f"note: ONNX Runtime's logits differ by {difference:.2g} of their scale; running the "
+              "model eagerly", file=sys.stderr)
         return model
     return fast
 

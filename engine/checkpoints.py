@@ -1,11 +1,8 @@
-"""The checkpoint format (thesis §4.3's trained models): what train.py writes and how every script reads it.
+"""The checkpoint format (thesis §4.3's trained models): what train.py writes and how every script
+reads it. Tensors and primitives only, so torch.load(weights_only=True) opens a file and no pickled
+code runs; model_config rebuilds the network without flags. docs/runs.md lists every entry.
 
-A checkpoint holds tensors and primitives only, so torch.load(weights_only=True) opens it and no pickled code runs.
-Every file has model (state dict), model_config (build_model's arguments: no architecture flags needed), checksum,
-epoch, metrics and args; last.pt adds what an exact --resume needs (optimizer, scheduler, scaler, rng, log and the
-position within an epoch); best.pt holds the weights only. docs/runs.md lists every entry.
-
-    model, checkpoint = load_checkpoint("runs/cbis/best.pt")   # in eval mode, rebuilt from model_config
+    model, checkpoint = load_checkpoint("runs/cbis/best.pt")  # eval mode, rebuilt from model_config
 """
 from __future__ import annotations
 
@@ -26,36 +23,39 @@ from .cli import error_line
 from .devices import versions
 
 MODEL_ENTRIES = ("model", "model_config")
-RESUME_ENTRIES = (*MODEL_ENTRIES, "optimizer", "scheduler", "scaler", "rng", "epoch", "best_metric", "args")
-WEIGHT_ENTRIES = (*MODEL_ENTRIES, "epoch", "step", "metrics", "metric_name", "best_metric", "args", "versions")
+RESUME_ENTRIES = (*MODEL_ENTRIES, "optimizer", "scheduler", "scaler", "rng", "epoch", "best_metric",
+                  "args")
+WEIGHT_ENTRIES = (*MODEL_ENTRIES, "epoch", "step", "metrics", "metric_name", "best_metric", "args",
+                  "versions")
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be opened or rebuilt; the message names the file and what to do."""
 
 
-# ---------------------------------------------------------------------------------------------------- building
+# ----------------------------------------------------------------------------------------- building
 def training_checkpoint(model: torch.nn.Module, optimizer, scheduler, scaler, *, epoch: int,
                         steps_per_epoch: int, best_metric: float | None, metric_name: str,
                         metrics: dict | None, args: dict, log: list[dict], next_step: int = 0,
                         partial_losses: dict | None = None) -> dict:
-    """last.pt after `epoch` (-1: none yet), and `next_step` steps into the next one (a run stopped mid-epoch)."""
+    """last.pt after `epoch` (-1: none yet) and `next_step` steps into the next one."""
     return {"kind": "training", "model": model.state_dict(), "model_config": model.config,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
-            "epoch": epoch, "step": (epoch + 1) * steps_per_epoch + next_step, "next_step": next_step,
-            "partial_losses": partial_losses or {}, "best_metric": best_metric, "metric_name": metric_name,
+            "epoch": epoch, "step": (epoch + 1) * steps_per_epoch + next_step,
+            "next_step": next_step, "partial_losses": partial_losses or {},
+            "best_metric": best_metric, "metric_name": metric_name,
             "metrics": metrics, "args": args, "versions": versions(), "log": list(log)}
 
 
 def weights_checkpoint(checkpoint: dict) -> dict:
-    """best.pt: a training checkpoint's weights and record, without the optimizer's state (a third the size)."""
+    """best.pt: the weights and their record, a third of last.pt's size."""
     return {"kind": "weights", **{key: checkpoint[key] for key in WEIGHT_ENTRIES}}
 
 
 def restore_training_state(checkpoint: dict, optimizer, scheduler, scaler, *, lr: float,
                            milestones: list[int], factors: list[float]) -> None:
-    """training_checkpoint's inverse for --resume; the schedule takes the run's (possibly new) lr and steps."""
+    """training_checkpoint's inverse for --resume; the schedule takes the run's lr and steps."""
     optimizer.load_state_dict(checkpoint["optimizer"])
     lambdas = [{"milestones": milestones, "factors": factors}]
     scheduler.load_state_dict(dict(checkpoint["scheduler"], base_lrs=[lr], lr_lambdas=lambdas))
@@ -66,7 +66,7 @@ def restore_training_state(checkpoint: dict, optimizer, scheduler, scaler, *, lr
 
 
 def copy_to_cpu(value):
-    """Nested dicts and lists with every tensor copied to the CPU: a state that training can no longer change."""
+    """Nested dicts and lists with every tensor copied to the CPU: training cannot change it."""
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu", copy=True)
     if isinstance(value, dict):
@@ -88,22 +88,22 @@ def tensor_bytes(value) -> int:
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> str:
-    """CRC-32 of every weight's name, dtype, shape and bytes (about 2 GB/s: small beside reading the file)."""
+    """CRC-32 of every weight's name, dtype, shape and bytes (about 2 GB/s, less than reading)."""
     crc = 0
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         crc = zlib.crc32(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode(), crc)
-        crc = zlib.crc32(tensor.view(-1).view(torch.uint8).numpy(), crc)  # bytes of any dtype, bf16 too
+        crc = zlib.crc32(tensor.view(-1).view(torch.uint8).numpy(), crc)  # any dtype, bf16 too
     return f"crc32:{crc:08x}"
 
 
-# ----------------------------------------------------------------------------------------------------- writing
+# ------------------------------------------------------------------------------------------ writing
 class WriteCancelled(Exception):
     """A background write abandoned on request (a second Ctrl-C): the temporary file is removed."""
 
 
 class _CancellableFile:
-    """A binary file whose writes stop once `cancel` is set, so torch.save gives up between chunks."""
+    """A binary file whose writes stop once `cancel` is set: torch.save gives up between chunks."""
 
     def __init__(self, file, cancel: threading.Event):
         self.file, self.cancel = file, cancel
@@ -119,7 +119,7 @@ class _CancellableFile:
 
 def save_checkpoint(checkpoint: dict, path: str | os.PathLike,
                     cancel: threading.Event | None = None) -> int:
-    """torch.save atomically (readers see the old or the new file), the weights' checksum added; returns bytes."""
+    """torch.save atomically, the weights' checksum added; returns the bytes written."""
     if "model" in checkpoint and "checksum" not in checkpoint:
         checkpoint = dict(checkpoint, checksum=weights_checksum(checkpoint["model"]))
     cancel = cancel or threading.Event()
@@ -129,10 +129,8 @@ def save_checkpoint(checkpoint: dict, path: str | os.PathLike,
 
 
 class CheckpointWriter:
-    """Writes checkpoints in a background thread, one job at a time, so training never waits for the disk.
-
-    write() first waits for the previous job; close() waits for the last one. A failed write (a full disk) is
-    raised in the training thread at the next write() or close(). cancel() abandons the job in flight."""
+    """Writes checkpoints in a background thread, one job at a time: training never waits for the
+    disk. A failed write (a full disk) is raised in the training thread at write() or wait()."""
 
     def __init__(self):
         self.bytes_written, self.seconds_waited = 0, 0.0
@@ -141,9 +139,10 @@ class CheckpointWriter:
         self._cancel = threading.Event()
 
     def write(self, files: list[tuple[Path, dict]]) -> None:
-        """Save each (path, checkpoint) in turn; the checkpoints must hold CPU copies (copy_to_cpu)."""
+        """Save each (path, checkpoint) in turn after the previous job; CPU copies (copy_to_cpu)."""
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(files,), name="checkpoint-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(files,), name="checkpoint-writer",
+                                        daemon=True)
         self._thread.start()
 
     def _run(self, files: list[tuple[Path, dict]]) -> None:
@@ -164,8 +163,8 @@ class CheckpointWriter:
             raise error
 
     def cancel(self) -> None:
-        """Abandon the write in flight (its temporary file removed) and forget its error: the caller is
-        already stopping for another reason."""
+        """Abandon the write in flight (its temporary file removed) and forget its error: the
+        caller is already stopping for another reason."""
         self._cancel.set()
         if self._thread is not None:
             self._thread.join()
@@ -173,7 +172,7 @@ class CheckpointWriter:
         self._error = None
 
 
-# ----------------------------------------------------------------------------------------------------- reading
+# ------------------------------------------------------------------------------------------ reading
 def _open(path: Path, flag: str, mmap: bool) -> dict:
     try:
         try:
@@ -181,50 +180,58 @@ def _open(path: Path, flag: str, mmap: bool) -> dict:
         except RuntimeError:
             if not mmap:
                 raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format: read whole
-    except Exception as error:  # torch raises many types for a truncated, foreign or object-holding file
+            # the legacy format: read whole
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # many types, for a truncated, foreign or object-holding file
         found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(error))
-        if found:  # an object that would need code to run: never loaded, and never advised to load
+        if found:  # an object that would need code to run: never loaded, never advised to load
             raise CheckpointError(f"{path}: holds a Python object besides tensors and numbers "
-                                  f"({found.group(0)}), which is never loaded because loading it can run "
-                                  f"code; {flag} takes a file written by train.py") from None
-        # torch's advice to retry with weights_only=False would send users the wrong way: the reason only
+                                  f"({found.group(0)}), which is never loaded because loading it "
+                                  f"can run code; {flag} takes a file written by train.py"
+                                  ) from None
+        # torch's advice to retry with weights_only=False would send users the wrong way: the reason
         unpickler = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
         reason = unpickler.group(1).strip() if unpickler else error_line(error)
-        raise CheckpointError(f"{path}: cannot open it as a checkpoint ({type(error).__name__}: {reason}); "
-                              f"{flag} takes a complete file written by train.py") from None
+        raise CheckpointError(f"{path}: cannot open it as a checkpoint ({type(error).__name__}: "
+                              f"{reason}); {flag} takes a complete file written by train.py"
+                              ) from None
 
 
 def read_checkpoint(path: str | os.PathLike, *, needs: tuple[str, ...] = MODEL_ENTRIES,
                     flag: str = "--checkpoint", mmap: bool = False) -> dict:
-    """torch.load(weights_only=True) on the CPU with the entries `needs` checked, and the weights' checksum
-    when they are read whole (mmap=True reads only the entries touched). CheckpointError names the file."""
+    """torch.load(weights_only=True) on the CPU, the entries `needs` and (read whole, not mmap) the
+    weights' checksum checked; CheckpointError names the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found ({flag})")
     checkpoint = _open(path, flag, mmap)
-    missing = [entry for entry in needs if not isinstance(checkpoint, dict) or entry not in checkpoint]
-    if missing and isinstance(checkpoint, dict) and checkpoint.get("kind") == "weights":
-        raise CheckpointError(f"{path} holds the best epoch's weights only, not the optimizer's state a "
-                              f"--resume needs: continue from {path.with_name('last.pt')}, or score this "
-                              "file with evaluate.py or --eval-only")
+    is_dict = isinstance(checkpoint, dict)
+    missing = [entry for entry in needs if not is_dict or entry not in checkpoint]
+    if missing and is_dict and checkpoint.get("kind") == "weights":
+        raise CheckpointError(f"{path} holds the best epoch's weights only, not the optimizer's "
+                              f"state a --resume needs: continue from {path.with_name('last.pt')}, "
+                              "or score this file with evaluate.py or --eval-only")
     if missing:
-        found = sorted(map(str, checkpoint))[:6] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path}: no {', '.join(map(repr, missing))} entries (found {found}); {flag} "
-                              "takes a file written by train.py, which stores the model_config that names the "
-                              "network (a bare state_dict does not)")
+        found = sorted(map(str, checkpoint))[:6] if is_dict else type(checkpoint).__name__
+        entries = ", ".join(map(repr, missing))
+        raise CheckpointError(f"{path}: no {entries} entries (found {found}); "
+                              f"{flag} takes a file written by train.py, which stores the "
+                              "model_config that names the network (a bare state_dict does not)")
     if "model_config" in needs and not isinstance(checkpoint["model_config"], dict):
-        raise CheckpointError(f"{path}: its model_config is a {type(checkpoint['model_config']).__name__}, not "
-                              f"the dict of build_model arguments train.py writes ({flag})")
+        kind = type(checkpoint["model_config"]).__name__
+        raise CheckpointError(f"{path}: its model_config is a {kind}, not the dict of build_model "
+                              f"arguments train.py writes ({flag})")
     if "model" in needs and not mmap and "checksum" in checkpoint:
         if weights_checksum(checkpoint["model"]) != checkpoint["checksum"]:
-            raise CheckpointError(f"{path}: its weights do not match the checksum saved with them (the file "
-                                  "was damaged after it was written); use another checkpoint of the run")
+            raise CheckpointError(f"{path}: its weights do not match the checksum saved with them "
+                                  "(the file was damaged after it was written); use another "
+                                  "checkpoint of the run")
     return checkpoint
 
 
-def plain_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Weight names without DataParallel/DDP's "module." or torch.compile's "_orig_mod." (noted on stderr)."""
+def plain_state_dict(state: dict[str, torch.Tensor],
+                     path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weight names without DataParallel/DDP's "module." or torch.compile's "_orig_mod."."""
     stripped, plain = set(), {}
     for key, value in state.items():
         name = key
@@ -234,13 +241,13 @@ def plain_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) ->
             stripped.add(key[:len(key) - len(name)])
         plain[name] = value
     if stripped:
-        print(f"note: {path}: stripped {', '.join(map(repr, sorted(stripped)))} from the weight names (saved "
-              "from a DataParallel/DDP-wrapped or compiled model)", file=sys.stderr)
+        print(f"note: {path}: stripped {', '.join(map(repr, sorted(stripped)))} from the weight "
+              "names (saved from a DataParallel/DDP-wrapped or compiled model)", file=sys.stderr)
     return plain
 
 
 def state_dict_from_smp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A segmentation_models_pytorch Unet/UnetPlusPlus (ResNet-34) state dict under model.py's names."""
+    """An SMP Unet/UnetPlusPlus (ResNet-34) state dict in model.py's names."""
     def ours(key: str) -> str:
         key = key.replace("segmentation_head.0.", "head.")
         return key.replace(".attention.cSE.", ".cse.").replace(".attention.sSE.", ".sse.")
@@ -248,8 +255,8 @@ def state_dict_from_smp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def state_dict_from_timm_bit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """timm's resnetv2_50x1_bit features (as SMP's tu- encoder wraps them) under model.py's names, which follow
-    the .npz: stem_conv -> root.conv, stages_0.blocks.0 -> body.block1.unit01, norm1 -> gn1."""
+    """timm's resnetv2_50x1_bit features (SMP's tu- encoder) in model.py's names, the .npz's:
+    stem_conv -> root.conv, stages_0.blocks.0 -> body.block1.unit01, norm1 -> gn1."""
     def ours(key: str) -> str:
         key = key.replace("encoder.model.", "encoder.").replace("stem_conv.", "root.conv.")
         key = re.sub(r"stages_(\d)\.blocks\.(\d+)\.",
@@ -261,11 +268,12 @@ def state_dict_from_timm_bit(state: dict[str, torch.Tensor]) -> dict[str, torch.
 def model_from_checkpoint(checkpoint: dict, path: str | os.PathLike) -> torch.nn.Module:
     """build_model(**model_config) with the checkpoint's weights loaded, on the CPU."""
     config = dict(checkpoint["model_config"])
-    config.pop("weights", None)  # the trained weights come from the state dict: never download any here
+    config.pop("weights", None)  # the trained weights come from the state dict: download none
     try:
         model = build_model(**config)
     except (TypeError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path}: its model_config does not build a model ({error})") from error
+        raise CheckpointError(f"{path}: its model_config does not build a model ({error})"
+                              ) from error
     state, expected = plain_state_dict(checkpoint["model"], path), model.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -273,15 +281,16 @@ def model_from_checkpoint(checkpoint: dict, path: str | os.PathLike) -> torch.nn
                  if key in state and getattr(state[key], "shape", None) != expected[key].shape]
     if missing or unexpected or misshapen:
         examples = (missing + unexpected + misshapen)[:2]
-        raise CheckpointError(f"{path}: the weights do not fit its model_config ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(misshapen)} of another shape, e.g. "
-                              f"{examples}); was the file edited or written by another program?")
+        raise CheckpointError(f"{path}: the weights do not fit its model_config ({len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(misshapen)} of another "
+                              f"shape, e.g. {examples}); was the file edited or written by another "
+                              "program?")
     model.load_state_dict(state)
     return model
 
 
 def load_checkpoint(path: str | os.PathLike,
                     device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A train.py checkpoint -> (model in eval mode on `device`, the checkpoint's entries as saved)."""
+    """A train.py checkpoint -> (model in eval mode on `device`, the checkpoint's entries)."""
     checkpoint = read_checkpoint(path)
     return model_from_checkpoint(checkpoint, path).to(device).eval(), checkpoint

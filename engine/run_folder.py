@@ -1,13 +1,8 @@
-"""The run folder train.py writes (thesis §4.3's training runs), kept so that no command loses a user's work.
+"""The run folder train.py writes (thesis §4.3's training runs): config.json, log.jsonl, last.pt,
+best.pt and panels/, chosen, locked and written so that no command loses a user's work. The rules
+RunFolder keeps are in docs/runs.md.
 
-    runs/<name>/config.json   the resolved run (flags, versions, commit, device), written before step 0
-                log.jsonl     one JSON line per epoch, each epoch once, in order
-                last.pt       every few minutes (--save-every), at the end, and when a run is stopped
-                best.pt       the weights of the epoch that scored best on validation
-                panels/       prediction panels of a few validation images, at the end
-
-docs/runs.md gives the rules RunFolder keeps: a new run never writes into a folder that holds a run, one run per
-folder at a time, a resume continues in its own folder (or an empty one), and a kept file is never replaced.
+    folder = RunFolder.choose(None, "runs/cbis", resume=None, overwrite=False)  # runs/cbis-2, ...
 """
 from __future__ import annotations
 
@@ -33,7 +28,7 @@ RUN_FILES = ("config.json", "log.jsonl", *CHECKPOINTS)
 
 
 class RunFolder:
-    """One run's folder: chosen, locked, and written in an order that survives a kill at any moment."""
+    """One run's folder: chosen, locked, and written in an order that survives a kill anywhere."""
 
     def __init__(self, path: str | os.PathLike, *, save_minutes: float = 5.0):
         self.path = Path(path)
@@ -43,20 +38,22 @@ class RunFolder:
     @classmethod
     def choose(cls, out_dir: str | None, default: str, *, resume: str | None, overwrite: bool,
                save_minutes: float = 5.0) -> "RunFolder":
-        """--out-dir, else the --resume checkpoint's folder, else the first free default, default-2, ..."""
+        """--out-dir, else the --resume checkpoint's folder, else the first free default(-N)."""
         if resume is not None:
             own = Path(resume).parent
             folder = cls(out_dir or own, save_minutes=save_minutes)
-            if folder.path.exists() and not os.path.samefile(folder.path, own) and folder.holds_run():
-                raise UsageError(f"--out-dir {out_dir} holds another run ({folder.describe()}); a resume "
-                                 f"continues in its own folder ({own}) or in an empty one")
+            other = folder.path.exists() and not os.path.samefile(folder.path, own)
+            if other and folder.holds_run():
+                raise UsageError(f"--out-dir {out_dir} holds another run ({folder.describe()}); a "
+                                 f"resume continues in its own folder ({own}) or in an empty one")
             return folder
         if out_dir is not None:
             folder = cls(out_dir, save_minutes=save_minutes)
             if folder.holds_run() and not overwrite:
-                raise UsageError(f"--out-dir {out_dir} holds a run ({folder.describe()}): continue it with "
-                                 f"--resume {folder.path / 'last.pt'}, write elsewhere with another --out-dir, "
-                                 "or replace it with --overwrite")
+                last = folder.path / "last.pt"
+                raise UsageError(f"--out-dir {out_dir} holds a run ({folder.describe()}): continue "
+                                 f"it with --resume {last}, write elsewhere with another "
+                                 "--out-dir, or replace it with --overwrite")
             return folder
         number = 1
         while (folder := cls(default if number == 1 else f"{default}-{number}",
@@ -65,7 +62,7 @@ class RunFolder:
         return folder
 
     def holds_run(self) -> bool:
-        """A checkpoint or a logged epoch; a config.json alone (a run that died before any) is no run."""
+        """A checkpoint or a logged epoch; a config.json alone (died before either) is no run."""
         return any((self.path / name).exists() for name in CHECKPOINTS) or bool(self.read_log())
 
     def describe(self) -> str:
@@ -75,7 +72,7 @@ class RunFolder:
         return ", ".join(name for name in RUN_FILES if (self.path / name).exists())
 
     def lock(self) -> None:
-        """Hold the folder for this process (flock: the kernel drops it however the process ends)."""
+        """Hold the folder (flock: the kernel drops it however the process ends)."""
         self.path.mkdir(parents=True, exist_ok=True)
         if fcntl is None:
             return
@@ -87,24 +84,24 @@ class RunFolder:
             holder = self._lock_file.read().strip() or "another process"
             self._lock_file.close()
             self._lock_file = None
-            raise UsageError(f"--out-dir {self.path} is in use by a running train.py ({holder}); wait for it "
-                             "to finish or choose another --out-dir") from None
+            raise UsageError(f"--out-dir {self.path} is in use by a running train.py ({holder}); "
+                             "wait for it to finish or choose another --out-dir") from None
         self._lock_file.seek(0)
         self._lock_file.truncate()
         self._lock_file.write(f"pid {os.getpid()}\n")
         self._lock_file.flush()
 
-    def start(self, *, overwrite: bool, checkpoint: dict | None, resume: str | None, records: list[dict],
-              config: dict) -> None:
-        """Lock; remove what a killed writer left; clear an old run on --overwrite; on resume keep newer
-        checkpoints aside and bring the log back to the weights; write config.json."""
+    def start(self, *, overwrite: bool, checkpoint: dict | None, resume: str | None,
+              records: list[dict], config: dict) -> None:
+        """Lock; remove what a killed writer left; clear an old run on --overwrite; on resume keep
+        newer checkpoints aside and bring the log back to the weights; write config.json."""
         self.lock()
         stale = [path for path in (*self.path.glob(".*.tmp"), *self.path.glob("panels/.*.tmp"))]
         for path in stale:  # the lock is ours: whoever wrote them is gone
             path.unlink(missing_ok=True)
         if stale:
-            print(f"note: removed {len(stale)} temporary file(s) in {self.path} left by a run killed while "
-                  "writing")
+            print(f"note: removed {len(stale)} temporary file(s) in {self.path} left by a run "
+                  "killed while writing")
         if overwrite:
             self.clear()
         if checkpoint:
@@ -113,22 +110,23 @@ class RunFolder:
         write_json(self.path / "config.json", config)
 
     def clear(self) -> None:
-        """--overwrite: remove the old run's files (only the files a run writes; nothing else in the folder)."""
+        """--overwrite: remove the old run's files (only those a run writes, nothing else)."""
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.path / "panels", ignore_errors=True)
 
-    # ------------------------------------------------------------------------------------------- saving
+    # --------------------------------------------------------------------------------------- saving
     def check_space(self, checkpoint_bytes: int) -> None:
         """Refuse to start when the disk cannot hold a checkpoint beside the one it replaces."""
         free = shutil.disk_usage(self.path).free
         if free < checkpoint_bytes:
-            raise UsageError(f"--out-dir {self.path}: {free / 2**30:.2f} GB free, this run's checkpoints need "
-                             f"about {checkpoint_bytes / 2**30:.2f} GB; free some space or write elsewhere")
+            raise UsageError(f"--out-dir {self.path}: {free / 2**30:.2f} GB free, this run's "
+                             f"checkpoints need about {checkpoint_bytes / 2**30:.2f} GB; free some "
+                             "space or write elsewhere")
 
     def end_epoch(self, records: list[dict], state: Callable[[], dict], *, improved: bool,
                   final: bool) -> None:
-        """log.jsonl now; the best weights copied aside; last.pt (and best.pt) when due, in the background."""
+        """log.jsonl now; the best weights copied aside; last.pt (and best.pt) when due."""
         self.write_log(records)
         due = final or time.monotonic() - self._last_save >= 60 * self.save_minutes
         if not (improved or due):
@@ -140,7 +138,7 @@ class RunFolder:
             self.save(checkpoint)
 
     def save(self, checkpoint: dict) -> None:
-        """Write last.pt, then best.pt if it changed, in the background (the previous write finishes first)."""
+        """Write last.pt, then best.pt if it changed, in the background after the last write."""
         files = [(self.path / "last.pt", copy_to_cpu(checkpoint))]
         if self._best is not None:
             files.append((self.path / "best.pt", self._best))
@@ -152,9 +150,9 @@ class RunFolder:
         """Wait for the last write (raising its error, e.g. a full disk)."""
         self.writer.wait()
 
-    # ---------------------------------------------------------------------------------------------- the log
+    # -------------------------------------------------------------------------------------- the log
     def read_log(self) -> list[dict]:
-        """The records of log.jsonl (an unreadable last line, from an older version killed mid-write, dropped)."""
+        """The records of log.jsonl (an unreadable last line, from an older version, dropped)."""
         records = []
         try:
             lines = (self.path / "log.jsonl").read_text().splitlines()
@@ -168,11 +166,12 @@ class RunFolder:
         return records
 
     def write_log(self, records: list[dict]) -> None:
-        atomic_write(self.path / "log.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write(self.path / "log.jsonl", lines.encode())
 
     @staticmethod
     def records_at_resume(checkpoint: dict, resume: str) -> list[dict]:
-        """The epoch records a resumed run starts from: the checkpoint's (older files hold none: the log's)."""
+        """The epoch records a resumed run starts from: the checkpoint's, else (older) the log's."""
         records = checkpoint.get("log")
         if records is None:
             source = RunFolder(Path(resume).parent)
@@ -180,8 +179,8 @@ class RunFolder:
         return list(records)
 
     def keep_newer(self, checkpoint: dict, resume: str) -> None:
-        """Resuming from an older checkpoint: this folder's newer last.pt and best.pt are kept under free
-        names (last-epoch<N>.pt, last-epoch<N>-2.pt, ...), never replaced, and said so."""
+        """Resuming an older checkpoint: the newer last.pt and best.pt kept under free names
+        (last-epoch<N>.pt, last-epoch<N>-2.pt, ...), never replaced, and said so."""
         for name in CHECKPOINTS:
             current = self.path / name
             if not current.exists() or os.path.samefile(current, resume):
@@ -192,7 +191,7 @@ class RunFolder:
             stem, number = f"{current.stem}-epoch{newer}", 1
             while (kept := self.path / (f"{stem}.pt" if number == 1 else f"{stem}-{number}.pt")):
                 try:
-                    os.link(current, kept)  # fails if the name is taken: an atomic "create, never replace"
+                    os.link(current, kept)  # fails if the name is taken: "create, never replace"
                 except FileExistsError:
                     number += 1
                     continue
@@ -203,5 +202,5 @@ class RunFolder:
                     os.rename(current, kept)
                 break
             current.unlink(missing_ok=True)
-            print(f"note: resuming from epoch {checkpoint['epoch']}, older than {current} (epoch {newer}), "
-                  f"which is kept as {kept}")
+            print(f"note: resuming from epoch {checkpoint['epoch']}, older than {current} (epoch "
+                  f"{newer}), which is kept as {kept}")

@@ -1,19 +1,9 @@
-"""From image files to mask files (thesis §6): what `python predict.py` and `evaluate.py --input` do.
+"""From image files to mask files (thesis §6): what predict.py and `evaluate.py --input` do.
+Inputs are found (folders recursively, DICOMs by their marker) and checked before the model loads,
+predicted by engine/inference.py and written as PNGs, each whole or not at all; a file that fails
+is one FAILED line on stderr and the others go on (docs/deploy.md).
 
-  * the inputs    find_inputs: files and folders (searched recursively; DICOMs named otherwise found by their marker),
-                  each with the base name of its outputs; read by mammograms.read_image_file (DICOM, PNG, JPEG, TIFF,
-                  PGM; 8 or 16 bit).
-  * the outputs   write_prediction: <stem>_mask.png (0/255, or class indices in a palette PNG), <stem>_prob.png and
-                  <stem>_overlay.png at the input's size, those asked only (save), each written
-                  whole or not at all.
-  * the command   run_prediction: the output folder, --json and --image-size checked before the model loads; a folder
-                  holding an earlier prediction's files is refused unless overwrite=True; the model rebuilt from its
-                  checkpoint (a checkpoint saved before any training epoch is named in a warning); each image
-                  predicted by inference.predict_image (by sliding windows when the checkpoint
-                  trained on patches). A file that cannot be read or written, or a folder that
-                  cannot be listed, is one FAILED line on stderr and the others go on; the exit code is then 1.
-
-    run_prediction("runs/cbis/best.pt", ["scans/"], "masks/", image_size=None, device=torch.device("cpu"),
+    run_prediction("best.pt", ["scans/"], "masks/", image_size=None, device=torch.device("cpu"),
                    tta=False, amp="none", json_path=None)
 """
 from __future__ import annotations
@@ -30,25 +20,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoints import CheckpointError, load_checkpoint
 from data import DataError, cache_folder
+from readers.atomic import atomic_write, write_json
+from readers.mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
+from readers.voc import VOC_CLASSES
+
+from .backends import fast_model
+from .checkpoints import CheckpointError, load_checkpoint
+from .cli import UsageError, check_output_folder, check_writable_file, error_line
 from .inference import (MAX_CLASSES, image_size_for, overlap_for, predict_image,
                         trained_on_mammograms, window_for)
-from readers.mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
 from .panels import overlay, voc_palette
-from .backends import fast_model
-from .cli import UsageError, check_output_folder, check_writable_file, error_line
-from readers.atomic import atomic_write, write_json
-from readers.voc import VOC_CLASSES
 
 OUTPUT_KINDS = ("mask", "prob", "overlay")  # <base>_<kind>.png for every image
 PNG_LEVEL = 1  # zlib: 3x faster than PIL's default 6 on a 12 Mpx overlay (docs/high-resolution.md)
 
 
 def _marked_dicom(path: Path) -> bool:
-    """A file named like no image (IM0001, 1.2.840.113619.2.55.3) that is a DICOM image, found by its marker; the
-    DICOMDIR index that PACS exports carry beside the images is a DICOM file too, but not an image."""
-    if path.name.upper() == "DICOMDIR":
+    """A file named like no image (IM0001, 1.2.840.113619.2.55.3) that is a DICOM image."""
+    if path.name.upper() == "DICOMDIR":  # the index PACS exports carry: a DICOM, but no image
         return False
     try:
         return is_dicom(path)
@@ -62,14 +52,14 @@ def _output_name(path: Path) -> str:
 
 
 def report_failure(records: list[dict], source: str | os.PathLike, message: str) -> None:
-    """One input that failed: 'FAILED <message>' on stderr, and its record {"input", "error"} for --json."""
+    """One input that failed: 'FAILED <message>' on stderr, and its record for --json."""
     print(f"FAILED {message}", file=sys.stderr)
     records.append(dict(input=str(source), error=message))
 
 
 def _files_under(folder: Path, failures: list[dict]) -> list[Path]:
-    """Every file below `folder`, symlinked folders not followed (as rglob); a subfolder that cannot be listed is
-    reported as a failure (rglob skips it in silence)."""
+    """Every file below `folder`, symlinked folders not followed (as rglob); a subfolder that
+    cannot be listed is reported as a failure (rglob skips it in silence)."""
     files, errors = [], []
     for root, _, names in os.walk(folder, onerror=errors.append):
         files += [Path(root) / name for name in names]
@@ -79,28 +69,31 @@ def _files_under(folder: Path, failures: list[dict]) -> list[Path]:
     return [file for file in files if file.is_file()]
 
 
-def find_inputs(inputs: list[str], output: Path, failures: list[dict] | None = None) -> list[tuple[Path, Path]]:
-    """(image file, output base) per image: a file as given -> output/<stem>; a folder is searched recursively for
-    IMAGE_SUFFIXES and DICOM files named otherwise -> output/<its subfolders>/<stem>, skipping the output folder. Inputs
-    that would share an output name keep their suffix in it (scan_dcm, scan_png), then a counter (scan_png_2).
-    A folder that cannot be listed is one FAILED line on stderr (report_failure, its record added to `failures`).
-    Raises DataError when the output folder holds an input file, so that nothing beside an input (its ground-truth
-    <stem>_mask.png, say) is overwritten, or when a folder holds no image outside the output folder."""
+def find_inputs(inputs: list[str], output: Path,
+                failures: list[dict] | None = None) -> list[tuple[Path, Path]]:
+    """(image file, output base) per image: a file -> output/<stem>, a folder's images ->
+    output/<its subfolders>/<stem>; DataError if the output folder holds an input."""
     found, output, failures = [], output.resolve(), [] if failures is None else failures
     for item in map(Path, inputs):
         if not item.is_dir():
+            # so that nothing beside an input (its ground-truth <stem>_mask.png) is overwritten
             if item.exists() and output in item.resolve().parents:
-                raise DataError(f"--output {output} holds the input {item}: write the masks to another folder, so "
-                                "that no file beside the inputs is overwritten")
-            found.append((item, output / _output_name(item)))  # a missing or unreadable file: reported when read
+                raise DataError(f"--output {output} holds the input {item}: write the masks to "
+                                "another folder, so that no file beside the inputs is overwritten")
+            # a missing or unreadable file: reported when read
+            found.append((item, output / _output_name(item)))
             continue
-        files = [file for file in sorted(_files_under(item, failures)) if not file.name.startswith(".")
-                 and output not in file.resolve().parents]
-        images = [file for file in files if file.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(file)]
+        files = [file for file in sorted(_files_under(item, failures))
+                 if not file.name.startswith(".") and output not in file.resolve().parents]
+        images = [file for file in files
+                  if file.suffix.lower() in IMAGE_SUFFIXES or _marked_dicom(file)]
         if not images and output in [item.resolve(), *item.resolve().parents]:
-            raise DataError(f"--input {item} is the --output folder or inside it, whose files are never read as "
-                            "inputs: write the masks to another folder")
-        found += [(file, output / file.relative_to(item).parent / _output_name(file)) for file in images]
+            raise DataError(f"--input {item} is the --output folder or inside it, whose files are "
+                            "never read as inputs: write the masks to another folder")
+        found += [(file, output / file.relative_to(item).parent / _output_name(file))
+                  for file in images]
+    # Inputs that would share an output name keep their suffix (scan_dcm, scan_png), then a
+    # counter (scan_png_2).
     taken, used, unique = Counter(base for _, base in found), set(), []
     for file, base in found:
         if taken[base] > 1 and file.suffix.lower() in IMAGE_SUFFIXES:
@@ -122,7 +115,7 @@ def _pictures(pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray, nu
         yield "mask", Image.fromarray(labels * np.uint8(255))  # 0/255: a 0/1 PNG looks all black
     elif "mask" in kinds:
         mask = Image.fromarray(labels)
-        mask.putpalette(voc_palette().ravel().tolist())  # L -> P: pixel values stay the class indices
+        mask.putpalette(voc_palette().ravel().tolist())  # L -> P: the values stay class indices
         yield "mask", mask
     if "prob" in kinds:
         scaled = confidence * np.float32(255)
@@ -145,67 +138,68 @@ def _why_not_written(error: OSError, path: Path) -> str:
 
 def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confidence: np.ndarray,
                      num_classes: int, save: tuple = OUTPUT_KINDS) -> dict[str, str]:
-    """<base>_<kind>.png for each kind in `save` (mask, prob, overlay), at the image's size.
-
-    Each PNG is encoded in memory, then written atomically (utils.atomic_write), so no partial or empty file is
-    ever left. If one cannot be written, those of this image already written are removed, so a half set is never
-    taken for a whole one, and OSError(errno, reason, the path that failed) is raised. An earlier
-    prediction's file of a kind not asked (there with --overwrite only) is removed."""
+    """<base>_<kind>.png for each kind in `save`, at the image's size, each written atomically;
+    OSError(errno, reason, the path that failed) once this image's written ones are removed."""
     kinds = tuple(kind for kind in OUTPUT_KINDS if kind in save)
     paths, written = {kind: f"{base}_{kind}.png" for kind in kinds}, []
     try:
         for kind, picture in _pictures(pixels, labels, confidence, num_classes, kinds):
-            buffer = io.BytesIO()
+            buffer = io.BytesIO()  # encoded in memory: no partial or empty file is ever left
             picture.save(buffer, format="PNG", compress_level=PNG_LEVEL)
             atomic_write(paths[kind], buffer.getbuffer(), size_hint=buffer.tell())
             written.append(paths[kind])
     except OSError as error:
-        for path in written:
+        for path in written:  # a half set is never taken for a whole one
             Path(path).unlink(missing_ok=True)
         failed = paths[kinds[len(written)]]
         raise OSError(error.errno, _why_not_written(error, Path(failed)), failed) from error
-    for kind in set(OUTPUT_KINDS) - set(kinds):
+    for kind in set(OUTPUT_KINDS) - set(kinds):  # an earlier prediction's (--overwrite) not asked
         Path(f"{base}_{kind}.png").unlink(missing_ok=True)
     return paths
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# The command
-
-def describe_prediction(source: Path, labels: np.ndarray, confidence: np.ndarray, num_classes: int, is_dicom: bool,
+# ------------------------------------------------------------------------------------- The command
+def describe_prediction(source: Path, labels: np.ndarray, confidence: np.ndarray,
+                        num_classes: int, is_dicom: bool,
                         spacing: tuple[float, float, str] | None) -> tuple[dict, str]:
-    """(record for --json, the line printed) of one predicted image: the predicted area in pixels, % of the image and
-    mm^2 when the DICOM gives its pixel spacing, and the largest probability, so an empty mask is obvious."""
+    """(record for --json, the line printed) of one image: the predicted area (pixels, %, mm^2)
+    and the largest probability, so an empty mask is obvious."""
     foreground = int(np.count_nonzero(labels))
-    record = dict(input=str(source), height=labels.shape[0], width=labels.shape[1], foreground_pixels=foreground,
-                  foreground_fraction=foreground / labels.size, area_mm2=None,
+    record = dict(input=str(source), height=labels.shape[0], width=labels.shape[1],
+                  foreground_pixels=foreground, foreground_fraction=foreground / labels.size,
+                  area_mm2=None,
                   max_probability=float(confidence.max()) if num_classes == 1 else None)
-    line = (f"{source}: {labels.shape[1]}x{labels.shape[0]}, {'lesion' if num_classes == 1 else 'foreground'} "
-            f"{foreground} px = {100 * record['foreground_fraction']:.2f}% of the image")
+    line = (f"{source}: {labels.shape[1]}x{labels.shape[0]}, "
+            f"{'lesion' if num_classes == 1 else 'foreground'} {foreground} px = "
+            f"{100 * record['foreground_fraction']:.2f}% of the image")
     if spacing is not None:
         record["area_mm2"] = foreground * spacing[0] * spacing[1]
-        line += f" = {record['area_mm2']:.1f} mm^2 ({spacing[2]} {spacing[0]:g} x {spacing[1]:g} mm)"
+        line += (f" = {record['area_mm2']:.1f} mm^2 ({spacing[2]} {spacing[0]:g} x "
+                 f"{spacing[1]:g} mm)")
     elif is_dicom:
         line += " (no pixel spacing in the DICOM: no mm^2)"
     if num_classes == 1:
         line += f", max probability {record['max_probability']:.3f}"
         line += "; EMPTY mask: no pixel above probability 0.5" if foreground == 0 else ""
     else:
-        names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else [str(c) for c in range(num_classes)]
-        counts = torch.bincount(torch.from_numpy(labels).ravel(), minlength=num_classes).tolist()  # one pass
-        shares = [f"{names[c]} {100 * count / labels.size:.1f}%" for c, count in enumerate(counts) if c > 0 and count]
+        names = (VOC_CLASSES if num_classes == len(VOC_CLASSES)
+                 else [str(c) for c in range(num_classes)])
+        counts = torch.bincount(torch.from_numpy(labels).ravel(),  # one pass
+                                minlength=num_classes).tolist()
+        shares = [f"{names[c]} {100 * count / labels.size:.1f}%"
+                  for c, count in enumerate(counts) if c > 0 and count]
         line += "; " + (", ".join(shares) or "background only")
     return record, line
 
 
 def earlier_outputs(base: Path) -> list[Path]:
-    """The files of write_prediction for one image that exist already (a name too long to exist is not there)."""
+    """The files of write_prediction for one image that exist already."""
     found = []
     for path in (Path(f"{base}_{kind}.png") for kind in OUTPUT_KINDS):
         try:
             if path.is_file():
                 found.append(path)
-        except OSError:
+        except OSError:  # a name too long to exist is not there
             pass
     return found
 
@@ -216,14 +210,12 @@ def remove_outputs(base: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], records: list[dict], size: tuple[int, int],
-                  *, tta: bool, amp: str, mammogram: bool | None = None,
+def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], records: list[dict],
+                  size: tuple[int, int], *, tta: bool, amp: str, mammogram: bool | None = None,
                   window: tuple[int, int] | None = None, overlap: float = 0.5,
                   save: tuple = OUTPUT_KINDS) -> list[dict]:
-    """Predict every (image file, output base) of find_inputs, print one line per image, and add one record each to
-    `records`. A file that cannot be read or whose outputs cannot be written is one FAILED line on stderr and a record
-    with "error"; the others go on. An image that fails keeps no outputs, not even an earlier prediction's under its
-    name (run_prediction replaces those only when told to), so no mask is taken for this run's that is not."""
+    """Predict every (image file, output base), one line and one record each; a file that fails
+    is a FAILED line and a record with "error", and keeps no outputs."""
     seconds = Counter()  # where the time goes, per stage
     started = time.perf_counter()
     for source, base in found:
@@ -237,6 +229,7 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             seconds["prepare"] += time.perf_counter() - tick - (seconds["model"] - model_before)
         except DataError as error:
             report_failure(records, source, error_line(error))
+            # not even an earlier prediction's outputs: no mask passes for this run's that is not
             remove_outputs(base)
             continue
         try:
@@ -244,26 +237,27 @@ def predict_files(model: torch.nn.Module, found: list[tuple[Path, Path]], record
             paths = write_prediction(base, pixels, labels, confidence, model.config["num_classes"],
                                      save)
             seconds["write"] += time.perf_counter() - tick
-        except OSError as error:  # a full disk, a name too long, no permission, a file or folder in the way
-            report_failure(records, source, f"{source}: cannot write {error.filename} ({error.strerror})")
+        except OSError as error:  # a full disk, a long name, no permission, something in the way
+            report_failure(records, source,
+                           f"{source}: cannot write {error.filename} ({error.strerror})")
             remove_outputs(base)  # write_prediction removed this run's; these are an earlier run's
             continue
-        record, line = describe_prediction(source, labels, confidence, model.config["num_classes"], is_dicom,
-                                           spacing)
+        record, line = describe_prediction(source, labels, confidence, model.config["num_classes"],
+                                           is_dicom, spacing)
         print(f"{line} -> {paths.get('mask', next(iter(paths.values())))}")
         records.append(dict(record, **paths))
     total, done = time.perf_counter() - started, sum("error" not in record for record in records)
     if done:
-        shares = ", ".join(f"{stage} {100 * seconds[stage] / total:.0f}%" for stage in ("read", "prepare", "model",
-                                                                                      "write"))
+        shares = ", ".join(f"{stage} {100 * seconds[stage] / total:.0f}%"
+                           for stage in ("read", "prepare", "model", "write"))
         print(f"{done} image(s) in {total:.1f}s = {done / total:.2f} images/s ({shares}; model "
               f"{1000 * seconds['model'] / done:.1f} ms per image)")
     return records
 
 
 def onnx_cache(checkpoint: str, device: torch.device) -> Path | None:
-    """Where a CPU keeps the checkpoint's ONNX export (runners.py); None, with a note, where no cache can be written
-    (the model then runs in PyTorch)."""
+    """Where a CPU keeps the checkpoint's ONNX export (engine/backends.py); None, with a note,
+    where no cache can be written (the model then runs in PyTorch)."""
     if device.type != "cpu":
         return None
     try:
@@ -274,31 +268,30 @@ def onnx_cache(checkpoint: str, device: torch.device) -> Path | None:
 
 
 def describe_checkpoint(checkpoint: str, saved: dict) -> str:
-    """", epoch N, val <metric> X" for the header line; a warning on stderr for weights saved before any training."""
+    """", epoch N, validation <metric> X" for the header; a warning for untrained weights."""
     epoch, metrics, name = saved.get("epoch"), saved.get("metrics"), saved.get("metric_name")
     if epoch == -1:
-        print(f"warning: {checkpoint} was saved before the first training epoch: its weights are untrained and its "
-              "masks mean nothing; predict with a later last.pt or best.pt", file=sys.stderr)
+        print(f"warning: {checkpoint} was saved before the first training epoch: its weights are "
+              "untrained and its masks mean nothing; predict with a later last.pt or best.pt",
+              file=sys.stderr)
     text = "" if epoch is None else f", epoch {epoch}"
     if isinstance(metrics, dict) and isinstance(metrics.get(name), float):
         text += f", validation {name} {metrics[name]:.4f}"
     return text
 
 
-def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None, device: torch.device,
-                   tta: bool, amp: str, json_path: str | None, backend: str = "auto",
-                   overwrite: bool = False, overlap: float | None = None,
+def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_size: int | None,
+                   device: torch.device, tta: bool, amp: str, json_path: str | None,
+                   backend: str = "auto", overwrite: bool = False, overlap: float | None = None,
                    save: tuple = OUTPUT_KINDS) -> int:
-    """The prediction command (predict.py, evaluate.py --input): --image-size, the output folder, --json and the
-    inputs checked first (files of an earlier prediction in the way are refused unless `overwrite`), then the model
-    rebuilt from its checkpoint, every input predicted. An output folder this call made is removed again when it
-    stops on an error before writing anything. Returns the exit code: 1 if any file could not be read or written, any
-    folder listed, or the --json report written (each one FAILED line on stderr)."""
+    """The prediction command: flags, output folder and inputs checked, then the model loaded and
+    every input predicted; returns 1 if any file, folder or the --json report failed, else 0."""
     if image_size is not None:
-        image_size_for({}, image_size)  # a bad --image-size is refused before the checkpoint is read
+        image_size_for({}, image_size)  # a bad --image-size is refused before the checkpoint
     if overlap is not None:
         overlap_for({}, overlap)  # so is a bad --overlap
-    made = [folder for folder in (Path(output), *Path(output).parents) if not folder.exists()]  # deepest first
+    # deepest first; removed again if this call stops on an error before writing anything
+    made = [folder for folder in (Path(output), *Path(output).parents) if not folder.exists()]
     output_folder = check_output_folder(output)
     try:
         if json_path:
@@ -306,18 +299,23 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
         records: list[dict] = []
         found = find_inputs(inputs, output_folder, records)
         if not found and not records:
-            raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files found")
-        # Inputs renamed to keep their outputs apart (scan.dcm, scan.png -> scan_dcm, scan_png) may have been predicted
-        # under the plain name before: those files are an earlier prediction's too, and would pass for this run's.
-        renamed = {base.with_name(_output_name(file)) for file, base in found} - {base for _, base in found}
-        earlier = [path for base in [*(base for _, base in found), *renamed] for path in earlier_outputs(base)]
+            raise UsageError(f"--input {' '.join(inputs)}: no {'/'.join(IMAGE_SUFFIXES)} files "
+                             "found")
+        # Inputs renamed to keep their outputs apart (scan.dcm, scan.png -> scan_dcm, scan_png) may
+        # have been predicted under the plain name before: those files would pass for this run's.
+        renamed = ({base.with_name(_output_name(file)) for file, base in found}
+                   - {base for _, base in found})
+        earlier = [path for base in [*(base for _, base in found), *renamed]
+                   for path in earlier_outputs(base)]
         if earlier and not overwrite:
-            raise UsageError(f"--output {output} holds {len(earlier)} file(s) of an earlier prediction ({earlier[0]}):"
-                             " choose another folder, or pass --overwrite to replace them")
+            raise UsageError(f"--output {output} holds {len(earlier)} file(s) of an earlier "
+                             f"prediction ({earlier[0]}): choose another folder, or pass "
+                             "--overwrite to replace them")
         model, saved = load_checkpoint(checkpoint, device)
         if model.config["num_classes"] > MAX_CLASSES:
-            raise CheckpointError(f"{checkpoint}: {model.config['num_classes']} classes; masks hold 8-bit class "
-                                  f"indices, so prediction supports at most {MAX_CLASSES}")
+            raise CheckpointError(f"{checkpoint}: {model.config['num_classes']} classes; masks "
+                                  f"hold 8-bit class indices, so prediction supports at most "
+                                  f"{MAX_CLASSES}")
     except BaseException:
         for folder in made:  # nothing was written: leave no empty folder behind
             try:
@@ -329,22 +327,25 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
         remove_outputs(base)
     size = image_size_for({checkpoint: saved}, image_size)
     window, overlap = window_for(saved, size), overlap_for(saved, overlap)
-    model = fast_model(model, device, backend=backend, checkpoint=checkpoint, cache=onnx_cache(checkpoint, device),
-                       size=window or size)
+    model = fast_model(model, device, backend=backend, checkpoint=checkpoint,
+                       cache=onnx_cache(checkpoint, device), size=window or size)
     windows = f" by {window[0]}x{window[1]} windows (overlap {overlap:g})" if window else ""
-    print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, {model.config['num_classes']} "
-          f"output(s){describe_checkpoint(checkpoint, saved)}, input {size[0]}x{size[1]}{windows} "
-          f"on {device} ({type(model).__name__}){', with --tta' if tta else ''}")
+    print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, "
+          f"{model.config['num_classes']} output(s){describe_checkpoint(checkpoint, saved)}, input "
+          f"{size[0]}x{size[1]}{windows} on {device} ({type(model).__name__})"
+          f"{', with --tta' if tta else ''}")
     predict_files(model, found, records, size, tta=tta, amp=amp,
                   mammogram=trained_on_mammograms(saved), window=window, overlap=overlap, save=save)
     failed = sum("error" in record for record in records)
-    print(f"{len(records) - failed} image(s) predicted into {output}{f', {failed} FAILED' if failed else ''}")
+    print(f"{len(records) - failed} image(s) predicted into {output}"
+          f"{f', {failed} FAILED' if failed else ''}")
     if json_path:
         try:
             write_json(json_path, dict(checkpoint=checkpoint, image_size=list(size), tta=tta,
                                        window=list(window) if window else None, overlap=overlap,
                                        files=records))
         except OSError as error:  # checked before the run, but a disk can fill up during it
-            print(f"FAILED --json {json_path}: cannot write it ({error.strerror or error})", file=sys.stderr)
+            print(f"FAILED --json {json_path}: cannot write it ({error.strerror or error})",
+                  file=sys.stderr)
             return 1
     return 1 if failed else 0

@@ -1,10 +1,6 @@
-"""Sliding-window prediction of a whole image by a network trained on patches (beside the thesis).
-
-Overlapping windows of the patch size cover the image, the last one flush with each border. Each
-window's logits are weighted by a Gaussian centred on it (sigma = side / 8, as nnU-Net and MONAI),
-summed into float32 accumulators at the image's resolution and divided by the summed weights.
-Windows go through the network `batch_size` at a time: memory grows with the batch and the image,
-never with the number of windows. Needs only torch, so the file can be copied anywhere.
+"""Sliding-window prediction of a whole image by a network trained on patches (beside the thesis):
+overlapping windows weighted by a Gaussian, summed in float32 at the image's resolution, a batch of
+windows at a time (docs/high-resolution.md). Needs only torch: the file can be copied anywhere.
 
     logits = sliding_window(model, images, (256, 256), overlap=0.5, batch_size=8)  # (B, K, H, W)
 """
@@ -43,19 +39,17 @@ def importance_map(window: Sequence[int], device: torch.device | str = "cpu") ->
 def sliding_window(forward: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                    window: Sequence[int] | int | None, *, overlap: float = 0.5,
                    batch_size: int = 8) -> torch.Tensor:
-    """Logits (B, K, H, W) of images (B, C, H, W) from Gaussian-blended windows of `forward`.
-
-    A window that covers the image (or None) returns forward(images) itself, untouched."""
+    """Logits (B, K, H, W) of images (B, C, H, W) from Gaussian-blended windows of `forward`."""
     height, width = images.shape[-2:]
     window = (window, window) if isinstance(window, int) else window or (height, width)
     h, w = min(window[0], height), min(window[1], width)
-    if (h, w) == (height, width):
+    if (h, w) == (height, width):  # a window that covers the image: the plain forward, untouched
         return forward(images)
     weight = importance_map((h, w), images.device)
     spots = [(b, top, left) for b in range(len(images)) for top in window_starts(height, h, overlap)
              for left in window_starts(width, w, overlap)]
     logits = weights = None
-    for first in range(0, len(spots), batch_size):
+    for first in range(0, len(spots), batch_size):  # memory grows with the batch, not the windows
         chunk = spots[first:first + batch_size]
         crops = torch.stack([images[b, :, top:top + h, left:left + w] for b, top, left in chunk])
         scores = forward(crops).float()  # (n, K, h, w): summed in float32 whatever the autocast

@@ -1,7 +1,7 @@
-"""Atomic writes: a reader, a killed run or a second writer never meets half a file (cache entries, checkpoints,
-logs, JSON). A full disk ends in one line naming the file system and the size needed.
+"""Atomic writes: a reader, a killed run or a second writer never meets half a file (cache entries,
+checkpoints, logs, JSON); a full disk ends in one line naming the file system and the size needed.
 
-    atomic_write("runs/x/log.jsonl", b"...")       # temporary file, fsync, os.replace
+    atomic_write("runs/x/log.jsonl", b"...")  # temporary file, fsync, os.replace
 """
 from __future__ import annotations
 
@@ -14,24 +14,24 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-_UMASK = os.umask(0o022)  # read the process' umask (the only way is to set it) and put it back at once
+_UMASK = os.umask(0o022)  # read the process' umask (the only way is to set it), then put it back
 os.umask(_UMASK)
 
 
 class DiskFullError(OSError):
-    """No space left while writing a file; the message names the file system and about how much was needed."""
+    """No space left while writing a file; the message names the file system and the size needed."""
 
 
 def atomic_write(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], None], *,
                  size_hint: int | None = None) -> None:
-    """Write `content` (bytes, or a function writing to a binary file) to `path` so that readers only ever see the
-    old or the complete new file: a uniquely named temporary file in the same folder (two writers never share one),
-    fsync, then os.replace. On any failure the temporary file is removed and `path` is left as it was; a full disk
-    raises DiskFullError naming the file system and the size needed (size_hint, else what was written so far)."""
+    """Write `content` (bytes, or a function writing to a binary file) so that readers see the old
+    or the whole new file; on failure `path` is left as it was (DiskFullError for a full disk)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name is cut so that it fits wherever `path`'s own name does (255 bytes on most file systems).
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
+    # A unique temporary name (two writers never share one), cut to fit wherever `path`'s does
+    # (255 bytes on most file systems).
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.",
+                                             suffix=".tmp")
     file = None
     try:
         with os.fdopen(descriptor, "wb") as raw:
@@ -42,24 +42,24 @@ def atomic_write(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], 
                 content(file)
             raw.flush()
             os.fsync(raw.fileno())
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; others (a team's shared cache) read as usual
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; a team's shared cache is read
         os.replace(temporary, path)
     except BaseException as error:
         written = file.written if file else 0
         Path(temporary).unlink(missing_ok=True)
         failed = file.error if file and file.error else error
         if isinstance(failed, OSError) and failed.errno in (errno.ENOSPC, errno.EDQUOT):
-            needed = max(size_hint or 0, written)
+            needed = max(size_hint or 0, written)  # the hint, else what was written so far
             free = shutil.disk_usage(path.parent).free
-            raise DiskFullError(errno.ENOSPC, f"no space left on {_mount_point(path.parent)} writing {path}, needed "
-                                f"about {_size(needed)} ({_size(free)} free); free some space or write elsewhere"
-                                ) from None
+            raise DiskFullError(errno.ENOSPC, f"no space left on {_mount_point(path.parent)} "
+                                f"writing {path}, needed about {_size(needed)} ({_size(free)} "
+                                "free); free some space or write elsewhere") from None
         raise
 
 
 class _RecordingFile:
-    """A binary file that remembers why a write failed: torch.save reports a full disk only as "[enforce fail at
-    inline_container.cc] unexpected pos", so the OSError itself must be caught on its way through."""
+    """A binary file that remembers why a write failed (torch.save reports a full disk only as
+    "[enforce fail at inline_container.cc] unexpected pos")."""
 
     def __init__(self, file: BinaryIO):
         self.file, self.error, self.written = file, None, 0
@@ -78,8 +78,9 @@ class _RecordingFile:
 
 
 def write_json(path: str | os.PathLike, payload) -> None:
-    """`payload` as indented JSON, written atomically; NaN becomes null (JSON has no NaN), numpy numbers plain ones."""
-    atomic_write(path, (json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n").encode())
+    """`payload` as indented JSON, written atomically; NaN is null, numpy numbers plain ones."""
+    text = json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, text.encode())
 
 
 def _json_ready(value):
@@ -89,8 +90,7 @@ def _json_ready(value):
         return [_json_ready(v) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
         value = value.item()
-    return None if isinstance(value, float) and math.isnan(value) else value
-
+    return None if isinstance(value, float) and math.isnan(value) else value  # JSON has no NaN
 
 
 def _size(count: int) -> str:

@@ -1,31 +1,6 @@
-"""Your own data: a folder of images and masks, the way INbreast, CSAW-S or a hospital's exports are used once
-converted (the thesis' pipeline, §4.1, on any mammograms).
-
-    DIR/images/<path>.<png|jpg|tif|pgm|dcm>   8 or 16 bit, gray (RGB is read as its luminance); DICOMs as they come;
-                                              in subfolders too (images/patient1/a0.png), hidden files and folders
-                                              left out
-    DIR/masks/<path>.png                      the same path, suffix .png; binary (0/255 or 0/1), or class indices
-                                              0..K-1 with 255 = ignore for a K-class model
-    DIR/split.csv  (optional)                 columns file,split[,group]: file is the image's path under images/,
-                                              with or without its suffix (a name or a stem at the top); split
-                                              train/val/test fixes the split; group (a patient, say) keeps its images
-                                              on one side of any split
-
-An image's id is its path under images/ without the suffix, "/" between folders (a DICOM without a known suffix keeps
-its whole name).
-
-  * read_split_csv  the rows by image id; DataError for a split that is not train/val/test, for two rows of one image
-                   that disagree, and for a group given two splits: a patient on both sides of a fixed split leaks
-                   into the validation (or test) scores, so no number from it would mean anything.
-  * folder_items   the pairs, each with its group (split.csv's, else the image itself) and its fixed split, if any,
-                   and split.csv's rows per split (none: the split is drawn). An image without a mask (with a hint
-                   when masks/ holds it under another suffix), with a mask of another size, or sharing its id with
-                   another image (a0.png, a0.dcm) is skipped and reported, and so is an image split.csv gives no
-                   split when it fixes the others'.
-  * check_class_masks  a K-class set whose first masks hold only 0 and 255 is refused: binary masks, whose lesions
-                   a K-class model would ignore (255).
-  * load_folder_item  one pair -> (image (H, W) float32 in [0, 1], one bool mask per class, their class labels);
-                   mask values that fit neither convention raise DataError naming the file and the values.
+"""Your own data (thesis §4.1's pipeline on any mammograms, e.g. INbreast or CSAW-S converted):
+DIR/images/ and DIR/masks/ with pairs at the same path (masks as PNG: 0/255 or 0/1, or class
+indices with 255 = ignore), and an optional DIR/split.csv (file,split[,group]); docs/data.md.
 
     items, skipped, fixed = folder_items(Path("/data/inbreast"))
 """
@@ -49,26 +24,25 @@ class FolderItem(NamedTuple):
     stem: str  # the image's id: its path under images/ without the suffix, "/" between folders
     image: Path
     mask: Path
-    group: str  # split.csv's group, else the id (never a folder: that would guess): a group stays on one side
-    split: str | None  # split.csv's split, None when the split is drawn (data.py)
+    # split.csv's group, else the id (never a folder: that would guess); it stays on one side
+    group: str
+    split: str | None  # split.csv's split; None: the split is drawn (data.py)
 
 
 def image_id(relative: str) -> str:
-    """The id of an image at `relative` (its path under images/, or split.csv's file column): "/" between folders,
-    the suffix dropped when it is an image suffix."""
+    """The id of a path under images/ (or split.csv's file): "/" between folders, no suffix."""
     path = PurePosixPath(relative.replace("\\", "/"))  # a split.csv written on Windows
     return str(path.with_suffix("") if path.suffix.lower() in IMAGE_SUFFIXES else path)
 
 
 def read_split_csv(path: Path) -> dict[str, dict[str, str]]:
-    """split.csv as {image id: {"split": ..., "group": ..., "line": ...}}; the file column holds the image's path
-    under images/ (a name or a stem for an image at the top). DataError for two rows of one image that disagree, and
-    for a group (an image without one is its own) given two splits: that leaks a patient across the split."""
+    """split.csv as {image id: {"split", "group", "line"}}; DataError for rows that disagree."""
     with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         columns = [name.strip().lower() for name in reader.fieldnames or []]
         if "file" not in columns or not {"split", "group"} & set(columns):
-            raise DataError(f"{path}: needs a 'file' column and a 'split' and/or 'group' column (found {columns})")
+            raise DataError(f"{path}: needs a 'file' column and a 'split' and/or 'group' column "
+                            f"(found {columns})")
         rows, splits_of_group = {}, {}
         for number, row in enumerate(reader, start=2):
             row = {key.strip().lower(): (value or "").strip() for key, value in row.items() if key}
@@ -76,20 +50,20 @@ def read_split_csv(path: Path) -> dict[str, dict[str, str]]:
             if split and split not in SPLIT_NAMES:
                 raise DataError(f"{path}: line {number}: split {split!r}; use train, val or test")
             row["line"] = str(number)
-            if key in rows:
-                for column in ("split", "group"):
-                    if rows[key].get(column, "") != row.get(column, ""):
-                        raise DataError(f"{path}: lines {rows[key]['line']} and {number} give {key} different "
-                                        f"{column}s ({rows[key].get(column, '')!r}, {row.get(column, '')!r}): keep "
-                                        "one row per image")
+            earlier = rows.get(key, {})
+            for column in ("split", "group") if key in rows else ():
+                if earlier.get(column, "") != row.get(column, ""):
+                    raise DataError(f"{path}: lines {earlier['line']} and {number} give {key} "
+                                    f"different {column}s ({earlier.get(column, '')!r}, "
+                                    f"{row.get(column, '')!r}): keep one row per image")
             rows[key] = row
             if split:
                 group = row.get("group") or key
                 first = splits_of_group.setdefault(group, (split, number))
                 if first[0] != split:
-                    raise DataError(f"{path}: group {group!r} is in {first[0]} (line {first[1]}) and {split} (line "
-                                    f"{number}): a patient on both sides of the split leaks into its scores; give all "
-                                    "its rows one split")
+                    raise DataError(f"{path}: group {group!r} is in {first[0]} (line {first[1]}) "
+                                    f"and {split} (line {number}): a patient on both sides of the "
+                                    "split leaks into its scores; give all its rows one split")
     return rows
 
 
@@ -111,21 +85,24 @@ def _files_under(folder: Path) -> list[Path]:
 
 
 def _misnamed_masks(mask: Path, root: Path, listings: dict[Path, dict[str, list[str]]]) -> str:
-    """"; found masks/x.jpg: ..." when masks/ holds `mask`'s stem under another suffix, else ""."""
+    """'; found masks/x.jpg: ...' when masks/ holds `mask`'s stem with another suffix, else ''."""
     if mask.parent not in listings:  # each folder listed once, however many masks it lacks
         listings[mask.parent] = {}
         for file in mask.parent.iterdir() if mask.parent.is_dir() else ():
-            listings[mask.parent].setdefault(file.stem, []).append(file.relative_to(root).as_posix())
-    found = sorted(name for name in listings[mask.parent].get(mask.stem, []) if (root / name).is_file())
-    return f"; found {', '.join(found)}: masks must be PNG (lossless), named {mask.name}" if found else ""
+            names = listings[mask.parent].setdefault(file.stem, [])
+            names.append(file.relative_to(root).as_posix())
+    found = sorted(name for name in listings[mask.parent].get(mask.stem, [])
+                   if (root / name).is_file())
+    return (f"; found {', '.join(found)}: masks must be PNG (lossless), named {mask.name}"
+            if found else "")
 
 
 def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str, str]], Counter]:
-    """(usable pairs, skipped as (file, row, id, reason), split.csv's rows per split) of DIR/images + DIR/masks
-    (+ DIR/split.csv). When split.csv fixes any split (the counter is not empty), every pair has one."""
+    """(usable pairs, skipped (file, row, id, reason), split.csv's rows per split) of root."""
     images_dir, masks_dir = root / "images", root / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
-        raise DataError(f"{root}: a folder dataset needs {images_dir} and {masks_dir} (the same file stem in each)")
+        raise DataError(f"{root}: a folder dataset needs {images_dir} and {masks_dir} (the same "
+                        "file stem in each)")
     split_csv = root / "split.csv"
     fixed = read_split_csv(split_csv) if split_csv.is_file() else {}
     listed = Counter(row["split"] for row in fixed.values() if row.get("split"))
@@ -136,25 +113,30 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
     items, skipped, listings = [], [], {}
     for stem, files in images.items():
         if len(files) > 1:  # both would pair with one mask
-            count, names = "two" if len(files) == 2 else len(files), ", ".join(file.name for file in files)
-            skipped += [(str(file.relative_to(root)), 0, stem, f"stem shared: {count} images share the stem {stem} "
-                         f"({names}): rename one") for file in files]
+            count = "two" if len(files) == 2 else len(files)
+            names = ", ".join(file.name for file in files)
+            skipped += [(str(file.relative_to(root)), 0, stem, f"stem shared: {count} images share "
+                         f"the stem {stem} ({names}): rename one") for file in files]
             continue
         image, mask, row = files[0], masks_dir / f"{stem}.png", fixed.get(stem, {})
         try:
-            problem = "" if mask.is_file() else f"mask missing: no {mask}{_misnamed_masks(mask, root, listings)}"
+            problem = ("" if mask.is_file() else
+                       f"mask missing: no {mask}{_misnamed_masks(mask, root, listings)}")
             if not problem and _image_size(mask) != _image_size(image):
-                problem = (f"mask size mismatch: {mask.name} is {'x'.join(map(str, _image_size(mask)[::-1]))}, the "
-                           f"image {'x'.join(map(str, _image_size(image)[::-1]))}")
-            if not problem and listed and not row.get("split"):  # split.csv fixes the split of every image
-                problem = ("split.csv gives no split for it: give it one, split.csv fixes the split of every image"
-                           if row else "not in split.csv: split.csv gives the split of every image")
+                problem = (f"mask size mismatch: {mask.name} is "
+                           f"{'x'.join(map(str, _image_size(mask)[::-1]))}, the image "
+                           f"{'x'.join(map(str, _image_size(image)[::-1]))}")
+            if not problem and listed and not row.get("split"):  # split.csv fixes every image's
+                problem = ("split.csv gives no split for it: give it one, split.csv fixes the "
+                           "split of every image" if row else
+                           "not in split.csv: split.csv gives the split of every image")
         except (OSError, DataError) as error:  # an unreadable header: reported like a missing file
             problem = f"unreadable: {error}"
         if problem:
             skipped.append((str(image.relative_to(root)), 0, stem, problem))
             continue
-        items.append(FolderItem(stem, image, mask, row.get("group") or stem, row.get("split") or None))
+        items.append(FolderItem(stem, image, mask, row.get("group") or stem,
+                                row.get("split") or None))
     usable = {item.stem for item in items}
     nested = {}  # a bare name in split.csv for an image in a subfolder: say how to name it
     for stem in images:
@@ -162,19 +144,20 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
     for stem, row in fixed.items():
         if row.get("split") and stem not in usable:
             hint = "" if "/" in stem or stem in images else ", ".join(nested.get(stem, []))
-            skipped.append(("split.csv", int(row["line"]), stem, "listed in split.csv, but no usable image and mask"
-                            + (f": images/ holds {hint}; name it by its path under images/" if hint else "")))
+            skipped.append(("split.csv", int(row["line"]), stem,
+                            "listed in split.csv, but no usable image and mask"
+                            + (f": images/ holds {hint}; name it by its path under images/"
+                               if hint else "")))
     return items, skipped, listed
 
 
 def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """A mask PNG as (H, W) uint8 labels: 0/1 for a binary model (from 0/255 or 0/1), class indices (255 = ignore)
-    for a num_classes model; DataError naming the file and the values that fit neither, or why it cannot be read."""
+    """A mask PNG as (H, W) uint8: 0/1 (from 0/255 or 0/1), or class indices if num_classes > 1."""
     try:
         with Image.open(path) as mask:
             if mask.mode not in ("1", "L", "P", "I;16", "I"):
-                raise DataError(f"{path}: mask mode {mask.mode}; save a single-channel PNG (0/255, 0/1 or class "
-                                "indices)")
+                raise DataError(f"{path}: mask mode {mask.mode}; save a single-channel PNG (0/255, "
+                                "0/1 or class indices)")
             values = np.asarray(mask)
     except (OSError, Image.DecompressionBombError) as error:  # truncated, not an image, too large
         raise DataError(f"{path}: cannot read the mask ({error})") from None
@@ -182,27 +165,31 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
     if num_classes == 1:
         if set(found.tolist()) <= {0, 1} or set(found.tolist()) <= {0, 255}:
             return (values > 0).astype(np.uint8)
-        raise DataError(f"{path}: mask values {found[:8].tolist()}; a binary mask holds 0/255 or 0/1")
+        raise DataError(f"{path}: mask values {found[:8].tolist()}; a binary mask holds 0/255 or "
+                        "0/1")
     bad = np.setdiff1d(found, [*range(num_classes), 255])
     if bad.size:
-        raise DataError(f"{path}: mask values {bad[:8].tolist()} are not classes 0-{num_classes - 1} or 255 (ignore)")
+        raise DataError(f"{path}: mask values {bad[:8].tolist()} are not classes "
+                        f"0-{num_classes - 1} or 255 (ignore)")
     return values.astype(np.uint8)
 
 
 def check_class_masks(items: list[FolderItem], num_classes: int, sample: int = 8) -> None:
-    """DataError when the first `sample` masks of a num_classes set all hold 0 and 255 alone: binary masks saved 0/255,
-    whose lesions a K-class model would ignore (255). One such mask is fine (a normal image with an ignored region)."""
+    """DataError when the first `sample` masks of a K-class set are binary 0/255 ones."""
     values = set()
     for item in items[:sample]:
         values |= set(np.unique(read_mask(item.mask, num_classes)).tolist())
+    # their lesions would be ignored (255); one such mask is fine: a normal image, an ignored area
     if 255 in values and values <= {0, 255}:
-        raise DataError(f"{items[0].mask.parent}: the first {min(sample, len(items))} masks hold only 0 and 255, no "
-                        f"class 1-{num_classes - 1}: binary 0/255 masks, whose lesions --num-classes {num_classes} "
-                        "would ignore (255); train without --num-classes (binary), or save class indices")
+        raise DataError(f"{items[0].mask.parent}: the first {min(sample, len(items))} masks hold "
+                        f"only 0 and 255, no class 1-{num_classes - 1}: binary 0/255 masks, whose "
+                        f"lesions --num-classes {num_classes} would ignore (255); train without "
+                        "--num-classes (binary), or save class indices")
 
 
-def load_folder_item(item: FolderItem, num_classes: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
-    """(image (H, W) float32 in [0, 1], one bool mask per label present, those labels) of one pair."""
+def load_folder_item(item: FolderItem,
+                     num_classes: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """(image (H, W) float32 in [0, 1], one bool mask per label present, those labels) of a pair."""
     pixels, _, _ = read_image_file(item.image)
     if pixels.ndim == 3:  # RGB -> luminance (ITU-R 601, as PIL's "L")
         pixels = pixels @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)

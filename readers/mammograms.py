@@ -1,19 +1,8 @@
-"""Mammograms as files and as network input (§4.1): DICOM, the other image files users have, and preprocessing.
+"""Mammograms as files and as network input (thesis §4.1): DICOM and the other image files users
+have, read as float32 in [0, 1]; the preprocessing to the network's input size (docs/reproduce.md)
+and the training augmentation. DataError is every data problem a user can fix.
 
-data.py turns what this file (and cbis.py, mias.py, folders.py for each kind of download) reads into training items
-(cache, normalisation) and re-exports `read_dicom`, `augment_mammogram` and `DataError`. What lives here:
-  * read_dicom      any single-frame grayscale DICOM -> float32 [H, W] in [0, 1]; DataError for everything else.
-  * read_image_file DICOM, PNG, JPEG, TIFF or PGM, 8 or 16 bit, gray or RGB -> float32 in [0, 1] (+ pixel spacing).
-  * preprocess_mammogram  full-resolution image + lesion masks -> the network's input size: optional breast-region
-                    crop (largest bright region, widened to hold every lesion), resize of the whole image (stretched,
-                    as the thesis' 256x256, or keep_aspect=True: longer side fits, padded right/bottom), intensities
-                    stretched between the 0.5th and 99.5th percentiles, and a mirror so every breast faces left.
-                    Each lesion's mask is area-resized and kept where at least half a pixel is covered; a lesion that
-                    would vanish keeps its best-covered pixel, so small masses survive a 12-20x reduction.
-  * augment_mammogram  the training augmentation of a preprocessed image and its mask (ours, not the thesis').
-
-    image = read_dicom("scan.dcm")                                     # (H, W) float32 in [0, 1]
-    pixels, mask = preprocess_mammogram(image, [], (256, 256))         # what the network sees
+    pixels, mask = preprocess_mammogram(read_dicom("scan.dcm"), [], (256, 256))  # the net's input
 """
 from __future__ import annotations
 
@@ -32,14 +21,13 @@ UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 
 
 class DataError(Exception):
-    """A data problem the user can fix; the message names the file, option or CSV row and what to do."""
+    """A data problem the user can fix; the message names the file, option or CSV row, and a fix."""
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# DICOM
+# -------------------------------------------------------------------------------------------- DICOM
 
 def _open_dicom(path: Path, *, pixels: bool) -> pydicom.Dataset:
-    """dcmread plus the checks that need no pixels: one grayscale frame. Raises DataError naming the file."""
+    """dcmread and the checks that need no pixels (one gray frame); DataError names the file."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=not pixels)
     except InvalidDicomError as error:
@@ -50,7 +38,8 @@ def _open_dicom(path: Path, *, pixels: bool) -> pydicom.Dataset:
     kind = getattr(ds.get("SOPClassUID"), "name", None) or "non-image"  # e.g. "RT Plan Storage"
     if not photometric:
         raise DataError(f"{path}: not an image (no PhotometricInterpretation: a {kind} object?)")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DataError(f"{path}: colour image (PhotometricInterpretation {photometric}); "
                         "expected a MONOCHROME1/2 grayscale image")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -68,62 +57,60 @@ def _read_dicom(path: Path) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as error:  # pydicom raises a different error type for each decoder problem
-        hint = "" if syntax in UNCOMPRESSED else (" A compressed DICOM needs a decoder plugin, e.g. "
-                                                  "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`.")
-        reason = " ".join(str(error).split())  # pydicom lists each plugin's reason on a line of its own
-        raise DataError(f"{path}: cannot decode the pixel data ({getattr(syntax, 'name', syntax)}): {reason}.{hint}"
+        hint = "" if syntax in UNCOMPRESSED else (
+            " A compressed DICOM needs a decoder plugin, e.g. "
+            "`pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`.")
+        reason = " ".join(str(error).split())  # pydicom gives each plugin's reason a line
+        name = getattr(syntax, "name", syntax)
+        raise DataError(f"{path}: cannot decode the pixel data ({name}): {reason}.{hint}"
                         ) from error
     if pixels.ndim != 2:
         raise DataError(f"{path}: pixel array of shape {pixels.shape}; expected a single 2-D image")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     finite, bad = None, 0
-    if pixels.dtype.kind == "f":  # float pixel data has no nominal range: use the image's own finite one
+    if pixels.dtype.kind == "f":  # float pixels have no nominal range: the image's own finite one
         finite = np.isfinite(pixels)
         bad = pixels.size - int(np.count_nonzero(finite))
         if bad == pixels.size:
-            raise DataError(f"{path}: all {bad} pixels are NaN or infinite; there is no image to read")
+            raise DataError(f"{path}: all {bad} pixels are NaN or infinite; there is no image to "
+                            "read")
         stored = (float(np.min(pixels, where=finite, initial=np.inf)),
                   float(np.max(pixels, where=finite, initial=-np.inf)))
-    else:  # the full range the stored bits can hold, so intensities keep their meaning across images
+    else:  # the range the stored bits can hold, so intensities mean the same across images
         bits = int(ds.get("BitsStored") or 8 * pixels.dtype.itemsize)
-        stored = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if pixels.dtype.kind == "i" else (0, 2 ** bits - 1)
+        stored = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if pixels.dtype.kind == "i"
+                  else (0, 2 ** bits - 1))
     low, high = sorted(value * slope + intercept for value in stored)
-    # One affine map, stored value -> (value * slope + intercept - low) / (high - low), done in two passes.
+    # One affine map, value -> (value * slope + intercept - low) / (high - low), in two passes.
     scale, offset = slope / max(high - low, 1e-12), (intercept - low) / max(high - low, 1e-12)
-    if ds.PhotometricInterpretation == "MONOCHROME1":  # 0 = white: invert so that bright means dense everywhere
+    if ds.PhotometricInterpretation == "MONOCHROME1":  # 0 = white: invert, so bright means dense
         scale, offset = -scale, 1.0 - offset
     image = pixels.astype(np.float32)
     image *= scale
     image += offset
-    np.clip(image, 0.0, 1.0, out=image)  # stored values beyond BitsStored (bad headers) must not leave [0, 1]
-    if bad:  # NaN would spread through every resize and percentile (an empty mask): show no data as the darkest
+    np.clip(image, 0.0, 1.0, out=image)  # values beyond BitsStored (bad headers) stay in [0, 1]
+    if bad:  # NaN would spread through every resize and percentile: no data is the darkest
         image[~finite] = 0.0
-        print(f"note: {path}: {bad} of {pixels.size} pixels are NaN or infinite; read as the image's darkest value",
-              file=sys.stderr)
+        print(f"note: {path}: {bad} of {pixels.size} pixels are NaN or infinite; read as the "
+              "image's darkest value", file=sys.stderr)
     return image
 
 
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
-    """Read one grayscale DICOM: rescale slope/intercept applied, MONOCHROME1 inverted, (H, W) float32 in [0, 1].
-
-    The stored range (0 .. 2**BitsStored - 1, or the signed range), after rescaling, maps onto [0, 1]; float pixel
-    data (FloatPixelData) has no nominal range, so its finite minimum and maximum map there, and NaN or infinite
-    pixels become the darkest value (a note on stderr counts them). Not DICOM, truncated, colour, several frames, no
-    pixel data, no finite pixel or a compressed syntax without a decoder raise DataError naming the file; no other
-    exception type escapes.
-    """
+    """One grayscale DICOM as (H, W) float32 in [0, 1]: the stored range, rescaled, maps onto [0, 1]
+    (float pixels: their finite range), MONOCHROME1 inverted; else DataError naming the file."""
     path = Path(path)
     try:
         return _read_dicom(path)
     except (DataError, MemoryError):
         raise
-    except Exception as error:  # malformed tags surface as ValueError/TypeError/KeyError deep inside pydicom
+    except Exception as error:  # malformed tags: ValueError/TypeError/KeyError deep in pydicom
         raise DataError(f"{path}: unreadable DICOM ({type(error).__name__}: {error})") from error
 
 
 def dicom_shape(path: Path) -> tuple[int, int]:
-    """(rows, columns) from the header alone; DataError if the file is no usable image or visibly truncated."""
+    """(rows, columns) from the header alone; DataError for no usable image or a truncated file."""
     try:
         ds = _open_dicom(path, pixels=False)
         rows, columns = int(ds.Rows), int(ds.Columns)
@@ -132,22 +119,21 @@ def dicom_shape(path: Path) -> tuple[int, int]:
     except DataError:
         raise
     except Exception as error:  # missing Rows/Columns or malformed values
-        raise DataError(f"{path}: unreadable DICOM header ({type(error).__name__}: {error})") from error
+        raise DataError(f"{path}: unreadable DICOM header ({type(error).__name__}: "
+                        f"{error})") from error
     if syntax in UNCOMPRESSED and path.stat().st_size < expected:
-        raise DataError(f"{path}: truncated ({path.stat().st_size} bytes, the {rows}x{columns} pixels alone "
-                        f"need {expected}); download it again")
+        raise DataError(f"{path}: truncated ({path.stat().st_size} bytes, the {rows}x{columns} "
+                        f"pixels alone need {expected}); download it again")
     return rows, columns
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Image files of any kind
+# -------------------------------------------------------------------------- Image files of any kind
 
 IMAGE_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".pgm")
 
 
 def is_dicom(path: Path) -> bool:
-    """A DICOM file by its suffix, or by the "DICM" marker at byte 128 (PACS exports often have no suffix).
-    Raises OSError when the file has no DICOM suffix and cannot be read."""
+    """A DICOM by its suffix or its "DICM" marker at byte 128; OSError if it cannot be read."""
     if path.suffix.lower() in (".dcm", ".dicom"):
         return True
     with open(path, "rb") as file:
@@ -155,10 +141,9 @@ def is_dicom(path: Path) -> bool:
 
 
 def dicom_pixel_spacing(path: Path) -> tuple[float, float, str] | None:
-    """(row mm, column mm, tag) from PixelSpacing, else ImagerPixelSpacing (at the detector, without correction for
-    the magnification); None if neither is there or usable (only the mm^2 figure is lost, and the line says so)."""
+    """(row mm, column mm, tag) from PixelSpacing, else ImagerPixelSpacing; None if neither."""
     header = pydicom.dcmread(path, stop_before_pixels=True)
-    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):  # the latter at the detector, unmagnified
         try:
             rows, columns = (float(value) for value in header.get(tag) or ())
         except (TypeError, ValueError):  # absent, not two numbers
@@ -169,11 +154,8 @@ def dicom_pixel_spacing(path: Path) -> tuple[float, float, str] | None:
 
 
 def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, str] | None]:
-    """(H, W) gray or (H, W, 3) RGB float32 in [0, 1], whether it is a DICOM, and the pixel spacing one gives.
-
-    DICOM is recognised by its suffix or the "DICM" marker at byte 128 and read by read_dicom. 8-bit files
-    are divided by 255, 16-bit by 65535 (older Pillow opens 16-bit PNGs as 32-bit "I": values must fit 16 bits).
-    Raises DataError naming the file for anything else."""
+    """(H, W) gray or (H, W, 3) RGB float32 in [0, 1], whether it is a DICOM, its pixel spacing;
+    8-bit files are divided by 255, 16-bit ones by 65535; else DataError naming the file."""
     try:
         dicom = is_dicom(path)
     except OSError as error:
@@ -184,33 +166,34 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
         with Image.open(path) as file:
             mode = file.mode
             if mode == "F":
-                raise DataError(f"{path}: floating-point pixels have no known range; save 8- or 16-bit gray or RGB")
+                raise DataError(f"{path}: floating-point pixels have no known range; save 8- or "
+                                "16-bit gray or RGB")
             if not mode.startswith("I"):
                 gray = mode in ("1", "L", "LA")
                 eight = np.asarray(file.convert("L" if gray else "RGB"))
-                return np.divide(eight, 255, dtype=np.float32), False, None  # one float32 array: 4 bytes a pixel
-            pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as 32-bit "I")
+                # one float32 array: 4 bytes a pixel
+                return np.divide(eight, 255, dtype=np.float32), False, None
+            pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as "I")
     except OSError as error:  # PIL's UnidentifiedImageError, truncated files
         raise DataError(f"{path}: cannot read the image ({error})") from error
-    except Image.DecompressionBombError as error:  # over 2 x Image.MAX_IMAGE_PIXELS, far beyond any mammogram
+    except Image.DecompressionBombError as error:  # over 2 x MAX_IMAGE_PIXELS: beyond any mammogram
         raise DataError(f"{path}: {error}") from error
-    if pixels.min() < 0 or pixels.max() > 65535:
-        raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit gray or RGB")
+    if pixels.min() < 0 or pixels.max() > 65535:  # a 32-bit "I" must hold 16-bit values
+        raise DataError(f"{path}: {mode} pixels outside 0..65535; save the image as 8- or 16-bit "
+                        "gray or RGB")
     return np.divide(pixels, 65535, dtype=np.float32), False, None
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Mammogram preprocessing
+# -------------------------------------------------------------------------- Mammogram preprocessing
 
 def _largest_component(foreground: np.ndarray) -> np.ndarray:
-    """Largest 8-connected region of a small bool image. Each pixel starts with its own id; every round it takes the
-    largest id in its 3x3 neighbourhood, then the id held by the pixel that id names (pointer jumping), so each
-    region settles on its largest id within a few rounds instead of one round per pixel of its diameter."""
+    """Largest 8-connected region of a small bool image."""
     height, width = foreground.shape
     labels = np.where(foreground, np.arange(1, height * width + 1).reshape(height, width), 0)
-    while True:
-        padded = np.pad(labels, 1)
-        grown = np.maximum.reduce([padded[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)])
+    while True:  # each pixel takes the largest id around it, then the id that id's pixel holds:
+        padded = np.pad(labels, 1)  # pointer jumping settles in a few rounds, not one per pixel
+        grown = np.maximum.reduce([padded[dy:dy + height, dx:dx + width]
+                                   for dy in range(3) for dx in range(3)])
         grown = np.where(foreground, grown.ravel()[np.maximum(grown, 1) - 1], 0)
         if np.array_equal(grown, labels):
             break
@@ -220,12 +203,11 @@ def _largest_component(foreground: np.ndarray) -> np.ndarray:
 
 
 def _breast_box(image: np.ndarray, masks: list[np.ndarray]) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of the largest bright region (labels and scanner marks are smaller), widened to
-    contain every lesion so a crop never cuts one."""
+    """(top, bottom, left, right) of the largest bright region, widened to hold every lesion."""
     step = max(1, max(image.shape) // 256)
     small = image[::step, ::step]
     low, high = np.percentile(small, (1, 99))
-    breast = _largest_component(small > low + 0.1 * (high - low))
+    breast = _largest_component(small > low + 0.1 * (high - low))  # labels and marks are smaller
     rows, cols = np.flatnonzero(breast.any(1)) * step, np.flatnonzero(breast.any(0)) * step
     if rows.size == 0:
         return 0, image.shape[0], 0, image.shape[1]
@@ -240,10 +222,12 @@ def _breast_box(image: np.ndarray, masks: list[np.ndarray]) -> tuple[int, int, i
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-resize one lesion's mask and keep pixels at least half covered; a lesion too small for that keeps its
-    best-covered pixel (or the pixel holding its centre), because Dice punishes a lesion that disappears."""
-    coverage = np.asarray(Image.fromarray(np.where(mask, np.uint8(255), np.uint8(0))).resize(size[::-1], Image.BOX))
+    """Area-resize one lesion's mask, keeping the pixels at least half covered."""
+    lit = Image.fromarray(np.where(mask, np.uint8(255), np.uint8(0)))
+    coverage = np.asarray(lit.resize(size[::-1], Image.BOX))
     resized = coverage >= 128
+    # A lesion that would vanish keeps its best-covered pixel (or its centre's): Dice punishes a
+    # lesion that disappears, and small masses must survive a 12-20x reduction.
     if not resized.any() and mask.any():
         if coverage.max() > 0:
             resized = coverage == coverage.max()
@@ -254,38 +238,41 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def faces_right(image: np.ndarray) -> bool:
-    """True when the breast is on the right: the right half of the (H, W) image is the brighter one."""
+    """True when the breast is on the right: the right half of the (H, W) image is brighter."""
     half = image.shape[1] // 2
     return bool(image[:, -half:].sum() > image[:, :half].sum())
 
 
-def fitted_size(original: tuple[int, int], size: tuple[int, int], zoom: float = 1.0) -> tuple[int, int]:
-    """(h, w) of an (H, W) image scaled to just fit inside `size`, times `zoom`. At zoom 1 this is the content,
-    top-left, of a letterbox: keep_aspect here, and data.transform_voc's evaluation, which prediction crops back out."""
+def fitted_size(original: tuple[int, int], size: tuple[int, int],
+                zoom: float = 1.0) -> tuple[int, int]:
+    """(h, w) of an (H, W) image scaled to just fit inside `size`, times `zoom`: at zoom 1 the
+    content, top-left, of keep_aspect's and transform_voc's letterbox (prediction crops it out)."""
     scale = min(size[0] / original[0], size[1] / original[1]) * zoom
     return max(1, round(original[0] * scale)), max(1, round(original[1] * scale))
 
 
 def stretch_contrast(image: np.ndarray) -> np.ndarray:
-    """Map the image's 0.5th..99.5th percentiles onto [0, 1] (clipped): every mammogram a model sees, in training or
-    prediction, real or synthetic, spans the same range whatever its scanner, bit depth or exposure."""
+    """The image's 0.5th..99.5th percentiles onto [0, 1], clipped: every mammogram, real or
+    synthetic, spans the same range whatever its scanner, bit depth or exposure."""
     low, high = np.percentile(image, (0.5, 99.5))
     return np.clip((image - low) / max(high - low, 1e-6), 0, 1).astype(np.float32)
 
 
-def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple[int, int], *, orient: bool = True,
-                         crop_breast: bool = False, keep_aspect: bool = False,
+def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple[int, int], *,
+                         orient: bool = True, crop_breast: bool = False, keep_aspect: bool = False,
                          labels: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution image (H, W) in [0, 1] and one bool mask per lesion -> (size float32 image, size uint8 mask).
+    """Image (H, W) in [0, 1] and one bool mask per lesion -> float32 image, uint8 mask of `size`.
 
-    labels: the class of each mask (default: 1 for every one, a binary lesion mask); later masks win where two
-    overlap, so a class-index mask passed as one mask per class comes back as class indices."""
+    labels: each mask's class (default 1: a lesion); later masks win where two overlap."""
     if crop_breast:
         top, bottom, left, right = _breast_box(image, masks)
-        image, masks = image[top:bottom, left:right], [mask[top:bottom, left:right] for mask in masks]
+        image = image[top:bottom, left:right]
+        masks = [mask[top:bottom, left:right] for mask in masks]
+    # stretched to `size`, as the thesis' 256x256; keep_aspect: the longer side fits, padded
     inner = fitted_size(image.shape, size) if keep_aspect else size
     pixels = torch.from_numpy(np.ascontiguousarray(image))[None, None]  # (1, 1, H, W)
-    resized = F.interpolate(pixels, size=inner, mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+    resized = F.interpolate(pixels, size=inner, mode="bilinear", antialias=True,
+                            align_corners=False)[0, 0].numpy()
     resized = stretch_contrast(resized)
     mask = np.zeros(inner, dtype=np.uint8)
     for lesion, label in zip(masks, labels or [1] * len(masks)):
@@ -293,29 +280,31 @@ def preprocess_mammogram(image: np.ndarray, masks: list[np.ndarray], size: tuple
     if orient and faces_right(resized):  # mirror it to the left
         resized, mask = resized[:, ::-1], mask[:, ::-1]
     out_image, out_mask = np.zeros(size, np.float32), np.zeros(size, np.uint8)
-    out_image[:inner[0], :inner[1]], out_mask[:inner[0], :inner[1]] = resized, mask  # pad right/bottom
+    out_image[:inner[0], :inner[1]], out_mask[:inner[0], :inner[1]] = resized, mask  # pad br
     return out_image, out_mask
 
 
 def augment_mammogram(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
                       mirror: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Paired vertical flip (horizontal too if breasts are not oriented), rotation within 10 degrees, scale and shift
-    within 10% and 5%, and a gamma/gain/offset jitter of the intensities."""
+    """Paired flips, rotation within 10 degrees, scale and shift within 10% and 5%, and a gamma,
+    gain and offset jitter of the intensities (ours, not the thesis')."""
     if rng.random() < 0.5:
         image, mask = image[::-1], mask[::-1]
-    if mirror and rng.random() < 0.5:
+    if mirror and rng.random() < 0.5:  # left-right only when the breasts are not oriented
         image, mask = image[:, ::-1], mask[:, ::-1]
     height, width = image.shape
     angle, scale = np.deg2rad(rng.uniform(-10, 10)), rng.uniform(0.9, 1.1)
     cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
     shift_x, shift_y = rng.uniform(-0.05, 0.05, 2) * 2  # in affine_grid's [-1, 1] coordinates
     # A rotation in pixels, written in the normalised coordinates of a possibly non-square grid.
-    theta = torch.tensor([[[cos, -sin * height / width, shift_x], [sin * width / height, cos, shift_y]]],
-                         dtype=torch.float32)
+    theta = torch.tensor([[[cos, -sin * height / width, shift_x],
+                           [sin * width / height, cos, shift_y]]], dtype=torch.float32)
     grid = F.affine_grid(theta, [1, 1, height, width], align_corners=False)
-    pixels = F.grid_sample(torch.from_numpy(image.copy())[None, None], grid, align_corners=False)[0, 0]
-    labels = F.grid_sample(torch.from_numpy(mask.astype(np.float32))[None, None], grid, mode="nearest",
+    pixels = F.grid_sample(torch.from_numpy(image.copy())[None, None], grid,
                            align_corners=False)[0, 0]
-    gamma, gain, offset = np.exp(rng.uniform(-0.22, 0.22)), rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
+    labels = F.grid_sample(torch.from_numpy(mask.astype(np.float32))[None, None], grid,
+                           mode="nearest", align_corners=False)[0, 0]
+    gamma = np.exp(rng.uniform(-0.22, 0.22))
+    gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-0.05, 0.05)
     pixels = (pixels.clamp(0, 1) ** gamma * gain + offset).clamp(0, 1)
     return pixels.numpy(), labels.numpy().astype(np.uint8)

@@ -1,9 +1,6 @@
-"""Training patches cut from a whole preprocessed mammogram (beside the thesis' protocol).
-
-A share of the patches (nnU-Net oversamples foreground in one of three) is centred near a random
-lesion pixel, the rest on a random pixel of the breast; an image without a lesion always samples in
-the breast. A patch is then moved the least needed to lie inside the image, which keeps a
-lesion-centred patch on its lesion pixel.
+"""Training patches cut from a whole preprocessed mammogram (beside the thesis' protocol): a share
+centred near a lesion pixel (nnU-Net oversamples one in three), the rest in the breast, each moved
+the least needed to lie inside the image (docs/high-resolution.md).
 
     image, mask = crop_patch(image, mask, (256, 256), 1 / 3, rng, level=0.1)
 """

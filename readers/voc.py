@@ -1,13 +1,6 @@
-"""Pascal VOC 2012 as users unpack it (thesis §5, Table 4): the split lists, the palette label PNGs, the classes, and
-the paired transform that brings an image and its label to the network's input size. data.VOCSegmentation serves them.
-
-  * voc_files      root holding VOCdevkit/VOC2012 (or VOC2012 itself) -> ids, image and label files of a split:
-                   "train", "val", and "trainaug" (10,582 ids) when SBD's labels, converted to PNG, sit in
-                   VOC2012/SegmentationClassAug with ImageSets/Segmentation/trainaug.txt (or aug.txt); VOC's own label
-                   wins where both exist, and a trainaug list holding val images is refused.
-  * read_voc_label a palette PNG -> (H, W) class indices 0-20, 255 = ignore (object borders); other values refused.
-  * transform_voc  training: random 0.5-2x scale, flip and crop, as torchvision's references; evaluation: the longer
-                   side fits (a letterbox, top-left), which prediction crops back out (mammograms.fitted_size).
+"""Pascal VOC 2012 as users unpack it (thesis §5, Table 4): the split lists (train, val, and SBD's
+trainaug when its labels are there as PNG), the palette label PNGs, and the paired transform that
+brings an image and its label to the network's input size. data.VOCSegmentation serves them.
 
     ids, images, labels = voc_files(Path("/data/VOC"), "val")
 """
@@ -20,9 +13,9 @@ from PIL import Image
 
 from .mammograms import DataError, fitted_size
 
-VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor")
+VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+               "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
+               "sheep", "sofa", "train", "tvmonitor")
 VOC_SPLITS = ("train", "val", "trainaug")
 
 
@@ -32,10 +25,11 @@ def _read_ids(path: Path) -> list[str]:
     return [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
 
 
-def voc_files(root: Path, split: str, limit: int | None = None) -> tuple[list[str], list[Path], list[Path]]:
-    """(ids, JPEG images, label PNGs) of one split, the first `limit` of them; DataError naming what is missing."""
+def voc_files(root: Path, split: str,
+              limit: int | None = None) -> tuple[list[str], list[Path], list[Path]]:
+    """(ids, JPEG images, label PNGs) of a split's first `limit`; DataError names what's missing."""
     folders = (root / "VOCdevkit" / "VOC2012", root / "VOC2012", root)
-    voc = next((folder for folder in folders if (folder / "JPEGImages").is_dir()), None)
+    voc = next((folder for folder in folders if (folder / "JPEGImages").is_dir()), None)  # VOC2012
     if voc is None:
         raise DataError(f"{root}: no VOCdevkit/VOC2012/JPEGImages inside; pass the folder that "
                         "VOCtrainval_11-May-2012.tar was unpacked into")
@@ -43,33 +37,37 @@ def voc_files(root: Path, split: str, limit: int | None = None) -> tuple[list[st
     if split == "trainaug":
         if (lists / "trainaug.txt").is_file():
             ids = _read_ids(lists / "trainaug.txt")
-        elif (lists / "aug.txt").is_file():  # mmsegmentation's voc_aug.py writes aug.txt = trainaug - train
+        elif (lists / "aug.txt").is_file():  # mmsegmentation's voc_aug.py: aug = trainaug - train
             ids = sorted(set(_read_ids(lists / "train.txt")) | set(_read_ids(lists / "aug.txt")))
         else:
-            raise DataError(f"voc trainaug: {lists}/trainaug.txt (or aug.txt) not found; it needs SBD's labels as "
-                            f"PNG in {voc}/SegmentationClassAug and the id list, e.g. from mmsegmentation's "
-                            "tools/convert_datasets/voc_aug.py")
+            raise DataError(f"voc trainaug: {lists}/trainaug.txt (or aug.txt) not found; it needs "
+                            f"SBD's labels as PNG in {voc}/SegmentationClassAug and the id list, "
+                            "e.g. from mmsegmentation's tools/convert_datasets/voc_aug.py")
         leaked = set(ids) & set(_read_ids(lists / "val.txt"))
-        if leaked:  # SBD's own train/val split is not VOC's: a careless list trains on VOC val images
-            raise DataError(f"voc trainaug: {len(leaked)} ids of val.txt (e.g. {min(leaked)}) are in the trainaug "
-                            "list; rebuild it as (VOC train + SBD train + SBD val) - VOC val")
+        if leaked:  # SBD's own train/val split is not VOC's: a careless list trains on VOC val
+            raise DataError(f"voc trainaug: {len(leaked)} ids of val.txt (e.g. {min(leaked)}) are "
+                            "in the trainaug list; rebuild it as (VOC train + SBD train + SBD val) "
+                            "- VOC val")
     else:
         ids = _read_ids(lists / f"{split}.txt")
     ids = ids if limit is None else ids[:limit]
     images = [voc / "JPEGImages" / f"{i}.jpg" for i in ids]
-    own, sbd = voc / "SegmentationClass", voc / "SegmentationClassAug"  # VOC's own label wins over SBD's
-    labels = [own / f"{i}.png" if (own / f"{i}.png").is_file() else sbd / f"{i}.png" for i in ids]
+    own, sbd = voc / "SegmentationClass", voc / "SegmentationClassAug"  # VOC's own label wins
+    labels = [own / f"{i}.png" if (own / f"{i}.png").is_file() else sbd / f"{i}.png"
+              for i in ids]
     missing = [str(p) for pair in zip(images, labels) for p in pair if not p.is_file()]
     if missing:
-        raise DataError(f"voc {split}: {len(missing)} files missing, e.g. {missing[0]}; re-extract the archive")
+        raise DataError(f"voc {split}: {len(missing)} files missing, e.g. {missing[0]}; re-extract "
+                        "the archive")
     return ids, images, labels
 
 
 def read_voc_label(path: Path) -> np.ndarray:
-    """A VOC palette PNG as (H, W) uint8 class indices, 255 = ignore; DataError for any other value or mode."""
+    """A palette PNG as (H, W) uint8 class indices, 255 = ignore; DataError for other values."""
     with Image.open(path) as label:
         if label.mode not in ("P", "L"):
-            raise DataError(f"{path}: label mode {label.mode}; expected a palette PNG of class indices")
+            raise DataError(f"{path}: label mode {label.mode}; expected a palette PNG of class "
+                            "indices")
         values = np.asarray(label)
     bad = np.setdiff1d(np.unique(values), [*range(len(VOC_CLASSES)), 255])
     if bad.size:
@@ -79,9 +77,8 @@ def read_voc_label(path: Path) -> np.ndarray:
 
 def transform_voc(image: Image.Image, label: Image.Image, size: tuple[int, int],
                   rng: np.random.Generator | None) -> tuple[Image.Image, Image.Image]:
-    """Paired VOC transform to exactly `size`. Training (rng given): random scale 0.5-2x of the fitted size, flip and
-    random crop, as torchvision's references; evaluation (rng None): the longer side fits, no distortion. Padding is
-    black in the image and 255 (ignored) in the label."""
+    """Image and label at exactly `size`: with rng, a 0.5-2x scale, flip and crop (torchvision's
+    references); without, a letterbox (top-left, prediction crops it back). Label padding: 255."""
     height, width = size
     zoom = rng.uniform(0.5, 2.0) if rng is not None else 1.0
     new_height, new_width = fitted_size((image.height, image.width), size, zoom)
@@ -90,10 +87,12 @@ def transform_voc(image: Image.Image, label: Image.Image, size: tuple[int, int],
     left = top = 0
     if rng is not None:
         if rng.random() < 0.5:
-            image, label = image.transpose(Image.FLIP_LEFT_RIGHT), label.transpose(Image.FLIP_LEFT_RIGHT)
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            label = label.transpose(Image.FLIP_LEFT_RIGHT)
         left = int(rng.integers(0, max(0, new_size[0] - width) + 1))
         top = int(rng.integers(0, max(0, new_size[1] - height) + 1))
-    box = (left, top, min(left + width, new_size[0]), min(top + height, new_size[1]))  # PIL pads crops with 0
+    box = (left, top, min(left + width, new_size[0]), min(top + height, new_size[1]))  # pads 0
+    # padding: black in the image, 255 (ignored) in the label
     canvas, labels = Image.new("RGB", (width, height)), Image.new("L", (width, height), 255)
     canvas.paste(image.crop(box), (0, 0))
     labels.paste(label.crop(box), (0, 0))
