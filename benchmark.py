@@ -58,11 +58,11 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192,
 
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int,
               channels_last: bool, compile_model: bool, warmup: int, repeats: int) -> dict:
-    """Latency at batch 1, forward and training-step throughput at batch_size, for one model, and the
-    seconds each phase took. The training step is train.py's (compile_model: train.py --compile's)."""
+    """Latency at batch 1, forward and training-step throughput at batch_size, for one model, and
+    the seconds each phase took. The training step is train.py's (compile_model: with --compile)."""
     phases, clock = {}, time.perf_counter()
 
-    def phase(name: str) -> None:  # the row's own cost, phase by phase: what a cut run needs to know
+    def phase(name: str) -> None:  # the row's own cost by phase: what a cut run needs to know
         nonlocal clock
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -109,7 +109,8 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     model.train()
     loss = "jaccard+focal_tversky" if num_classes == 1 else "ce+focal_tversky"  # Table 1
     criterion = build_loss(loss, num_classes)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True, fused=True)  # train.py's
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, amsgrad=True,
+                                  fused=True)  # train.py's
     target = torch.randint(0, max(2, num_classes), (batch_size, side, side), device=device)
 
     def train_step():
