@@ -182,30 +182,36 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
 
 
 @pytest.mark.slow
-def test_resumes_never_replace_another_run_or_a_kept_checkpoint(tmp_path, capsys):
+def test_a_resume_never_replaces_another_run(tmp_path, capsys):
     run, other = tmp_path / "run", tmp_path / "other"
-    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(run), "--save-every", "1e-9"]) == 0
-    shutil.copy(run / "last.pt", tmp_path / "epoch0.pt")
+    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(run)]) == 0
     assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(other)]) == 0
-    before = snapshot(other)
+    before, original = snapshot(other), snapshot(run)
     # Into another run's folder: refused in one line, that run untouched
     assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "2", "--out-dir", str(other)]) == 2
     assert "holds another run" in capsys.readouterr().err and snapshot(other) == before
     # Into an empty folder: a copy of the run goes on there, the original untouched
-    original = snapshot(run)
     assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "2", "--out-dir",
-                      str(tmp_path / "empty"), "--save-every", "1e-9"]) == 0
+                      str(tmp_path / "empty")]) == 0
     assert epochs_logged(tmp_path / "empty") == [0, 1] and snapshot(run) == original
-    # Two branches from the same older checkpoint reach the same epoch: neither kept file is replaced
+
+
+def test_a_kept_checkpoint_is_never_replaced(tmp_path, capsys):
+    """Two branches resumed from one older checkpoint reach the same epoch: each newer last.pt (and
+    best.pt) is kept under a free name, none replaced."""
+    folder = run_folder.RunFolder(tmp_path)
+    older = {"epoch": 0}
     kept = []
-    for _ in range(2):
-        shutil.copy(tmp_path / "epoch0.pt", run / "epoch0.pt")
-        assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "3", "--save-every", "1e-9"]) == 0
-        newest = (run / "last.pt").read_bytes()
-        assert train.cli(["--resume", str(run / "epoch0.pt"), "--epochs", "2", "--save-every", "1e-9"]) == 0
-        kept.append(newest)
-    assert (run / "last-epoch2.pt").read_bytes() == kept[0] and (run / "last-epoch2-2.pt").read_bytes() == kept[1]
-    assert "kept as" in capsys.readouterr().out
+    for branch in range(2):
+        for name in ("last.pt", "best.pt"):
+            torch.save({"epoch": 3, "branch": branch}, tmp_path / name)
+        torch.save(older, tmp_path / "epoch0.pt")
+        folder.keep_newer(older, str(tmp_path / "epoch0.pt"))
+        kept.append(sorted(p.name for p in tmp_path.glob("*-epoch3*.pt")))
+    assert kept[-1] == ["best-epoch3-2.pt", "best-epoch3.pt", "last-epoch3-2.pt", "last-epoch3.pt"]
+    assert [torch.load(tmp_path / name)["branch"] for name in ("last-epoch3.pt", "last-epoch3-2.pt")] \
+        == [0, 1]
+    assert not (tmp_path / "last.pt").exists() and "kept as" in capsys.readouterr().out
 
 
 def test_a_folder_without_a_checkpoint_is_no_run_and_stale_temporary_files_go(tmp_path, capsys):
