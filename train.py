@@ -20,6 +20,11 @@ import signal
 import sys
 import time
 
+# GNU OpenMP spins about 300000 times at each barrier; two runs sharing 2 cores then spin through
+# each other's time slices and each is 6x+ slower. 10000 spins keep one run's speed, and two
+# runs at once take 1.4x the time of both in a row (docs/speed.md). Read when torch loads.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn

@@ -83,3 +83,14 @@ def checkpoints(tmp_path_factory):
                 fusion=save_checkpoint(folder / "fusion.pt", fusion, prefix="module._orig_mod.", args=args),
                 voc=save_checkpoint(folder / "voc.pt", voc, args=dict(image_size=64, dataset="voc")),
                 models=dict(unet=unet.eval(), fusion=fusion.eval(), voc=voc.eval()))
+
+
+@pytest.fixture(autouse=True)
+def no_fsync():
+    """Checkpoints are still written whole and replaced atomically; only the flush to the disk is skipped in the
+    test processes: power loss is not what the tests check, and fsync of the suite's gigabytes of checkpoints was a
+    fifth of its time. (Its own MonkeyPatch: a test's monkeypatch is undone before its tmp_path is removed.)"""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(os, "fsync", lambda fd: None)
+    yield
+    patch.undo()

@@ -79,7 +79,7 @@ def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
         return built[split]
 
     monkeypatch.setattr(setup, "build_dataset", spy)
-    for flags, augmented in ((["--no-augment"], False), ([], True)):
+    for flags, augmented in ((["--no-augment"], False), (["--augment"], True), ([], False)):  # demo: off
         with pytest.raises(Built):
             run_main([*TINY, "--epochs", "1", *flags, "--out-dir", str(tmp_path)])
         assert built["train"].augment is augmented and built["val"].augment is False
