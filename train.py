@@ -84,6 +84,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--in-channels", type=int, choices=[1, 3],
         help="1: grayscale; 3: gray replicated for ImageNet encoders")
     add("--num-classes", type=int, help="1: a lesion logit (binary masks); K > 1: class indices")
+    add("--foreground-prior", metavar="P",
+        help="start the binary head at foreground probability P in (0, 1), or none: SMP's zero "
+        f"bias (RetinaNet's prior; {recipe_default('foreground_prior')})")
     add("--loss", help=f"'+'-joined losses of losses.py, Table 1; {recipe_default('loss')}")
     add("--epochs", type=int, help=f"Table 1 'Num epochs'; {recipe_default('epochs')}")
     add("--batch-size", type=int,

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -22,7 +23,8 @@ from .checkpoints import RESUME_ENTRIES, model_from_checkpoint, read_checkpoint
 from .cli import UsageError, check_writable_file
 
 FIXED_ON_RESUME = (  # the network: a resumed run keeps its checkpoint's
-    "encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights")
+    "encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights",
+    "foreground_prior")
 
 
 def resolve_args(args) -> list[str]:
@@ -92,6 +94,9 @@ def build_network(args, checkpoint: dict | None, rank: int, device: torch.device
                             **options)
         if args.weights:
             load_weights(model, args.weights, rank)
+        if args.foreground_prior is not None:  # sigmoid(bias) = prior at every pixel (RetinaNet)
+            prior = args.foreground_prior
+            nn.init.constant_(model.head.bias, math.log(prior / (1 - prior)))
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     return model.to(device, memory_format=memory_format)
 

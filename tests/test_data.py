@@ -172,6 +172,9 @@ def test_synthetic_masses_are_learnable_but_not_trivial():
     compactness = [mask.sum() / (np.ptp(np.nonzero(mask)[0]) + 1) / (np.ptp(np.nonzero(mask)[1]) + 1)
                    for mask in masks if mask.sum() > 40]
     assert np.ptp(compactness) > 0.2
+    # Visible at any size: at 32 x 32, where 2.5% of the side is under a pixel, a mass still covers ~3 px of radius
+    small = [data.synthetic_mammogram((32, 32), np.random.default_rng([0, 0, i]))[1].sum() for i in range(100)]
+    assert min(area for area in small if area > 0) >= 8
 
 
 # ---------------------------------------------------------------------------------------------------------------------

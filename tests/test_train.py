@@ -66,6 +66,26 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
     assert cbis.augment and voc.augment and resolve("--dataset", "cbis", "--no-augment").augment is False
 
 
+def resolved(*argv: str):
+    args = train.get_args_parser().parse_args([*TINY, *argv])
+    train.resolve_args(args)
+    return args
+
+
+def test_the_demo_head_starts_at_its_foreground_prior_and_the_thesis_recipes_at_smp_zero_bias():
+    head_bias = lambda *argv: setup.build_network(resolved(*argv), None, 0, torch.device("cpu")).head.bias
+    assert resolved().foreground_prior == 0.02  # the demo
+    assert torch.sigmoid(head_bias()).item() == pytest.approx(0.02)
+    assert torch.equal(head_bias("--dataset", "cbis", "--weights", "none"), torch.zeros(1))  # as the thesis ran
+    assert torch.equal(head_bias("--foreground-prior", "none"), torch.zeros(1))
+    assert torch.sigmoid(head_bias("--dataset", "mias", "--weights", "none", "--foreground-prior", "0.1")).item() \
+        == pytest.approx(0.1)
+    # the prior moves the head's bias only: every other weight is initialised as without it
+    plain, primed = (setup.build_network(resolved(*argv), None, 0, torch.device("cpu")).state_dict()
+                     for argv in (("--foreground-prior", "none"), ()))
+    assert [name for name, value in plain.items() if not torch.equal(value, primed[name])] == ["head.bias"]
+
+
 def test_no_augment_reaches_the_training_set(tmp_path, monkeypatch):
     built, build_dataset = {}, setup.build_dataset
 
@@ -136,7 +156,8 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys, one_thread):
         assert set(checkpoint) >= {"model", "best_metric", "model_config", "args", "versions", "checksum"}
         if name == "last.pt":  # what an exact resume needs; best.pt holds the weights only
             assert set(checkpoint) >= {"optimizer", "scheduler", "scaler", "rng", "log"}
-            assert checkpoint["log"] == log[:epoch + 1]  # the log travels with the weights
+            # the log travels with the weights (as JSON text: a NaN precision, nothing predicted, equals itself)
+            assert json.dumps(checkpoint["log"]) == json.dumps(log[:epoch + 1])
         else:
             assert checkpoint["kind"] == "weights" and "optimizer" not in checkpoint
         model = build_model(**checkpoint["model_config"])  # rebuilt from the checkpoint alone
@@ -293,6 +314,9 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         (["--resume", str(junk)], {}, "junk.pt: cannot open it as a checkpoint"),
         (["--device", "gpu0"], {}, "--device gpu0"),
         (["--json", str(tmp_path)], {}, "--json"),
+        (["--foreground-prior", "1"], {}, "--foreground-prior 1: a probability in (0, 1)"),
+        (["--foreground-prior", "low"], {}, "--foreground-prior low: a probability such as 0.02"),
+        (["--foreground-prior", "0.02", "--num-classes", "3"], {}, "one-logit (binary) head"),
     ]
     for argv, env, words in cases:
         with monkeypatch.context() as patch:
