@@ -100,7 +100,8 @@ def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
                           env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1", CV_RUNS=str(tmp_path / "cv")))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "!! " not in done.stdout  # no step failed
-    for protocol, decoders in (("256", {"fusion", "unet"}), ("1024", {"unet"})):  # whole images; patches
+    # whole images; patches: one decoder each (summaries of several: test_crossval.py)
+    for protocol, decoders in (("256", {"fusion"}), ("1024", {"unet"})):
         summary = json.loads((results / f"crossval-mias-{protocol}" / "summary.json").read_text())
         assert set(summary["table"]) == decoders and summary["folds"] == 2
         assert all(run["images"] for runs in summary["runs"].values() for run in runs)  # every fold scored
