@@ -44,8 +44,14 @@ def read_log(folder: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------- presets
+def resolve(*argv: str):
+    """train.py's settings for these flags, every default filled (nothing is built)."""
+    args = train.get_args_parser().parse_args(list(argv))
+    train.resolve_args(args)
+    return args
+
+
 def test_presets_are_table_1_and_the_demo_is_the_default():
-    resolve = lambda *argv: (args := train.get_args_parser().parse_args(list(argv)), train.resolve_args(args))[0]
     cbis, voc, demo = resolve("--dataset", "cbis"), resolve("--dataset", "voc"), resolve()
     assert (cbis.encoder, cbis.decoder, cbis.weights, cbis.loss, cbis.image_size, cbis.epochs) == \
         ("resnet34", "fusion", "imagenet-timm", "jaccard+focal_tversky", 256, 150)  # §4.3: encoders from timm
@@ -66,23 +72,17 @@ def test_presets_are_table_1_and_the_demo_is_the_default():
     assert cbis.augment and voc.augment and resolve("--dataset", "cbis", "--no-augment").augment is False
 
 
-def resolved(*argv: str):
-    args = train.get_args_parser().parse_args([*TINY, *argv])
-    train.resolve_args(args)
-    return args
-
-
 def test_the_demo_head_starts_at_its_foreground_prior_and_the_thesis_recipes_at_smp_zero_bias():
-    head_bias = lambda *argv: setup.build_network(resolved(*argv), None, 0, torch.device("cpu")).head.bias
-    assert resolved().foreground_prior == 0.02  # the demo
-    assert torch.sigmoid(head_bias()).item() == pytest.approx(0.02)
+    network = lambda *argv: setup.build_network(resolve(*TINY, *argv), None, 0, torch.device("cpu"))
+    head_bias = lambda *argv: network(*argv).head.bias
+    demo = network()
+    assert resolve().foreground_prior == 0.02 and torch.sigmoid(demo.head.bias).item() == pytest.approx(0.02)
     assert torch.equal(head_bias("--dataset", "cbis", "--weights", "none"), torch.zeros(1))  # as the thesis ran
     assert torch.equal(head_bias("--foreground-prior", "none"), torch.zeros(1))
     assert torch.sigmoid(head_bias("--dataset", "mias", "--weights", "none", "--foreground-prior", "0.1")).item() \
         == pytest.approx(0.1)
     # the prior moves the head's bias only: every other weight is initialised as without it
-    plain, primed = (setup.build_network(resolved(*argv), None, 0, torch.device("cpu")).state_dict()
-                     for argv in (("--foreground-prior", "none"), ()))
+    plain, primed = network("--foreground-prior", "none").state_dict(), demo.state_dict()
     assert [name for name, value in plain.items() if not torch.equal(value, primed[name])] == ["head.bias"]
 
 
