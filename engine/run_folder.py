@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from readers.atomic import atomic_write, write_json
+from readers.atomic import atomic_write, write_json, write_json_lines
 
 from .checkpoints import CheckpointWriter, copy_to_cpu, read_checkpoint, weights_checkpoint
 from .cli import UsageError
@@ -166,8 +166,7 @@ class RunFolder:
         return records
 
     def write_log(self, records: list[dict]) -> None:
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        atomic_write(self.path / "log.jsonl", lines.encode())
+        write_json_lines(self.path / "log.jsonl", records)  # a NaN score (nothing predicted) as null
 
     @staticmethod
     def records_at_resume(checkpoint: dict, resume: str) -> list[dict]:

@@ -1,7 +1,8 @@
 """Atomic writes: a reader, a killed run or a second writer never meets half a file (cache entries,
 checkpoints, logs, JSON); a full disk ends in one line naming the file system and the size needed.
 
-    atomic_write("runs/x/log.jsonl", b"...")  # temporary file, fsync, os.replace
+    atomic_write("runs/x/last.pt", b"...")  # temporary file, fsync, os.replace
+    write_json("runs/x/final.json", {...}); write_json_lines("runs/x/log.jsonl", records)
 """
 from __future__ import annotations
 
@@ -78,8 +79,15 @@ class _RecordingFile:
 
 
 def write_json(path: str | os.PathLike, payload) -> None:
-    """`payload` as indented JSON, written atomically; NaN is null, numpy numbers plain ones."""
+    """`payload` as indented JSON, written atomically; NaN (and inf) is null, numpy numbers plain ones."""
     text = json.dumps(_json_ready(payload), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, text.encode())
+
+
+def write_json_lines(path: str | os.PathLike, records: list) -> None:
+    """One JSON object per line (log.jsonl), written atomically; NaN is null, as in write_json
+    (strict readers, jq and JavaScript among them, refuse Python's bare NaN)."""
+    text = "".join(json.dumps(_json_ready(record), allow_nan=False) + "\n" for record in records)
     atomic_write(path, text.encode())
 
 
@@ -90,7 +98,7 @@ def _json_ready(value):
         return [_json_ready(v) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
         value = value.item()
-    return None if isinstance(value, float) and math.isnan(value) else value  # JSON has no NaN
+    return None if isinstance(value, float) and not math.isfinite(value) else value  # nor JSON inf
 
 
 def _size(count: int) -> str:

@@ -1,6 +1,8 @@
 """What several test files need: DICOM files written with pydicom, checkpoints as train.py writes them (the model and
-its model_config), and gloo processes that must not hang CI. Test files import it as `helpers` (pytest puts the tests'
+its model_config), gloo processes that must not hang CI, and a run's log.jsonl read as strict JSON. Test files import it as `helpers` (pytest puts the tests'
 folder on the path)."""
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +69,16 @@ def listing(cache: Path, dataset: str, split: str) -> Path:
     """The CSV of a split's skipped rows in a cache folder (data.py names it by dataset and root)."""
     (path,) = cache.glob(f"skipped_{dataset}-*_{split}.csv")
     return path
+
+
+def read_log(folder: Path) -> list[dict]:
+    """A run's log.jsonl, read as strict JSON readers (jq, JavaScript) do: a bare NaN or Infinity fails."""
+    def refuse(token: str):
+        raise ValueError(f"{folder / 'log.jsonl'} holds {token}, which is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def as_logged(records: list[dict]) -> list[dict]:
+    """A checkpoint's epoch records as log.jsonl holds them: a NaN score (nothing predicted) is null there."""
+    return [{key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
+            for record in records]

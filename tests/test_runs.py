@@ -3,12 +3,12 @@ old one, one run per folder at a time, a resume continues the same run with a lo
 disk or an unwritable cache ends in one line with the earlier files intact. Tiny synthetic runs, in this process."""
 import errno
 import fcntl
-import json
 import os
 import shutil
 import signal
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +16,7 @@ import train
 from data import DataError, build_dataset, cache_folder
 from engine import checkpoints, run_folder
 from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
+from helpers import as_logged, read_log
 from model import build_model
 from readers import atomic
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def epochs_logged(folder) -> list[int]:
-    return [json.loads(line)["epoch"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    return [record["epoch"] for record in read_log(folder)]
 
 
 def snapshot(folder) -> dict[str, bytes]:
@@ -86,9 +87,14 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
     assert train.cli(["--resume", str(copy / "epoch0.pt"), "--epochs", "2"]) == 0
     assert "kept as" in capsys.readouterr().out and (copy / "last-epoch3.pt").read_bytes() == newer
     assert epochs_logged(copy) == [0, 1]
-    logged = [json.loads(line) for line in (copy / "log.jsonl").read_text().splitlines()]
-    # as JSON text: a NaN (precision when nothing is predicted) equals itself there
-    assert json.dumps(torch.load(copy / "last.pt", weights_only=True)["log"]) == json.dumps(logged)
+    assert as_logged(torch.load(copy / "last.pt", weights_only=True)["log"]) == read_log(copy)
+
+
+def test_the_log_is_strict_json_a_nan_score_null(tmp_path):
+    """Precision is NaN when nothing is predicted; jq and JavaScript refuse Python's bare NaN, so the log says null."""
+    folder = run_folder.RunFolder(tmp_path)
+    folder.write_log([{"epoch": 0, "val_precision": float("nan"), "val_dice": np.float32(0.5), "lr": float("inf")}])
+    assert read_log(tmp_path) == [{"epoch": 0, "val_precision": None, "val_dice": 0.5, "lr": None}]
 
 
 @pytest.mark.slow
@@ -178,8 +184,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     assert train.cli(["--resume", str(stopped / "last.pt")]) == 0
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
-    assert json.loads((stopped / "log.jsonl").read_text().splitlines()[1])["train_loss"] == \
-        json.loads((straight / "log.jsonl").read_text().splitlines()[1])["train_loss"]
+    assert read_log(stopped)[1]["train_loss"] == read_log(straight)[1]["train_loss"]
 
 
 @pytest.mark.slow
@@ -277,7 +282,7 @@ def test_last_pt_is_written_when_due_and_at_the_end_not_every_epoch(tmp_path, mo
     # every 5 minutes by default; validated at epoch 1 and at the last, 2
     assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "a"), "--val-every", "2"]) == 0
     assert written.count("last.pt") == 1 and written.count("best.pt") == 1
-    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "a")
     assert ["val_images" in record for record in log] == [False, True, True]
     written.clear()
     assert train.cli([*TINY, "--epochs", "3", "--out-dir", str(tmp_path / "b"), "--save-every", "1e-9"]) == 0

@@ -21,6 +21,7 @@ from engine import setup
 from model import build_model
 from engine.devices import AutocastReplica, check_device_flags, resolve_device
 from engine.cli import UsageError, error_line
+from helpers import as_logged, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
@@ -37,10 +38,6 @@ def run_main(argv: list[str]) -> dict:
 def script(*argv: str, launcher: tuple[str, ...] = (), env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *launcher, str(ROOT / "train.py"), *argv], cwd=ROOT, env=env or ENV,
                           capture_output=True, text=True, timeout=300)
-
-
-def read_log(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------------------------------- presets
@@ -156,8 +153,7 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys, one_thread):
         assert set(checkpoint) >= {"model", "best_metric", "model_config", "args", "versions", "checksum"}
         if name == "last.pt":  # what an exact resume needs; best.pt holds the weights only
             assert set(checkpoint) >= {"optimizer", "scheduler", "scaler", "rng", "log"}
-            # the log travels with the weights (as JSON text: a NaN precision, nothing predicted, equals itself)
-            assert json.dumps(checkpoint["log"]) == json.dumps(log[:epoch + 1])
+            assert as_logged(checkpoint["log"]) == log[:epoch + 1]  # the log travels with the weights
         else:
             assert checkpoint["kind"] == "weights" and "optimizer" not in checkpoint
         model = build_model(**checkpoint["model_config"])  # rebuilt from the checkpoint alone
