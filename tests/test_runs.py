@@ -6,7 +6,11 @@ import fcntl
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from helpers import as_logged, read_log
 from model import build_model
 from readers import atomic
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
         "--panels", "0", "--print-freq", "100", "--workers", "0"]
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -185,6 +190,46 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
     assert read_log(stopped)[1]["train_loss"] == read_log(straight)[1]["train_loss"]
+
+
+def writing(path: Path) -> bool:
+    """Whether a new `path` is being written: atomic_write's temporary file beside it holds some bytes."""
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if temporary.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # renamed into place meanwhile
+            pass
+    return False
+
+
+@pytest.mark.slow
+def test_a_kill_9_loses_only_what_came_after_the_last_write(tmp_path):
+    """SIGKILL leaves no time to save: the run resumes from the last last.pt it wrote (a write cut short leaves the
+    previous file whole and its temporary file is cleared), its log goes back to those weights, and it ends with
+    the weights of a run never killed."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    flags = [*TINY, "--epochs", "3", "--save-every", "1e-9"]  # last.pt after every epoch, in the background
+    assert train.cli([*flags, "--out-dir", str(straight)]) == 0
+    process = subprocess.Popen([sys.executable, "train.py", *flags, "--out-dir", str(killed)], cwd=ROOT,
+                               env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:  # killed while it writes a last.pt after epoch 1 or 2 (its temporary file is there), the log ahead of it
+        deadline = time.monotonic() + 120
+        while not ((killed / "last.pt").exists() and len(read_log(killed)) >= 2 and writing(killed / "last.pt")):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert writing(killed / "last.pt")  # the write cut short
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] in (0, 1)  # the previous one, whole
+    assert train.cli(["--resume", str(killed / "last.pt")]) == 0
+    a, b = final_weights(straight), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(killed) == [0, 1, 2]
+    assert as_logged(torch.load(killed / "last.pt", weights_only=True)["log"]) == read_log(killed)
+    assert not list(killed.glob(".*.tmp"))
 
 
 @pytest.mark.slow

@@ -29,8 +29,6 @@ TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-ch
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
 
 
-
-
 def run_main(argv: list[str]) -> dict:
     return train.main(train.get_args_parser().parse_args(argv))
 
