@@ -166,6 +166,10 @@ def test_demo_pipeline_end_to_end(tmp_path, capsys, one_thread):
     assert f"lesions found {lesions['lesions_found']:.0f} of {lesions['lesions']:.0f}, false positives per " \
            f"image {lesions['false_positives_per_image']:.2f}" in printed
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # atomic writes leave no temporary file
+    # best.pt is weights only: a resume from it is refused in one line that names last.pt
+    assert train.cli(["--resume", str(out / "best.pt"), "--epochs", "3"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "weights only" in error and f"continue from {out / 'last.pt'}" in error
 
 
 @pytest.mark.slow
