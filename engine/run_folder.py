@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from readers.atomic import atomic_write, write_json, write_json_lines
+from readers.atomic import write_json, write_json_lines
 
 from .checkpoints import CheckpointWriter, copy_to_cpu, read_checkpoint, weights_checkpoint
 from .cli import UsageError

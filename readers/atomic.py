@@ -85,7 +85,7 @@ def write_json(path: str | os.PathLike, payload) -> None:
 
 
 def write_json_lines(path: str | os.PathLike, records: list) -> None:
-    """One JSON object per line (log.jsonl), written atomically; NaN is null, as in write_json
+    """One JSON object per line (log.jsonl), written atomically; NaN and inf are null, as in write_json
     (strict readers, jq and JavaScript among them, refuse Python's bare NaN)."""
     text = "".join(json.dumps(_json_ready(record), allow_nan=False) + "\n" for record in records)
     atomic_write(path, text.encode())
@@ -98,7 +98,7 @@ def _json_ready(value):
         return [_json_ready(v) for v in value]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
         value = value.item()
-    return None if isinstance(value, float) and not math.isfinite(value) else value  # nor JSON inf
+    return None if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no NaN, inf
 
 
 def _size(count: int) -> str:

@@ -1,6 +1,7 @@
 """Runs that never lose work (runs.py, train.py, atomic.atomic_write, data.cache_folder): a new run never replaces an
 old one, one run per folder at a time, a resume continues the same run with a log that matches its weights, and a full
-disk or an unwritable cache ends in one line with the earlier files intact. Tiny synthetic runs, in this process."""
+disk or an unwritable cache ends in one line with the earlier files intact. Tiny synthetic runs, in this process (a
+kill -9 in another)."""
 import errno
 import fcntl
 import os
