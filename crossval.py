@@ -8,15 +8,17 @@ with error bars, and the lesions each decoder finds.
 
 Each decoder on each fold k is one train.py run in <out-dir>/<decoder>/fold<k>/, scored by its last
 epoch's validation; the flags after `--` go to every run; run the command again until every run is
-done (docs/real-mammograms.md). It writes <out-dir>/summary.json and summary.png.
+done (docs/real-mammograms.md). It writes <out-dir>/summary.json and summary.png. Ctrl-C or
+SIGTERM stops the runs (each saves its last.pt) and still writes the summary of what was done.
 Exit codes: 0 every run done; 1 some runs failed (their log is named; the others summarised); 2 bad
-flags.
+flags; 130 or 143 stopped by Ctrl-C or SIGTERM (run the command again to resume).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 from engine.charts import draw_crossval
-from engine.cli import ArgumentParser, UsageError, run_command
+from engine.cli import ArgumentParser, Stopped, StopRequests, UsageError, run_command
 from engine.devices import default_workers
 from engine.run_folder import RunFolder
 from readers.atomic import write_json
@@ -116,23 +118,29 @@ def check_settings(args, out_dir: Path) -> None:
                          f"({'; '.join(changed)}): run it with those, or choose another --out-dir")
 
 
+def planned_epochs(folder: Path) -> int | None:
+    """The epochs a run was started for (its config.json), None before it started."""
+    try:
+        return int(json.loads((folder / "config.json").read_text())["args"]["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def score_from_log(folder: Path) -> bool:
     """A run killed after its last epoch, before its final.json: write it from the log's last
     record (that epoch's validation) and return True; False while training is unfinished."""
-    try:
-        epochs = json.loads((folder / "config.json").read_text())["args"]["epochs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    epochs = planned_epochs(folder)
     log = RunFolder(folder).read_log()
-    if not log or log[-1].get("epoch") != epochs - 1:
+    if epochs is None or not log or log[-1].get("epoch") != epochs - 1:
         return False
     final = {key[len("val_"):]: value for key, value in log[-1].items() if key.startswith("val_")}
     write_json(folder / "final.json", {"final": final, "from": "log.jsonl"})
     return True
 
 
-def run_all(args, out_dir: Path) -> list[str]:
-    """Every run not finished yet, --jobs at a time, each logging to its train.log -> failures."""
+def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
+    """Every run not finished yet, --jobs at a time, each logging to its train.log -> failures.
+    After a stop request no run starts, the running ones stop and save; it returns when they end."""
     pending = [(decoder, fold) for decoder in args.decoders for fold in range(args.folds)
                if not (run_folder(out_dir, decoder, fold) / "final.json").is_file()
                and not score_from_log(run_folder(out_dir, decoder, fold))]
@@ -140,8 +148,17 @@ def run_all(args, out_dir: Path) -> list[str]:
           f"runs to do, {args.jobs} at a time, in {out_dir}")
     threads = max(1, default_workers() // args.jobs)  # runs side by side share the cores
     environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
-    running, failures = {}, []
+    running, failures, told = {}, [], set()
+    stop.graceful = True  # a signal is a request: this loop passes it on and waits
     while pending or running:
+        if stop.signum is not None:
+            pending.clear()
+            for key, (process, _, _) in running.items():
+                # The runs share the terminal's process group and may have the signal already:
+                # SIGTERM, which train.py takes once (a second SIGINT would stop it unsaved).
+                if key not in told:
+                    process.send_signal(signal.SIGTERM)
+                    told.add(key)
         while pending and len(running) < args.jobs:
             decoder, fold = pending.pop(0)
             folder = run_folder(out_dir, decoder, fold)
@@ -160,11 +177,15 @@ def run_all(args, out_dir: Path) -> list[str]:
             folder = run_folder(out_dir, *key)
             if process.returncode == 0:
                 print(f"  done {key[0]} fold {key[1]} in {time.time() - started:.0f}s", flush=True)
+            elif stop.signum is not None and abs(process.returncode) in (
+                    signal.SIGINT, signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+                print(f"  stopped {key[0]} fold {key[1]} ({folder / 'train.log'})", flush=True)
             else:
                 failures.append(f"{key[0]} fold {key[1]} (exit {process.returncode}; see "
                                 f"{folder / 'train.log'})")
                 print(f"  FAILED {failures[-1]}", file=sys.stderr, flush=True)
         time.sleep(0.5)
+    stop.graceful = False
     return failures
 
 
@@ -204,24 +225,29 @@ def resolution_text(summary: dict) -> str:
 
 def summarise(args, out_dir: Path) -> tuple[dict, dict]:
     """(summary.json's content, learning curves per decoder and fold) from every run's files."""
-    finals, curves = {}, {}
+    finals, curves, progress = {}, {}, {}
     for decoder in args.decoders:
-        finals[decoder], curves[decoder] = [], []
+        finals[decoder], curves[decoder], progress[decoder] = [], [], []
         for fold in range(args.folds):
             folder = run_folder(out_dir, decoder, fold)
             path = folder / "final.json"
             final = json.loads(path.read_text())["final"] if path.is_file() else {}
+            log = RunFolder(folder).read_log()
+            progress[decoder].append(dict(finished=path.is_file(),
+                                          epochs_done=log[-1]["epoch"] + 1 if log else 0,
+                                          epochs=planned_epochs(folder)))
             for lesion, every in (("dice_mean_lesion_images", "dice_mean_per_image"),
                                   ("iou_mean_lesion_images", "iou_mean_per_image")):
                 if every in final and lesion not in final:  # an older version's run: noted
                     final[lesion], final["older_run"] = final[every], True
             finals[decoder].append(final)
-            curves[decoder].append(RunFolder(folder).read_log())
+            curves[decoder].append(log)
     classes = any("mean_iou" in final for runs in finals.values() for final in runs)
     kind = "classes" if classes else "binary"
     keys, compared = SCORES[kind].values(), COMPARED[kind]
     kept = (*keys, "images", "images_with_lesion", "older_run")
-    runs = {decoder: [{"fold": fold, **{key: final.get(key) for key in kept}}
+    runs = {decoder: [{"fold": fold, **progress[decoder][fold],
+                       **{key: final.get(key) for key in kept}}
                       for fold, final in enumerate(folds)] for decoder, folds in finals.items()}
     table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows])))
                        for key in keys}
@@ -274,6 +300,11 @@ def print_summary(summary: dict) -> None:
                     for runs in summary["runs"].values() for run in runs)
     if summary["scores"] == "binary" and uncounted:
         print(f"{uncounted} run(s) predate the lesion counts: their lesion columns are left out")
+    unfinished = [f"{decoder} fold {run['fold']} ({run['epochs_done']} of {run['epochs'] or '?'} "
+                  "epochs)" for decoder, runs in summary["runs"].items() for run in runs
+                  if not run["finished"]]
+    if unfinished:
+        print(f"not finished, so not in the table: {', '.join(unfinished)}")
     what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     for name, pair in summary["paired"].items():
         differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}"
@@ -283,7 +314,7 @@ def print_summary(summary: dict) -> None:
               f"{100 * pair['mean']:+.2f}); fusion wins {pair['fusion_wins']} of {counted} folds")
 
 
-def main(args) -> int:
+def main(args, stop: StopRequests | None = None) -> int:
     if args.folds < 2 or args.jobs < 1:
         raise UsageError(f"--folds {args.folds} and --jobs {args.jobs}: need at least 2 folds and "
                          "1 job")
@@ -297,7 +328,8 @@ def main(args) -> int:
         raise UsageError(f"--data-root {args.data_root}: folder not found")
     out_dir = Path(args.out_dir or f"runs/cv-{args.dataset}")
     check_settings(args, out_dir)
-    failures = run_all(args, out_dir)
+    stop = stop or StopRequests()
+    failures = run_all(args, out_dir, stop)
     summary, curves = summarise(args, out_dir)
     print_summary(summary)
     write_json(out_dir / "summary.json", summary)
@@ -308,9 +340,16 @@ def main(args) -> int:
     if failures:
         print(f"{len(failures)} run(s) failed: {'; '.join(failures)}; run the command again to "
               "resume them", file=sys.stderr)
+    if stop.signum is not None:  # after the summary: what was done is kept and shown
+        unfinished = sum(not run["finished"] for runs in summary["runs"].values() for run in runs)
+        raise Stopped(stop.signum, f"stopped by {signal.Signals(stop.signum).name}: {unfinished} "
+                      "run(s) not finished, each saved where it stopped; run the command again "
+                      "to resume them")
     return 1 if failures else 0
 
 
 if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
-    sys.exit(run_command("crossval.py", lambda: main(arguments), (UsageError,)))
+    requests = StopRequests("stopping the runs, which save where they are, then the summary")
+    sys.exit(run_command("crossval.py", lambda: main(arguments, requests), (UsageError,),
+                         stop=requests))

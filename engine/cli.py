@@ -139,10 +139,13 @@ class Stopped(BaseException):
 
 
 class StopRequests:
-    """SIGINT and SIGTERM as requests: while `graceful`, the training loop stops and saves."""
+    """SIGINT and SIGTERM as requests: while `graceful`, the training loop stops and saves. Once a
+    stop is under way, a second Ctrl-C stops at once; a second SIGTERM changes nothing: a
+    supervisor may send it twice, and crossval.py passes its own on to runs that may have had
+    the terminal's or timeout's already."""
 
-    def __init__(self):
-        self.signum, self.graceful, self._previous = None, False, {}
+    def __init__(self, doing: str = "stopping after this step and saving last.pt"):
+        self.signum, self.graceful, self.doing, self._previous = None, False, doing, {}
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
@@ -153,9 +156,11 @@ class StopRequests:
     def _handle(self, signum: int, frame) -> None:
         if self.graceful and self.signum is None:
             self.signum = signum
-            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving last.pt "
-                  "(Ctrl-C again stops at once, without saving)", file=sys.stderr, flush=True)
+            print(f"\n{signal.Signals(signum).name}: {self.doing} (Ctrl-C again stops at once, "
+                  "without saving)", file=sys.stderr, flush=True)
             return
+        if self.signum is not None and signum == signal.SIGTERM:
+            return  # the stop already under way goes on
         raise Stopped(signum)  # an atomic write then removes its temporary file
 
     def __exit__(self, *exc) -> None:

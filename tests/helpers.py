@@ -1,5 +1,5 @@
 """What several test files need: DICOM files written with pydicom, checkpoints as train.py writes them (the model and
-its model_config), gloo processes that must not hang CI, and a run's log.jsonl read as strict JSON. Test files import
+its model_config), gloo processes that must not hang CI, a run's log.jsonl read as strict JSON, and a toy mini-MIAS. Test files import
 it as `helpers` (pytest puts the tests' folder on the path)."""
 import json
 import math
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
@@ -82,3 +83,25 @@ def as_logged(records: list[dict]) -> list[dict]:
     """A checkpoint's epoch records as log.jsonl holds them: a NaN score (nothing predicted) is null there."""
     return [{key: None if isinstance(value, float) and math.isnan(value) else value for key, value in record.items()}
             for record in records]
+
+
+def write_toy_mias(root) -> None:
+    """A mini-MIAS of eight 64x64 images (four women), Info.txt's circles and two outline masks: enough for a dry
+    run's two folds, on any machine."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng, rows = np.random.default_rng(0), []
+    for number in range(1, 9):
+        ref, image = f"mdb{number:03d}", (rng.random((64, 64)) * 80).astype(np.uint8)
+        image[:, :40] += 60  # the breast on the left
+        if number % 3:  # a mass: a bright disc
+            yy, xx = np.ogrid[:64, :64]
+            disc = (yy - 30) ** 2 + (xx - 20) ** 2 <= 36
+            image[disc] = 220
+            rows.append(f"{ref} G CIRC B 20 34 6")
+            if number % 2:
+                Image.fromarray(disc.astype(np.uint8) * 255).save(root / "masks" / f"{ref}.png")
+        else:
+            rows.append(f"{ref} G NORM")
+        Image.fromarray(image).save(root / "images" / f"{ref}.png")
+    (root / "Info.txt").write_text("\n".join(rows) + "\n")

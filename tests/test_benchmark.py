@@ -5,15 +5,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import benchmark
 from engine import measure
 from engine.cli import UsageError
 from engine.measure import count_flops
+from helpers import write_toy_mias
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,28 +64,6 @@ def test_main_writes_the_model_table_as_json_and_refuses_flags_that_measure_noth
                         (["--batch-size", "0"], "--batch-size 0"), (["--json", str(tmp_path)], "is a folder")):
         with pytest.raises(UsageError, match=words):
             benchmark.main(benchmark.get_args_parser().parse_args(argv))
-
-
-def write_toy_mias(root) -> None:
-    """A mini-MIAS of eight 64x64 images (four women), Info.txt's circles and two outline masks: enough for a dry
-    run's two folds, on any machine."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng, rows = np.random.default_rng(0), []
-    for number in range(1, 9):
-        ref, image = f"mdb{number:03d}", (rng.random((64, 64)) * 80).astype(np.uint8)
-        image[:, :40] += 60  # the breast on the left
-        if number % 3:  # a mass: a bright disc
-            yy, xx = np.ogrid[:64, :64]
-            disc = (yy - 30) ** 2 + (xx - 20) ** 2 <= 36
-            image[disc] = 220
-            rows.append(f"{ref} G CIRC B 20 34 6")
-            if number % 2:
-                Image.fromarray(disc.astype(np.uint8) * 255).save(root / "masks" / f"{ref}.png")
-        else:
-            rows.append(f"{ref} G NORM")
-        Image.fromarray(image).save(root / "images" / f"{ref}.png")
-    (root / "Info.txt").write_text("\n".join(rows) + "\n")
 
 
 @pytest.mark.slow

@@ -1,13 +1,23 @@
 """crossval.py's summary: from finished runs (their final.json and log.jsonl) to Table 2's format with mean and standard
-deviation over folds, the paired comparison and the figure, without training anything. The whole command, training
-included, runs in bench/gpu.sh's dry run (tests/test_benchmark.py)."""
+deviation over folds, the paired comparison and the figure, without training anything; and a cross-validation stopped
+by a signal, with tiny runs. The whole command runs to its end in bench/gpu.sh's dry run (tests/test_benchmark.py)."""
 import json
+import os
 import re
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
 import crossval
+from helpers import write_toy_mias
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # per decoder and fold: (Dice over the images with a lesion, Dice over all images); IoU is derived from them
 DICE = {"fusion": [(0.60, 0.70), (0.50, 0.64), (0.70, 0.78)],
@@ -162,3 +172,38 @@ def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
     # how the runs run is not what they compute: another device or worker count, flags in another order
     assert crossval.recipe_flags(["--epochs", "5", "--device", "cuda:1", "--amp=bf16"]) == \
         crossval.recipe_flags(["--amp", "bf16", "--workers", "2", "--epochs", "5"])
+
+
+@pytest.mark.slow
+def test_a_stopped_cross_validation_saves_every_run_and_still_writes_its_summary(tmp_path):
+    """SIGTERM to crossval.py alone (`kill PID`; Ctrl-C and timeout reach its runs too): it passes the stop on, each run
+    saves where it is, the summary shows what was done, it exits 143, and the next call resumes every run."""
+    write_toy_mias(tmp_path / "mias")
+    out_dir = tmp_path / "cv"
+    argv = ["--dataset", "mias", "--data-root", str(tmp_path / "mias"), "--folds", "2", "--jobs", "2", "--decoders",
+            "unet", "--out-dir", str(out_dir), "--", "--device", "cpu", "--epochs", "50", "--image-size", "32",
+            "--batch-size", "4", "--workers", "0", "--decoder-channels", "16,16,16,16,16", "--weights", "none",
+            "--panels", "0"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "crossval.py"), *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    folders = [out_dir / "unet" / f"fold{fold}" for fold in range(2)]
+    deadline = time.time() + 120
+    while not all((folder / "log.jsonl").is_file() for folder in folders):  # each run has logged an epoch
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, out[-2000:] + err[-2000:]
+    assert err.strip().splitlines()[-1] == ("crossval.py: stopped by SIGTERM: 2 run(s) not finished, each saved where "
+                                            "it stopped; run the command again to resume them")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert (out_dir / "summary.png").stat().st_size > 0
+    args = crossval.get_args_parser().parse_args(argv)
+    for folder, run in zip(folders, summary["runs"]["unet"]):
+        assert not run["finished"] and 1 <= run["epochs_done"] < 50 and run["epochs"] == 50
+        assert f"unet fold {run['fold']} ({run['epochs_done']} of 50 epochs)" in out
+        assert "train.py: stopped by SIGTERM at epoch" in (folder / "train.log").read_text()  # saved, not killed
+        saved = torch.load(folder / "last.pt", weights_only=True, mmap=True)
+        assert saved["epoch"] == run["epochs_done"] - 1  # the log shows what the weights have seen
+        command = crossval.train_command(args, "unet", run["fold"], folder)
+        assert command[command.index("--resume") + 1] == str(folder / "last.pt")

@@ -21,6 +21,7 @@ import train
 from data import DataError, build_dataset, cache_folder
 from engine import checkpoints, run_folder
 from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
+from engine.cli import Stopped, StopRequests
 from helpers import as_logged, read_log
 from model import build_model
 from readers import atomic
@@ -191,6 +192,25 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
     assert read_log(stopped)[1]["train_loss"] == read_log(straight)[1]["train_loss"]
+
+
+def test_a_second_sigterm_leaves_a_stop_under_way_and_a_second_ctrl_c_ends_it_at_once():
+    """Ctrl-C and timeout signal a whole process group and crossval.py passes SIGTERM on to its runs as well, so a run
+    can get two: the stop under way (its last.pt being saved) goes on; only a second Ctrl-C abandons it, as the first
+    one's message says."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    with StopRequests() as stop:
+        with pytest.raises(Stopped):  # before the training loop: a signal ends the command at once
+            signal.raise_signal(signal.SIGTERM)
+        stop.graceful = True  # the loop
+        signal.raise_signal(signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        stop.graceful = False  # saving last.pt
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(Stopped, match="SIGINT"):
+            signal.raise_signal(signal.SIGINT)
 
 
 def writing(path: Path) -> bool:
