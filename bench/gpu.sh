@@ -9,8 +9,9 @@
 #      matmul rate (benchmark.py), and the ResNet-34 row again as train.py --compile runs it;
 #   5. our baselines against segmentation_models_pytorch's and timm's on the same weights (bench/peer_smp.py).
 # Each step has a time limit sized from the H200 run of 2026-12-04 (bench/results/h200-2026-12-04); the limits add
-# up to 500 s, 530 s with the cross-validation's grace below. At its limit a step gets SIGTERM, and SIGKILL 30 s later if still running: a cut cross-validation
-# stops its runs (each saves its last.pt), writes the summary of the runs that finished and keeps every run's log.
+# up to 500 s, 530 s with the cross-validation's grace below. At its limit a step gets SIGTERM, and SIGKILL 30 s
+# later if still running: a cut cross-validation stops its runs (each saves its last.pt), writes the summary of the
+# runs that finished and keeps every run's log.
 # A failing step is named, the others go on.
 #
 #   bash bench/gpu.sh [RESULTS_DIR] [MIAS_ROOT]   # default: bench-results/ and ../shared/data/mini-mias
