@@ -249,6 +249,12 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
     runs = {decoder: [{"fold": fold, **progress[decoder][fold],
                        **{key: final.get(key) for key in kept}}
                       for fold, final in enumerate(folds)] for decoder, folds in finals.items()}
+    for decoder, rows in runs.items():  # how far an unfinished run got: its last validation
+        for row, log in zip(rows, curves[decoder]):
+            scored = [r for r in log if r.get(f"val_{compared}") is not None]
+            row["last_validated"] = (None if row["finished"] or not scored else
+                                     dict(epoch=scored[-1]["epoch"],
+                                          score=scored[-1][f"val_{compared}"]))
     table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows])))
                        for key in keys}
              for decoder, rows in runs.items()}
@@ -300,12 +306,14 @@ def print_summary(summary: dict) -> None:
                     for runs in summary["runs"].values() for run in runs)
     if summary["scores"] == "binary" and uncounted:
         print(f"{uncounted} run(s) predate the lesion counts: their lesion columns are left out")
+    what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     unfinished = [f"{decoder} fold {run['fold']} ({run['epochs_done']} of {run['epochs'] or '?'} "
-                  "epochs)" for decoder, runs in summary["runs"].items() for run in runs
+                  "epochs" + (f"; {what} {100 * run['last_validated']['score']:.2f} at epoch "
+                              f"{run['last_validated']['epoch']}" if run["last_validated"] else "")
+                  + ")" for decoder, runs in summary["runs"].items() for run in runs
                   if not run["finished"]]
     if unfinished:
         print(f"not finished, so not in the table: {', '.join(unfinished)}")
-    what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"
     for name, pair in summary["paired"].items():
         differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}"
                                 for d in pair["differences"])

@@ -201,7 +201,10 @@ def test_a_stopped_cross_validation_saves_every_run_and_still_writes_its_summary
     args = crossval.get_args_parser().parse_args(argv)
     for folder, run in zip(folders, summary["runs"]["unet"]):
         assert not run["finished"] and 1 <= run["epochs_done"] < 50 and run["epochs"] == 50
-        assert f"unet fold {run['fold']} ({run['epochs_done']} of 50 epochs)" in out
+        last = run["last_validated"]  # every epoch is validated here: the last one logged
+        assert last["epoch"] == run["epochs_done"] - 1 and 0 <= last["score"] <= 1
+        assert (f"unet fold {run['fold']} ({run['epochs_done']} of 50 epochs; Dice (images with a lesion) "
+                f"{100 * last['score']:.2f} at epoch {last['epoch']})") in out
         assert "train.py: stopped by SIGTERM at epoch" in (folder / "train.log").read_text()  # saved, not killed
         saved = torch.load(folder / "last.pt", weights_only=True, mmap=True)
         assert saved["epoch"] == run["epochs_done"] - 1  # the log shows what the weights have seen
