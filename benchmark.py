@@ -57,9 +57,11 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, *, n: int = 8192,
 
 
 def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, batch_size: int,
-              channels_last: bool, compile_model: bool, warmup: int, repeats: int) -> dict:
+              channels_last: bool, compile_model: bool, warmup: int, repeats: int,
+              forward_flops: int | None = None) -> dict:
     """Latency at batch 1, forward and training-step throughput at batch_size, for one model, and
-    the seconds each phase took. The training step is train.py's (compile_model: with --compile)."""
+    the seconds each phase took. The training step is train.py's (compile_model: with --compile);
+    forward_flops, one image's (model_costs), is counted here unless given."""
     phases, clock = {}, time.perf_counter()
 
     def phase(name: str) -> None:  # the row's own cost by phase: what a cut run needs to know
@@ -127,7 +129,9 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
     step_seconds = median_seconds(train_step, device=device, warmup=warmup, repeats=repeats)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     phase("training")
-    train_flops = 3 * batch_size * model_costs(kwargs, side)["flops"]  # backward ~ 2x forward
+    if forward_flops is None:
+        forward_flops = model_costs(kwargs, side)["flops"]
+    train_flops = 3 * batch_size * forward_flops  # backward ~ 2x forward
     return dict(precision=PRECISION_NAMES[precision], latency_s=latency, phase_seconds=phases,
                 graph_latency_s=graph_seconds, forward_images_per_s=batch_size / forward_seconds,
                 train_images_per_s=batch_size / step_seconds,
@@ -206,12 +210,14 @@ def speed_table(args: argparse.Namespace, rows: list, device: torch.device, resu
           + (f"; bf16 matmul {ceiling:.0f} TFLOP/s" if ceiling else ""))
     print(f"{'model':<42} {'prec':>5} {'latency ms':>10} {'graph ms':>8} {'thesis ms':>9} "
           f"{'fwd img/s':>10} {'train img/s':>11} {'train TFLOP/s':>13} {'peak GiB':>8}")
+    flops = {row["model"]: row["flops"] for row in results["models"]}  # counted once, in main
     for label, kwargs, side, _, _, thesis_seconds in rows:
         for precision in precisions:
             try:
                 r = speed_row(kwargs, side, device=device, precision=precision,
                               batch_size=args.batch_size, channels_last=args.channels_last,
-                              compile_model=args.compile, warmup=warmup, repeats=repeats)
+                              compile_model=args.compile, warmup=warmup, repeats=repeats,
+                              forward_flops=flops[label])
             except torch.OutOfMemoryError:  # a big row on a small card: say so and time the others
                 r = None
             if r is None:  # outside the except block, whose traceback holds the row's tensors
