@@ -223,38 +223,40 @@ def resolution_text(summary: dict) -> str:
             f"(overlap {summary['overlap']:g})")
 
 
+def run_progress(folder: Path, log: list[dict], compared: str) -> dict:
+    """How far a run got: finished (its final.json), epochs logged of those planned, and, while
+    unfinished, its last validation of the compared score."""
+    finished = (folder / "final.json").is_file()
+    scored = [record for record in log if record.get(f"val_{compared}") is not None]
+    last = (None if finished or not scored else
+            dict(epoch=scored[-1]["epoch"], score=scored[-1][f"val_{compared}"]))
+    return dict(finished=finished, epochs_done=log[-1]["epoch"] + 1 if log else 0,
+                epochs=planned_epochs(folder), last_validated=last)
+
+
 def summarise(args, out_dir: Path) -> tuple[dict, dict]:
     """(summary.json's content, learning curves per decoder and fold) from every run's files."""
-    finals, curves, progress = {}, {}, {}
+    finals, curves = {}, {}
     for decoder in args.decoders:
-        finals[decoder], curves[decoder], progress[decoder] = [], [], []
+        finals[decoder], curves[decoder] = [], []
         for fold in range(args.folds):
             folder = run_folder(out_dir, decoder, fold)
             path = folder / "final.json"
             final = json.loads(path.read_text())["final"] if path.is_file() else {}
-            log = RunFolder(folder).read_log()
-            progress[decoder].append(dict(finished=path.is_file(),
-                                          epochs_done=log[-1]["epoch"] + 1 if log else 0,
-                                          epochs=planned_epochs(folder)))
             for lesion, every in (("dice_mean_lesion_images", "dice_mean_per_image"),
                                   ("iou_mean_lesion_images", "iou_mean_per_image")):
                 if every in final and lesion not in final:  # an older version's run: noted
                     final[lesion], final["older_run"] = final[every], True
             finals[decoder].append(final)
-            curves[decoder].append(log)
+            curves[decoder].append(RunFolder(folder).read_log())
     classes = any("mean_iou" in final for runs in finals.values() for final in runs)
     kind = "classes" if classes else "binary"
     keys, compared = SCORES[kind].values(), COMPARED[kind]
     kept = (*keys, "images", "images_with_lesion", "older_run")
-    runs = {decoder: [{"fold": fold, **progress[decoder][fold],
+    runs = {decoder: [{"fold": fold, **run_progress(run_folder(out_dir, decoder, fold),
+                                                    curves[decoder][fold], compared),
                        **{key: final.get(key) for key in kept}}
                       for fold, final in enumerate(folds)] for decoder, folds in finals.items()}
-    for decoder, rows in runs.items():  # how far an unfinished run got: its last validation
-        for row, log in zip(rows, curves[decoder]):
-            scored = [r for r in log if r.get(f"val_{compared}") is not None]
-            row["last_validated"] = (None if row["finished"] or not scored else
-                                     dict(epoch=scored[-1]["epoch"],
-                                          score=scored[-1][f"val_{compared}"]))
     table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows])))
                        for key in keys}
              for decoder, rows in runs.items()}

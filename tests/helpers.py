@@ -1,6 +1,6 @@
 """What several test files need: DICOM files written with pydicom, checkpoints as train.py writes them (the model and
-its model_config), gloo processes that must not hang CI, a run's log.jsonl read as strict JSON, and a toy mini-MIAS. Test files import
-it as `helpers` (pytest puts the tests' folder on the path)."""
+its model_config), gloo processes that must not hang CI, a run's log.jsonl read as strict JSON, and a toy mini-MIAS.
+Test files import it as `helpers` (pytest puts the tests' folder on the path)."""
 import json
 import math
 from pathlib import Path
