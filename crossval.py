@@ -8,10 +8,10 @@ with error bars, and the lesions each decoder finds.
 
 Each decoder on each fold k is one train.py run in <out-dir>/<decoder>/fold<k>/, scored by its last
 epoch's validation; the flags after `--` go to every run; run the command again until every run is
-done (docs/real-mammograms.md). It writes <out-dir>/summary.json and summary.png. Ctrl-C or
-SIGTERM stops the runs (each saves its last.pt) and still writes the summary of what was done.
+done (docs/real-mammograms.md). It writes <out-dir>/summary.json and summary.png. Ctrl-C, SIGTERM
+or a hang-up stops the runs (each saves its last.pt) and still writes the summary of what was done.
 Exit codes: 0 every run done; 1 some runs failed (their log is named; the others summarised); 2 bad
-flags; 130 or 143 stopped by Ctrl-C or SIGTERM (run the command again to resume).
+flags; 130, 143 or 129 stopped by Ctrl-C, SIGTERM or SIGHUP (run the command again to resume).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from engine.charts import draw_crossval
-from engine.cli import ArgumentParser, Stopped, StopRequests, UsageError, run_command
+from engine.cli import (STOP_SIGNALS, ArgumentParser, Stopped, StopRequests, UsageError,
+                        run_command)
 from engine.devices import default_workers
 from engine.run_folder import RunFolder
 from readers.atomic import write_json
@@ -177,8 +178,8 @@ def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
             folder = run_folder(out_dir, *key)
             if process.returncode == 0:
                 print(f"  done {key[0]} fold {key[1]} in {time.time() - started:.0f}s", flush=True)
-            elif stop.signum is not None and abs(process.returncode) in (
-                    signal.SIGINT, signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM):
+            elif stop.signum is not None and (-process.returncode in STOP_SIGNALS  # killed
+                                              or process.returncode - 128 in STOP_SIGNALS):
                 print(f"  stopped {key[0]} fold {key[1]} ({folder / 'train.log'})", flush=True)
             else:
                 failures.append(f"{key[0]} fold {key[1]} (exit {process.returncode}; see "

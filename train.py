@@ -8,8 +8,8 @@
     python train.py --resume runs/cbis/best.pt --eval-only     # a checkpoint's validation scores
 
 Defaults are each dataset's recipe (recipes.py, Table 1). docs/runs.md describes the run folder,
-resume, checkpoints and exit codes (2: a bad flag or data, 3: a non-finite loss, 130/143: Ctrl-C or
-SIGTERM).
+resume, checkpoints and exit codes (2: a bad flag or data, 3: a non-finite loss, 130/143/129:
+Ctrl-C, SIGTERM or a hang-up).
 """
 from __future__ import annotations
 
@@ -291,7 +291,7 @@ def save_now(folder: RunFolder, rank: int, checkpoint: dict) -> None:
 
 def stopped_line(stop: StopRequests, epoch: int, steps: int, steps_per_epoch: int,
                  folder: RunFolder) -> str:
-    name = "SIGINT (Ctrl-C)" if stop.signum == signal.SIGINT else "SIGTERM"
+    name = "SIGINT (Ctrl-C)" if stop.signum == signal.SIGINT else signal.Signals(stop.signum).name
     last = folder.path / "last.pt"
     return (f"stopped by {name} at epoch {epoch}, step {steps} of {steps_per_epoch}; saved {last}: "
             f"continue with python train.py --resume {last}")

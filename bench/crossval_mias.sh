@@ -34,12 +34,12 @@ else
   flags=(--folds 5 --jobs "$jobs" --decoders "${decoders[@]}" -- --device cuda --amp bf16 "${sizes[@]}"
          --weights "${WEIGHTS:-none}" --workers 2 --panels 2)
 fi
-# Stopped (Ctrl-C, or gpu.sh's time limit signalling the whole process group), crossval.py stops its runs, which save,
-# and writes the summary of what was done; this script waits for that, then copies the files as usual: the tee and
-# the shell itself outlive the signal.
-trap 'echo "crossval_mias.sh: stopped; copying what was done"' INT TERM
+# Stopped (Ctrl-C, a hang-up, or gpu.sh's time limit signalling the whole process group), crossval.py stops its runs,
+# which save, and writes the summary of what was done; this script waits for that, then copies the files as usual: the
+# tee and the shell itself outlive the signal.
+trap 'echo "crossval_mias.sh: stopped; copying what was done"' INT TERM HUP
 python crossval.py --dataset mias --data-root "$mias" --out-dir "$runs" "${flags[@]}" \
-  --cache-dir "$runs/cache" 2>&1 | (trap '' INT TERM; exec tee "$results/crossval.txt")
+  --cache-dir "$runs/cache" 2>&1 | (trap '' INT TERM HUP; exec tee "$results/crossval.txt")
 status=${PIPESTATUS[0]}
 cp "$runs"/summary.json "$runs"/summary.png "$results"/ 2>/dev/null
 for folder in "$runs"/*/fold*; do  # the small files of every run, for the record

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import errno
 import os
 import re
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -50,7 +52,8 @@ def run_command(prog: str, main: Callable[[], object],
                 user_errors: tuple[type[BaseException], ...], *,
                 exit_codes: dict[type, int] | None = None, quiet: bool = False,
                 stop: "StopRequests | None" = None) -> int:
-    """main()'s exit code; a user's error, Ctrl-C or SIGTERM -> one line and 2, 130 or 143."""
+    """main()'s exit code; a user's error, Ctrl-C, SIGTERM or SIGHUP -> one line and 2, 130, 143
+    or 129."""
     try:
         with stop or StopRequests():
             code = main()
@@ -130,8 +133,14 @@ def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Pa
     return folder
 
 
+# The signals that ask a command to stop: Ctrl-C, kill/timeout/SLURM, and a terminal that hangs up
+# (an SSH session that drops), which would otherwise end it where it stands.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))  # Windows has no SIGHUP
+
+
 class Stopped(BaseException):
-    """A run stopped by SIGINT or SIGTERM; exit code 128 + the signal (130, 143)."""
+    """A run stopped by a signal of STOP_SIGNALS; exit code 128 + the signal (130, 143, 129)."""
 
     def __init__(self, signum: int, message: str = ""):
         super().__init__(message or f"stopped by {signal.Signals(signum).name}")
@@ -139,30 +148,79 @@ class Stopped(BaseException):
 
 
 class StopRequests:
-    """SIGINT and SIGTERM as requests: while `graceful`, the training loop stops and saves. Once a
-    stop is under way, a second Ctrl-C stops at once; a second SIGTERM changes nothing: a
+    """STOP_SIGNALS as requests: while `graceful`, the training loop stops and saves. Once a stop
+    is under way, a second Ctrl-C stops at once; a second SIGTERM or SIGHUP changes nothing: a
     supervisor may send it twice, and crossval.py passes its own on to runs that may have had
-    the terminal's or timeout's already."""
+    the terminal's or timeout's already. After a hang-up nothing reads the terminal: what would
+    have gone to it goes nowhere, so that a print cannot fail the save."""
 
     def __init__(self, doing: str = "stopping after this step and saving last.pt"):
         self.signum, self.graceful, self.doing, self._previous = None, False, doing, {}
+        self._streams = None
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
+            # A write can fail before the SIGHUP handler runs (it runs between bytecodes)
+            self._streams = sys.stdout, sys.stderr
+            sys.stdout, sys.stderr = HangUpSafe(sys.stdout), HangUpSafe(sys.stderr)
         return self
 
     def _handle(self, signum: int, frame) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            detach_from_terminal()
         if self.graceful and self.signum is None:
             self.signum = signum
             print(f"\n{signal.Signals(signum).name}: {self.doing} (Ctrl-C again stops at once, "
                   "without saving)", file=sys.stderr, flush=True)
             return
-        if self.signum is not None and signum == signal.SIGTERM:
+        if self.signum is not None and signum != signal.SIGINT:
             return  # the stop already under way goes on
         raise Stopped(signum)  # an atomic write then removes its temporary file
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        if self._streams is not None:
+            sys.stdout, sys.stderr = self._streams
+
+
+class HangUpSafe:
+    """A text stream whose writes, when the terminal has hung up (EIO) or the pipe's reader is
+    gone (EPIPE), detach the command from them and go nowhere instead of failing the command."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._retrying(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._retrying(self._stream.flush)
+
+    def _retrying(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as error:
+            if error.errno not in (errno.EIO, errno.EPIPE):
+                raise
+            detach_from_terminal()
+            return method(*args)  # now into os.devnull
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def detach_from_terminal() -> None:
+    """Standard output and error to os.devnull where they went to a terminal or a pipe, which a
+    hang-up closes (writing there then fails, and what is still buffered goes nowhere); output
+    to a file (crossval.py's train.log) stays."""
+    with open(os.devnull, "w") as devnull:
+        for fd in (1, 2):
+            try:
+                mode = os.fstat(fd).st_mode  # not isatty(): a hung-up terminal answers no
+                if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
+                    os.dup2(devnull.fileno(), fd)
+            except OSError:  # already closed
+                pass

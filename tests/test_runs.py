@@ -19,7 +19,7 @@ import torch
 
 import train
 from data import DataError, build_dataset, cache_folder
-from engine import checkpoints, run_folder
+from engine import checkpoints, cli, run_folder
 from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
 from engine.cli import Stopped, StopRequests
 from helpers import as_logged, read_log
@@ -211,6 +211,62 @@ def test_a_second_sigterm_leaves_a_stop_under_way_and_a_second_ctrl_c_ends_it_at
         assert stop.signum == signal.SIGINT
         with pytest.raises(Stopped, match="SIGINT"):
             signal.raise_signal(signal.SIGINT)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="a pseudo-terminal is POSIX")
+def test_a_terminal_that_hangs_up_stops_the_run_and_it_saves(tmp_path):
+    """An SSH session that drops: the run's terminal hangs up, SIGHUP comes, and every write to the terminal fails
+    from then on (EIO). The run still saves where it is, as on SIGTERM, and exits 129; its log matches its weights."""
+    import pty
+    folder = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "train.py"), *TINY, "--epochs", "50", "--out-dir", str(folder)]
+    pid, terminal = pty.fork()  # the child's controlling terminal, stdin, stdout and stderr
+    if pid == 0:
+        try:
+            os.execve(sys.executable, argv, dict(os.environ, OMP_NUM_THREADS="1"))
+        finally:
+            os._exit(127)
+    seen, deadline = b"", time.monotonic() + 120
+    try:
+        while b"epoch 0 val" not in seen:  # an epoch validated and logged: the terminal shows its line
+            assert time.monotonic() < deadline, seen[-2000:]
+            seen += os.read(terminal, 65536)
+    finally:
+        os.close(terminal)  # the hang-up
+    while (status := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status[1]) == 128 + signal.SIGHUP
+    saved = read_checkpoint(folder / "last.pt", needs=checkpoints.RESUME_ENTRIES)
+    assert as_logged(saved["log"]) == read_log(folder) and len(read_log(folder)) >= 1
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_a_write_that_finds_the_terminal_gone_detaches_and_the_command_goes_on(monkeypatch):
+    """The SIGHUP handler runs between bytecodes, so a print can meet the hung-up terminal first (EIO), or a pipe
+    whose reader is gone (EPIPE): the command's streams then detach and carry on. Other errors still fail."""
+    class HungUpTerminal:
+        def __init__(self):
+            self.detached, self.written = False, []
+
+        def write(self, text):
+            if not self.detached:
+                raise OSError(errno.EIO, "Input/output error")
+            self.written.append(text)
+            return len(text)
+
+    terminal = HungUpTerminal()
+    monkeypatch.setattr(cli, "detach_from_terminal", lambda: setattr(terminal, "detached", True))
+    assert cli.HangUpSafe(terminal).write("epoch 3 val\n") == 12 and terminal.written == ["epoch 3 val\n"]
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        cli.HangUpSafe(FullDisk()).write("epoch 3 val\n")
 
 
 def writing(path: Path) -> bool:
