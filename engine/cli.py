@@ -139,6 +139,27 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
                      if hasattr(signal, name))  # Windows has no SIGHUP
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's worker_init_fn. A stop signal sent to the whole process group
+    (timeout, the terminal's Ctrl-C or hang-up) or to every process (SLURM) is the main process's
+    to act on: a worker that died of it would fail the step before last.pt is saved. A SIGTERM
+    from the main process itself (how a loader ends a worker that does not stop by message, and
+    how Python ends them at exit) still ends the worker."""
+    for signum in STOP_SIGNALS:
+        if signum != signal.SIGTERM or not hasattr(signal, "sigwaitinfo"):
+            signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # POSIX: a SIGTERM is waited for, to see who sent it
+        parent = os.getppid()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
+
+        def end_on_the_parents_sigterm() -> None:
+            while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+                pass
+            os._exit(0)
+
+        threading.Thread(target=end_on_the_parents_sigterm, daemon=True).start()
+
+
 class Stopped(BaseException):
     """A run stopped by a signal of STOP_SIGNALS; exit code 128 + the signal (130, 143, 129)."""
 

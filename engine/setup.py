@@ -19,7 +19,7 @@ from readers.sampling import EpochSampler, SeededItems
 from recipes import apply_recipe
 
 from .checkpoints import RESUME_ENTRIES, model_from_checkpoint, read_checkpoint
-from .cli import UsageError, check_writable_file
+from .cli import UsageError, check_writable_file, ignore_stop_signals
 
 FIXED_ON_RESUME = (  # the network: a resumed run keeps its checkpoint's
     "encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights",
@@ -149,7 +149,8 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
         raise UsageError(f"{args.dataset} has {val_set.num_classes} classes, the checkpoint "
                          f"{config['num_classes']}")
     options = dict(num_workers=args.workers, pin_memory=device.type == "cuda",
-                   persistent_workers=args.workers > 0)  # workers started once, not every epoch
+                   persistent_workers=args.workers > 0,  # workers started once, not every epoch
+                   worker_init_fn=ignore_stop_signals)  # a stop is the main process's to make
     shard = Subset(val_set, range(rank, len(val_set), world))  # every image scored once, no padding
     val_loader = DataLoader(shard, batch_size=args.eval_batch_size, **options)
     if train_set is None:

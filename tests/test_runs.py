@@ -244,6 +244,30 @@ def test_a_terminal_that_hangs_up_stops_the_run_and_it_saves(tmp_path):
     assert not list(folder.glob(".*.tmp"))
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_saves_though_the_loader_workers_get_it_too(tmp_path):
+    """timeout signals the process group, SLURM every process of the job: the DataLoader's workers get the SIGTERM
+    too. They leave the stop to the main process, which saves and exits 143 (a worker killed by it failed the step
+    before anything was saved), and they still end with it."""
+    folder = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "train.py", *TINY, "--workers", "1", "--epochs", "50", "--out-dir",
+                                str(folder)], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (folder / "log.jsonl").is_file() or not read_log(folder):  # an epoch done, the workers up
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-2000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 143, output[-2000:]
+    assert output.strip().splitlines()[-1].startswith("train.py: stopped by SIGTERM at epoch")
+    saved = read_checkpoint(folder / "last.pt", needs=checkpoints.RESUME_ENTRIES)
+    assert as_logged(saved["log"]) == read_log(folder)
+
+
 def test_a_write_that_finds_the_terminal_gone_detaches_and_the_command_goes_on(monkeypatch):
     """The SIGHUP handler runs between bytecodes, so a print can meet the hung-up terminal first (EIO), or a pipe
     whose reader is gone (EPIPE): the command's streams then detach and carry on. Other errors still fail."""
