@@ -224,8 +224,8 @@ def main(args, stop: StopRequests | None = None) -> dict:
                 + " ".join(f"{k} {v:.4f}" for k, v in summary.items() if k != metric))
             log(f"epoch {epoch} {scored} | {time.time() - started:.0f}s"
                 + " | best so far" * improved)
+        folder.close()  # the last write ends before the run reports; a signal now lets it end
         stop.graceful = False
-        folder.close()  # the last write ends before the run reports
     except NonFiniteLoss as error:
         stop.graceful = False
         finite = all(t.isfinite().all() for t in model.state_dict().values()

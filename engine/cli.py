@@ -119,6 +119,14 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def folder_in_the_way(folder: str | os.PathLike) -> Path | None:
+    """The file that stands where `folder`, or a folder above it, would be; None if none does."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Path:
     """Make `folder` if needed; UsageError naming `flag` if no file can be created there."""
     folder = Path(folder)

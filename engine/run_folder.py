@@ -184,9 +184,11 @@ class RunFolder:
             current = self.path / name
             if not current.exists() or os.path.samefile(current, resume):
                 continue
-            newer = read_checkpoint(current, needs=("epoch",), flag="--resume", mmap=True)["epoch"]
-            if newer <= checkpoint["epoch"]:
-                continue
+            saved = read_checkpoint(current, needs=("epoch",), flag="--resume", mmap=True)
+            newer = saved["epoch"]
+            if (newer, saved.get("next_step", 0)) <= (checkpoint["epoch"],
+                                                      checkpoint.get("next_step", 0)):
+                continue  # not ahead of it: within an epoch (next_step) counts
             stem, number = f"{current.stem}-epoch{newer}", 1
             while (kept := self.path / (f"{stem}.pt" if number == 1 else f"{stem}-{number}.pt")):
                 try:

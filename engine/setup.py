@@ -19,7 +19,7 @@ from readers.sampling import EpochSampler, SeededItems
 from recipes import apply_recipe
 
 from .checkpoints import RESUME_ENTRIES, model_from_checkpoint, read_checkpoint
-from .cli import UsageError, check_writable_file, ignore_stop_signals
+from .cli import UsageError, check_writable_file, folder_in_the_way, ignore_stop_signals
 
 FIXED_ON_RESUME = (  # the network: a resumed run keeps its checkpoint's
     "encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights",
@@ -69,7 +69,10 @@ def resolve_args(args) -> list[str]:
         (not args.save_every > 0, f"--save-every {args.save_every}: minutes, > 0"),
         (args.val_every < 1, f"--val-every {args.val_every}: must be >= 1"),
         (args.overwrite and (args.resume or not args.out_dir),
-         "--overwrite replaces the run in a given --out-dir; it does not go with --resume")]
+         "--overwrite replaces the run in a given --out-dir; it does not go with --resume"),
+        (args.out_dir and folder_in_the_way(args.out_dir),
+         f"--out-dir {args.out_dir}: {folder_in_the_way(args.out_dir or '.')} is a file, not a "
+         "folder; choose another --out-dir")]
     for failed, message in problems:
         if failed:
             raise UsageError(message)

@@ -97,6 +97,14 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
     assert as_logged(torch.load(copy / "last.pt", weights_only=True)["log"]) == read_log(copy)
 
 
+def test_a_checkpoint_saved_within_an_epoch_is_newer_than_one_saved_at_its_start(tmp_path, capsys):
+    torch.save({"epoch": 0, "next_step": 1}, tmp_path / "last.pt")  # stopped after the first step of epoch 1
+    torch.save({"epoch": 0, "next_step": 0}, tmp_path / "epoch0.pt")  # a copy taken at the end of epoch 0
+    run_folder.RunFolder(tmp_path).keep_newer({"epoch": 0, "next_step": 0}, str(tmp_path / "epoch0.pt"))
+    assert "kept as" in capsys.readouterr().out and not (tmp_path / "last.pt").exists()
+    assert torch.load(tmp_path / "last-epoch0.pt", weights_only=True)["next_step"] == 1
+
+
 def test_the_log_is_strict_json_a_nan_score_null(tmp_path):
     """Precision is NaN when nothing is predicted; jq and JavaScript refuse Python's bare NaN, so the log says null."""
     folder = run_folder.RunFolder(tmp_path)
@@ -192,6 +200,23 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
     assert read_log(stopped)[1]["train_loss"] == read_log(straight)[1]["train_loss"]
+
+
+def test_a_signal_while_the_last_checkpoint_is_written_lets_it_finish(tmp_path, monkeypatch):
+    """All epochs are done and the final last.pt is on its way to the disk when SIGTERM comes: the write ends (the
+    run is finished, exit 0), rather than being abandoned with the log one epoch ahead of the file."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers need the main thread")
+    real_close = run_folder.RunFolder.close
+
+    def close_after_a_sigterm(self):
+        signal.raise_signal(signal.SIGTERM)
+        return real_close(self)
+
+    monkeypatch.setattr(run_folder.RunFolder, "close", close_after_a_sigterm)
+    assert train.cli([*TINY, "--epochs", "2", "--out-dir", str(tmp_path / "run")]) == 0
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
+    assert epochs_logged(tmp_path / "run") == [0, 1]
 
 
 def test_a_second_sigterm_leaves_a_stop_under_way_and_a_second_ctrl_c_ends_it_at_once():
@@ -417,6 +442,14 @@ def test_a_write_abandoned_mid_way_leaves_the_previous_file_and_nothing_else(tmp
 def test_bad_run_flags_are_named(tmp_path, capsys, flags, words):
     assert train.cli([*TINY, "--out-dir", str(tmp_path / "o"), *flags]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_an_out_dir_where_a_file_stands_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "notes").write_text("a file")
+    for out_dir in (tmp_path / "notes", tmp_path / "notes" / "run"):
+        assert train.cli([*TINY, "--out-dir", str(out_dir)]) == 2
+        assert capsys.readouterr().err == (f"train.py: error: --out-dir {out_dir}: {tmp_path / 'notes'} is a file, "
+                                           "not a folder; choose another --out-dir\n")
 
 
 def test_last_pt_is_written_when_due_and_at_the_end_not_every_epoch(tmp_path, monkeypatch):
