@@ -78,7 +78,7 @@ SOURCE = {"cbis": "Table 1, CBIS-DDSM", "voc": "Table 1, Pascal VOC",
 # gives them again; the windowing's are nnU-Net's.
 RUN_DEFAULTS = {"data_root": None, "seed": 0, "amp": "none", "weight_decay": 0.01, "clip_grad": 0.0,
                 "limit": None, "eval_batch_size": None, "fold": None, "cache_dir": None,
-                "patch_size": None, "lesion_patches": 1 / 3, "overlap": 0.5}
+                "patch_size": None, "lesion_patches": 1 / 3, "overlap": 0.5, "val_every": 1}
 
 
 def apply_recipe(args, saved: dict) -> list[str]:

@@ -118,8 +118,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--overwrite", action="store_true", help="replace the run in --out-dir")
     add("--resume", help="last.pt to continue exactly (or any checkpoint, with --eval-only)")
     add("--eval-only", action="store_true", help="score the --resume checkpoint on val, then stop")
-    add("--val-every", type=int, default=1, metavar="N",
-        help="validate every N epochs and after the last (default: 1)")
+    add("--val-every", type=int, metavar="N",
+        help="validate every N epochs and after the last (default: 1, or the resumed run's)")
     add("--save-every", type=float, default=5.0, metavar="MINUTES",
         help="minutes between writes of last.pt, also written at the end and when stopped "
         "(default: 5)")
@@ -401,13 +401,20 @@ def final_report(args, model, val_set, val_loader, summary: dict, best: float, f
     print(f"done in {seconds:.0f}s, {100 * in_steps:.0f}% of it in training and validation "
           f"(start-up {clock['start-up']:.1f}s, waiting for checkpoint writes "
           f"{clock['checkpoints (waited)']:.1f}s, {written / 2**20:.0f} MB written). After epoch "
-          f"{args.epochs - 1}: {scores}\ncheckpoints: {folder.path / 'best.pt'} (best), "
+          f"{args.epochs - 1}: {scores}\ncheckpoints: {best_pt_line(folder.path, best)}"
           f"{folder.path / 'last.pt'} (last)" + ("\npanels: " + " ".join(panels)) * bool(panels))
     if args.json:
         timing = dict(clock, total=seconds, checkpoint_bytes=written)
         write_json(args.json, {"final": summary, "best": best, "all_background": floor,
                                "time": timing})
     return summary
+
+
+def best_pt_line(folder: Path, best: float) -> str:
+    if (folder / "best.pt").exists():
+        return f"{folder / 'best.pt'} (best), "
+    return (f"no best.pt (no epoch since the resume beat the resumed checkpoint's best, "
+            f"{best:.4f}), ")
 
 
 def cli(argv: list[str] | None = None) -> int:

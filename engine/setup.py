@@ -30,8 +30,9 @@ def resolve_args(args) -> list[str]:
     """Fill unset flags from the --resume checkpoint's run, else the recipe, and check every
     combination before any data is read. Returns the given flags that differ from the checkpoint."""
     needs = ("args",) if args.eval_only else RESUME_ENTRIES
-    saved = read_checkpoint(args.resume, needs=needs, flag="--resume", mmap=True)["args"] \
+    resumed = read_checkpoint(args.resume, needs=needs, flag="--resume", mmap=True) \
         if args.resume else {}
+    saved = resumed.get("args", {})
     if saved and args.dataset not in (None, saved.get("dataset")) and not args.eval_only:
         raise UsageError(f"--resume {args.resume} continues a {saved.get('dataset')} run; "
                          f"--dataset {args.dataset} would make it another run: drop --dataset, or "
@@ -45,6 +46,11 @@ def resolve_args(args) -> list[str]:
     changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {saved[k]})"
                for k in differing]
     fixed = [line for key, line in zip(differing, changed) if key in FIXED_ON_RESUME]
+    within = 0 if args.eval_only else resumed.get("next_step", 0)
+    if within and "batch_size" in differing:  # its position in the epoch is counted in batches
+        raise UsageError(f"--batch-size {args.batch_size}: {args.resume} stopped {within} steps "
+                         f"into epoch {resumed['epoch'] + 1} at --batch-size {saved['batch_size']}; "
+                         "resume it with that, or resume a checkpoint saved at an epoch's end")
     if fixed:  # the network comes from the checkpoint: such a flag would be listed, then ignored
         raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop "
                          "the flag, or start a new run")

@@ -71,10 +71,12 @@ def test_a_new_run_never_replaces_an_old_one_and_one_run_holds_a_folder(tmp_path
 @pytest.mark.slow
 def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, capsys):
     folder = tmp_path / "run"
-    assert train.cli([*TINY, "--epochs", "1", "--out-dir", str(folder)]) == 0
+    assert train.cli([*TINY, "--epochs", "1", "--val-every", "3", "--out-dir", str(folder)]) == 0
     shutil.copy(folder / "last.pt", folder / "epoch0.pt")  # an older checkpoint, as best.pt can be
     assert train.cli(["--resume", str(folder / "last.pt"), "--epochs", "3"]) == 0
     assert epochs_logged(folder) == [0, 1, 2]
+    # its settings too: epoch 1 is not validated (--val-every 3), the last one is
+    assert [("val_dice_mean_per_image" in r) for r in read_log(folder)] == [True, False, True]
     # Another dataset or another network is another run: refused, in one line
     for flags, words in ((["--dataset", "mias"], "continues a synthetic run"),
                          (["--decoder", "unet"], "--decoder unet (checkpoint: fusion)")):
@@ -196,6 +198,11 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     assert (saved["epoch"], saved["next_step"]) == (0, 2) and epochs_logged(stopped) == [0]
     assert not [p for p in stopped.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
+    # its position within the epoch is counted in batches: another --batch-size is refused
+    assert train.cli(["--resume", str(stopped / "last.pt"), "--batch-size", "2"]) == 2
+    assert capsys.readouterr().err == (f"train.py: error: --batch-size 2: {stopped / 'last.pt'} stopped 2 steps "
+                                       "into epoch 1 at --batch-size 3; resume it with that, or resume a "
+                                       "checkpoint saved at an epoch's end\n")
     assert train.cli(["--resume", str(stopped / "last.pt")]) == 0
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
@@ -371,6 +378,9 @@ def test_a_resume_never_replaces_another_run(tmp_path, capsys):
     assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "2", "--out-dir",
                       str(tmp_path / "empty")]) == 0
     assert epochs_logged(tmp_path / "empty") == [0, 1] and snapshot(run) == original
+    # Its best.pt is named only if an epoch there beat the resumed run's best and wrote one
+    named = f"{tmp_path / 'empty' / 'best.pt'} (best)" in capsys.readouterr().out
+    assert named == (tmp_path / "empty" / "best.pt").exists()
 
 
 def test_a_kept_checkpoint_is_never_replaced(tmp_path, capsys):
