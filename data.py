@@ -107,10 +107,12 @@ def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normal
     skipped = [row for row in skipped if patient_of(row[2]) in chosen]  # each split lists its own
     cache_dir = cache_folder("mias", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)
-    # The circles come from Info.txt, not from the image file, so they are part of the cache key.
+    # The circles come from Info.txt, not from the image file, so they are part of the cache key;
+    # so is how an outline is read (entries from before 0/1 outlines were read right: not reused).
     cache_files = [cache_file(cache_dir, image.ref,
                               [image.path] + [image.mask] * (image.mask is not None),
-                              dict(options, circles=image.circles)) for image in images]
+                              dict(options, circles=image.circles, outline="0/1 or 0/255"))
+                   for image in images]
     outlined = sum(image.mask is not None for image in images)
     normal = sum(image.normal for image in images)
     counts = (f"{len(images)} images: {outlined} with outline masks ({root / 'masks'}), "
@@ -129,14 +131,19 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
     check_fold("folder", split, fold, folds)
     # fixed: split.csv's rows per split; then every item has its split
     items, skipped, fixed = folder_items(root)
+    rows = read_split_csv(root / "split.csv") if (root / "split.csv").is_file() else {}
     if fold is not None or not fixed:
-        # a fixed test split stays held out of the folds
-        pool = [item for item in items if item.split != "test"]
+        # Drawn over every image found, usable or skipped, so that mending a file later moves no
+        # other image between train and val; a fixed test split stays held out of the folds.
+        found = {item.stem: (item.group, item.split) for item in items}
+        for _, _, stem, _ in skipped:
+            row = rows.get(stem, {})
+            found.setdefault(stem, (row.get("group") or stem, row.get("split") or None))
+        pool = {group: "" for group, fixed_split in found.values() if fixed_split != "test"}
         drawn = split != "test" or fold is not None
-        chosen = groups_of_split({item.group: "" for item in pool}, split,
-                                 (1 - val_fraction, val_fraction), split_seed, fold,
+        chosen = groups_of_split(pool, split, (1 - val_fraction, val_fraction), split_seed, fold,
                                  folds) if drawn else set()
-        items = [item for item in pool if item.group in chosen]
+        items = [item for item in items if item.split != "test" and item.group in chosen]
     else:
         items = [item for item in items if item.split == split]
     missing = fixed and fold is None and split != "test" and not items
@@ -150,7 +157,7 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
                               dict(options, classes=num_classes)) for item in items]
     counts = f"{len(items)} images with masks from {root}"
     # A skipped file is listed once: in the split split.csv gives it, else with the training images
-    split_of = read_split_csv(root / "split.csv") if fixed else {}
+    split_of = rows if fixed else {}
     skipped = [row for row in skipped
                if (split_of.get(row[2], {}).get("split") or "train") == split]
     report = skipped_listing(cache_dir, "folder", root, split)

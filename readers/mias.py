@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from .folders import read_mask
 from .mammograms import DataError, read_image_file
 
 MASSES = ("CIRC", "SPIC", "MISC")
@@ -101,12 +102,12 @@ def load_mias(image: MiasImage) -> tuple[np.ndarray, list[np.ndarray]]:
     """The image and its masks: the outline (all masses in one), else a disc per Info.txt row."""
     pixels = read_gray(image.path)
     if image.mask is not None:
-        outline = read_gray(image.mask)
+        outline = read_mask(image.mask, num_classes=1)  # 0/255 or 0/1, else a DataError
         if outline.shape != pixels.shape:
             raise DataError(f"{image.mask}: {outline.shape[1]}x{outline.shape[0]}, but its image "
                             f"{image.path} is {pixels.shape[1]}x{pixels.shape[0]}; a mask must "
                             "have its image's size")
-        return pixels, [outline > 0.5]  # 255 = mass
+        return pixels, [outline > 0]
     rows, cols = np.ogrid[:pixels.shape[0], :pixels.shape[1]]
     height = pixels.shape[0]
     return pixels, [(rows - (height - y)) ** 2 + (cols - x) ** 2 <= r * r

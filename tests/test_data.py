@@ -90,6 +90,21 @@ def test_mias_outline_is_the_mask_file_and_holds_the_info_txt_centre(mias, mias_
     assert outline[1024 - y, x]  # Info.txt's centre, y counted from the bottom, lies inside the outline
 
 
+def test_a_mias_outline_saved_as_0_1_is_the_same_mask_and_other_values_are_refused(tmp_path):
+    """Outline tools save 0/255 or 0/1: both are the mass (0/1 once read as 0 and 1/255, an empty mask, silently)."""
+    image = tmp_path / "mdb001.png"
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(image)
+    outline = np.zeros((8, 8), np.uint8)
+    outline[2:5, 3:6] = 1
+    for scale in (1, 255):
+        Image.fromarray(outline * scale).save(tmp_path / "mask.png")
+        _, (mask,) = mias_lib.load_mias(mias_lib.MiasImage("mdb001", image, 1, ((4, 4, 2),), tmp_path / "mask.png"))
+        assert np.array_equal(mask, outline > 0)
+    Image.fromarray(outline * 128).save(tmp_path / "mask.png")
+    with pytest.raises(DataError, match=r"mask.png: mask values \[0, 128\]; a binary mask holds 0/255 or 0/1"):
+        mias_lib.load_mias(mias_lib.MiasImage("mdb001", image, 1, ((4, 4, 2),), tmp_path / "mask.png"))
+
+
 def test_mias_without_outlines_falls_back_to_circles_counted_from_the_bottom(mias, tmp_path):
     root = tmp_path / "circles-only"  # Info.txt and the images, no masks/
     root.mkdir()

@@ -75,6 +75,8 @@ def test_pairs_by_stem_in_every_format_with_a_seeded_split_and_the_skips_listed(
 
 
 def test_split_csv_fixes_the_split_and_groups_stay_together(folder):
+    for unusable in ("orphan", "odd"):  # the split draws them too (the next test): here 10 patients alone
+        (folder / "images" / f"{unusable}.png").unlink()
     with open(folder / "split.csv", "w") as file:
         file.write("file,group\n" + "".join(f"case{i:02d}.png,patient{i // 2}\n" for i in range(20)))
     for seed in range(5):  # whatever the seed, both images of a patient are on one side
@@ -85,6 +87,17 @@ def test_split_csv_fixes_the_split_and_groups_stay_together(folder):
     (folder / "split.csv").write_text("file,split\n" + "".join(rows))
     assert build(folder, "test").ids == ["case00", "case01", "case02"]
     assert build(folder, "val").ids == ["case03", "case04", "case05"] and len(build(folder, "train")) == 14
+
+
+def test_a_drawn_split_does_not_move_when_a_missing_mask_is_added(folder):
+    """The split is drawn over every image found, usable or not: adding the missing mask puts that image on one
+    side and moves no other, so a model's validation images stay images it never trained on."""
+    (folder / "masks" / "case07.png").rename(folder.parent / "case07.png")
+    before = {split: set(build(folder, split).ids) for split in ("train", "val")}
+    (folder.parent / "case07.png").rename(folder / "masks" / "case07.png")
+    after = {split: set(build(folder, split).ids) for split in ("train", "val")}
+    assert "case07" not in before["train"] | before["val"] and "case07" in after["train"] | after["val"]
+    assert all(after[split] - {"case07"} == before[split] for split in ("train", "val"))
 
 
 def test_class_index_masks_for_a_multiclass_model_and_bad_values_named(folder):
