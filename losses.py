@@ -50,7 +50,9 @@ def _probabilities_and_one_hot(logits: torch.Tensor,
     else:
         probs = torch.softmax(logits, dim=1).reshape(batch, channels, -1)  # (B, C, HW)
         one_hot = F.one_hot(labels, channels).permute(0, 2, 1)  # (B, HW, C) -> (B, C, HW)
-    # where() rather than a product, so no gradient (not even 0 * inf) reaches ignored pixels
+    # where() rather than a product: an ignored pixel adds nothing and gets a zero gradient here
+    # (a product's 0 * inf would be NaN); an infinite logit there still makes softmax's own
+    # backward NaN, as torch's cross_entropy(ignore_index=...) does
     probs = torch.where(valid, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
     return probs, (one_hot * valid).to(probs.dtype)
 

@@ -200,8 +200,9 @@ class BinaryStats:
         with_lesion = scored & (counts[:, 0] + counts[:, 2] > 0)  # TP + FN > 0: a lesion in target
         # math.fsum is exactly rounded, so the means do not depend on the order of the images
         return {
-            "dice_pooled": _ratio(2 * tp, 2 * tp + fp + fn, if_empty=1.0),
-            "iou_pooled": _ratio(tp, tp + fp + fn, if_empty=1.0),
+            # no lesion pixel in target or prediction: 1, as for an image; no valid pixel: NaN
+            "dice_pooled": _ratio(2 * tp, 2 * tp + fp + fn, if_empty=1.0 if tn else math.nan),
+            "iou_pooled": _ratio(tp, tp + fp + fn, if_empty=1.0 if tn else math.nan),
             "dice_mean_per_image": _ratio(math.fsum(dice[scored].tolist()), int(scored.sum())),
             "iou_mean_per_image": _ratio(math.fsum(iou[scored].tolist()), int(scored.sum())),
             "dice_mean_lesion_images": _ratio(math.fsum(dice[with_lesion].tolist()),
@@ -327,6 +328,8 @@ class LesionStats:
         scores, labels = logits[:, 0].float().cpu().numpy(), target.cpu().numpy()  # host sync
         if ((labels != 0) & (labels != 1) & (labels != IGNORE_INDEX)).any():
             raise ValueError(f"target labels must be 0, 1 or {IGNORE_INDEX} (ignore)")
+        if not len(labels):
+            return  # an empty batch adds no row (a reshape of nothing to (0, -1) fails)
         rows = []
         for score, label in zip(scores, labels):
             valid = label != IGNORE_INDEX

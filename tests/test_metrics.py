@@ -156,6 +156,10 @@ def test_binary_stats_empty_conventions():
     assert missed.summary()["dice_mean_lesion_images"] == 0 and missed.summary()["images_with_lesion"] == 1
     nothing = BinaryStats().summary()
     assert nothing["images"] == 0 and math.isnan(nothing["dice_mean_per_image"])
+    all_ignored = BinaryStats()  # no valid pixel: nothing scored, pooled or per image
+    all_ignored.update(torch.ones(2, 3, 3, dtype=torch.long), torch.full((2, 3, 3), IGNORE_INDEX))
+    assert all(math.isnan(all_ignored.summary()[k]) for k in ("dice_pooled", "iou_pooled", "dice_mean_per_image"))
+    assert math.isnan(nothing["dice_pooled"])
 
 
 def test_binary_stats_match_reference_and_confusion_matrix():
@@ -345,6 +349,8 @@ def test_lesion_stats_refuses_wrong_inputs_and_a_second_reduce():
         stats.update(torch.zeros(1, 1, 4, 4), torch.full((1, 4, 4), 2))
     with pytest.raises(ValueError, match="hold 0.5"):
         LesionStats(thresholds=(0.1, 0.9))
+    stats.update(torch.zeros(0, 1, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long))  # an empty batch adds nothing
+    assert stats.counts().shape[0] == 0
     stats.reduce()
     with pytest.raises(RuntimeError, match="twice"):
         stats.reduce()
