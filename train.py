@@ -256,7 +256,9 @@ def open_run_folder(args, rank: int, world: int, device, checkpoint: dict | None
                   "effective_batch_size": args.batch_size * world}
         folder.start(overwrite=args.overwrite, checkpoint=checkpoint, resume=args.resume,
                      records=records, config=config)
-        folder.check_space(5 * tensor_bytes(model.state_dict()))  # last.pt's 4 copies, best.pt
+        # last.pt holds the weights and AdamW's 3 amsgrad buffers: two of them while one replaces
+        # the other, and best.pt
+        folder.check_space(9 * tensor_bytes(model.state_dict()))
     return folder
 
 

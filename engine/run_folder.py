@@ -116,8 +116,13 @@ class RunFolder:
         shutil.rmtree(self.path / "panels", ignore_errors=True)
 
     # --------------------------------------------------------------------------------------- saving
-    def check_space(self, checkpoint_bytes: int) -> None:
-        """Refuse to start when the disk cannot hold a checkpoint beside the one it replaces."""
+    def check_space(self, peak_bytes: int) -> None:
+        """Refuse to start when the disk cannot hold the run's checkpoints at their peak (a new
+        last.pt beside the one it replaces, and best.pt), less what the folder's hold already."""
+        present = {(stat.st_dev, stat.st_ino): stat.st_size  # a hard link counted once
+                   for stat in ((self.path / name).stat() for name in CHECKPOINTS
+                                if (self.path / name).exists())}
+        checkpoint_bytes = peak_bytes - sum(present.values())
         free = shutil.disk_usage(self.path).free
         if free < checkpoint_bytes:
             raise UsageError(f"--out-dir {self.path}: {free / 2**30:.2f} GB free, this run's "
