@@ -74,6 +74,9 @@ def resolve_args(args) -> list[str]:
         (args.workers < 0 or args.panels < 0, "--workers and --panels must be >= 0"),
         (not args.save_every > 0, f"--save-every {args.save_every}: minutes, > 0"),
         (args.val_every < 1, f"--val-every {args.val_every}: must be >= 1"),
+        (not args.eval_only and args.batch_size == 1 and (patch or size) == 32,
+         f"--batch-size 1 at {patch or size}x{patch or size}: the encoder's last feature map is "
+         "1x1, where BatchNorm cannot train on one value; use --batch-size 2 or larger images"),
         (args.overwrite and (args.resume or not args.out_dir),
          "--overwrite replaces the run in a given --out-dir; it does not go with --resume"),
         (args.out_dir and folder_in_the_way(args.out_dir),

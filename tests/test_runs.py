@@ -449,7 +449,8 @@ def test_a_write_abandoned_mid_way_leaves_the_previous_file_and_nothing_else(tmp
 
 @pytest.mark.parametrize("flags, words", [(["--limit", "0"], "--limit 0: must be >= 1"),
                                           (["--save-every", "0"], "--save-every 0.0: minutes, > 0"),
-                                          (["--val-every", "0"], "--val-every 0: must be >= 1")])
+                                          (["--val-every", "0"], "--val-every 0: must be >= 1"),
+                                          (["--batch-size", "1"], "--batch-size 1 at 32x32: the encoder's last")])
 def test_bad_run_flags_are_named(tmp_path, capsys, flags, words):
     assert train.cli([*TINY, "--out-dir", str(tmp_path / "o"), *flags]) == 2
     assert words in capsys.readouterr().err
