@@ -154,9 +154,11 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     from the main process itself (how a loader ends a worker that does not stop by message, and
     how Python ends them at exit) still ends the worker."""
     for signum in STOP_SIGNALS:
-        if signum != signal.SIGTERM or not hasattr(signal, "sigwaitinfo"):
+        if signum != signal.SIGTERM:
             signal.signal(signum, signal.SIG_IGN)
-    if hasattr(signal, "sigwaitinfo"):  # POSIX: a SIGTERM is waited for, to see who sent it
+    # Linux: a SIGTERM is waited for, to see who sent it (where it cannot be, as on macOS, a
+    # SIGTERM to the whole group still ends the workers, and with them the run's step)
+    if hasattr(signal, "sigwaitinfo"):
         parent = os.getppid()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
 
