@@ -72,6 +72,15 @@ def listing(cache: Path, dataset: str, split: str) -> Path:
     return path
 
 
+# A run of seconds: 6 synthetic images at 32x32, the narrow decoder, no panels, no loader workers
+TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
+        "--panels", "0", "--print-freq", "100", "--workers", "0"]
+
+
+def epochs_logged(folder: Path) -> list[int]:
+    return [record["epoch"] for record in read_log(folder)]
+
+
 def read_log(folder: Path) -> list[dict]:
     """A run's log.jsonl, read as strict JSON readers (jq, JavaScript) do: a bare NaN or Infinity fails."""
     def refuse(token: str):
