@@ -1,6 +1,6 @@
 """The run side: what the commands (train, evaluate, predict, crossval, export, benchmark) share.
 
-  cli, devices, measure     flags and one-line errors, --device/--amp/torchrun, timing and FLOPs
+  cli, devices, measure     flags, one-line errors and stop signals, --device/--amp/torchrun, timing and FLOPs
   setup                     the parts of a training run built from its flags
   checkpoints, run_folder   the checkpoint format and the run's folder (no run's work is ever lost)
   inference, backends       a model's logits for batches and whole images; eager, CUDA graph or ONNX

@@ -1,5 +1,6 @@
-"""The command line every script shares: the parser, one-line errors, exit codes and Ctrl-C,
-training's step lines, and checks of output paths made before any work starts.
+"""The command line every script shares: the parser, one-line errors, exit codes, stop signals
+(Ctrl-C, SIGTERM, a terminal's hang-up, and the DataLoader workers' share of them), training's
+step lines, and checks of output paths made before any work starts.
 
     sys.exit(run_command("benchmark.py", lambda: main(args), (UsageError,)))
 """
