@@ -55,6 +55,7 @@ def resolve_args(args) -> list[str]:
         raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop "
                          "the flag, or start a new run")
     size, patch = args.image_size, args.patch_size
+    in_the_way = folder_in_the_way(args.out_dir) if args.out_dir else None
     problems = [
         (args.eval_only and not args.resume,
          "--eval-only needs --resume CHECKPOINT (the weights to score)"),
@@ -79,9 +80,8 @@ def resolve_args(args) -> list[str]:
          "1x1, where BatchNorm cannot train on one value; use --batch-size 2 or larger images"),
         (args.overwrite and (args.resume or not args.out_dir),
          "--overwrite replaces the run in a given --out-dir; it does not go with --resume"),
-        (args.out_dir and folder_in_the_way(args.out_dir),
-         f"--out-dir {args.out_dir}: {folder_in_the_way(args.out_dir or '.')} is a file, not a "
-         "folder; choose another --out-dir")]
+        (in_the_way is not None, f"--out-dir {args.out_dir}: {in_the_way} is a file, not a folder; "
+         "choose another --out-dir")]
     for failed, message in problems:
         if failed:
             raise UsageError(message)
