@@ -58,7 +58,8 @@ run pipeline 25 python bench/pipeline.py --device "$device" "${pipeline[@]}" --j
 run profile_eager 25 python bench/profile_step.py --device "$device" "${profile[@]}"
 run speed 90 python benchmark.py --speed --device "$device" --channels-last --batch-size "$batch" --amp "${amp[@]}" \
   "${timing[@]}" --models "${rows[@]}" --json "$results/speed.json"
-if python -c "import segmentation_models_pytorch, timm" 2>/dev/null; then
+peers=(segmentation_models_pytorch timm)  # found, not imported: importing them costs seconds
+if python -c "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))" "${peers[@]}"; then
   run peer 30 python bench/peer_smp.py --device "$device" --batch-size "$batch" "${peer[@]}" --json "$results/peer.json"
 else
   echo "segmentation_models_pytorch or timm is not installed: peer comparison skipped" | tee "$results/peer.txt"

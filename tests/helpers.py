@@ -75,6 +75,9 @@ def listing(cache: Path, dataset: str, split: str) -> Path:
 # A run of seconds: 6 synthetic images at 32x32, the narrow decoder, no panels, no loader workers
 TINY = ["--image-size", "32", "--limit", "6", "--batch-size", "3", "--decoder-channels", "16,16,16,16,16",
         "--panels", "0", "--print-freq", "100", "--workers", "0"]
+# TINY's flags that a --resume does not restore, being this invocation's, not the run's: without them a resumed run
+# starts loader workers (each fork costs the 350 MB process a second of copy-on-write) and draws panels
+TINY_RESUMED = ["--panels", "0", "--workers", "0"]
 
 
 def epochs_logged(folder: Path) -> list[int]:

@@ -14,7 +14,7 @@ import train
 from data import DataError, build_dataset, cache_folder
 from engine import checkpoints, run_folder
 from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
-from helpers import TINY, as_logged, epochs_logged, read_log
+from helpers import TINY, TINY_RESUMED, as_logged, epochs_logged, read_log
 from model import build_model
 from readers import atomic
 
@@ -58,7 +58,7 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
     folder = tmp_path / "run"
     assert train.cli([*TINY, "--epochs", "1", "--val-every", "3", "--out-dir", str(folder)]) == 0
     shutil.copy(folder / "last.pt", folder / "epoch0.pt")  # an older checkpoint, as best.pt can be
-    assert train.cli(["--resume", str(folder / "last.pt"), "--epochs", "3"]) == 0
+    assert train.cli(["--resume", str(folder / "last.pt"), "--epochs", "3", *TINY_RESUMED]) == 0
     assert epochs_logged(folder) == [0, 1, 2]
     # its settings too: epoch 1 is not validated (--val-every 3), the last one is
     assert [("val_dice_mean_per_image" in r) for r in read_log(folder)] == [True, False, True]
@@ -74,11 +74,11 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
     lines = (copy / "log.jsonl").read_text().splitlines()
     (copy / "log.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     original = snapshot(folder)
-    assert train.cli(["--resume", str(copy / "last.pt"), "--epochs", "4"]) == 0
+    assert train.cli(["--resume", str(copy / "last.pt"), "--epochs", "4", *TINY_RESUMED]) == 0
     assert epochs_logged(copy) == [0, 1, 2, 3] and snapshot(folder) == original
     # Resuming an older checkpoint: the log goes back to it, and the newer last.pt is kept aside, not overwritten
     newer = (copy / "last.pt").read_bytes()
-    assert train.cli(["--resume", str(copy / "epoch0.pt"), "--epochs", "2"]) == 0
+    assert train.cli(["--resume", str(copy / "epoch0.pt"), "--epochs", "2", *TINY_RESUMED]) == 0
     assert "kept as" in capsys.readouterr().out and (copy / "last-epoch3.pt").read_bytes() == newer
     assert epochs_logged(copy) == [0, 1]
     assert as_logged(torch.load(copy / "last.pt", weights_only=True)["log"]) == read_log(copy)
@@ -164,7 +164,7 @@ def test_a_resume_never_replaces_another_run(tmp_path, capsys):
     assert "holds another run" in capsys.readouterr().err and snapshot(other) == before
     # Into an empty folder: a copy of the run goes on there, the original untouched
     assert train.cli(["--resume", str(run / "last.pt"), "--epochs", "2", "--out-dir",
-                      str(tmp_path / "empty")]) == 0
+                      str(tmp_path / "empty"), *TINY_RESUMED]) == 0
     assert epochs_logged(tmp_path / "empty") == [0, 1] and snapshot(run) == original
     # Its best.pt is named only if an epoch there beat the resumed run's best and wrote one
     named = f"{tmp_path / 'empty' / 'best.pt'} (best)" in capsys.readouterr().out

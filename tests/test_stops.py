@@ -20,7 +20,7 @@ import train
 from engine import checkpoints, cli, run_folder
 from engine.checkpoints import read_checkpoint
 from engine.cli import Stopped, StopRequests
-from helpers import TINY, as_logged, epochs_logged, read_log
+from helpers import TINY, TINY_RESUMED, as_logged, epochs_logged, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -61,7 +61,7 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     assert capsys.readouterr().err == (f"train.py: error: --batch-size 2: {stopped / 'last.pt'} stopped 2 steps "
                                        "into epoch 1 at --batch-size 3; resume it with that, or resume a "
                                        "checkpoint saved at an epoch's end\n")
-    assert train.cli(["--resume", str(stopped / "last.pt")]) == 0
+    assert train.cli(["--resume", str(stopped / "last.pt"), *TINY_RESUMED]) == 0
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
     assert read_log(stopped)[1]["train_loss"] == read_log(straight)[1]["train_loss"]
@@ -223,7 +223,7 @@ def test_a_kill_9_loses_only_what_came_after_the_last_write(tmp_path):
         process.wait()
     assert writing(killed / "last.pt")  # the write cut short
     assert torch.load(killed / "last.pt", weights_only=True)["epoch"] in (0, 1)  # the previous one, whole
-    assert train.cli(["--resume", str(killed / "last.pt")]) == 0
+    assert train.cli(["--resume", str(killed / "last.pt"), *TINY_RESUMED]) == 0
     a, b = final_weights(straight), final_weights(killed)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(killed) == [0, 1, 2]
     assert as_logged(torch.load(killed / "last.pt", weights_only=True)["log"]) == read_log(killed)
