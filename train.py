@@ -176,7 +176,8 @@ def main(args, stop: StopRequests | None = None) -> dict:
         return training_checkpoint(model, optimizer, scheduler, scaler, epoch=epoch,
                                    steps_per_epoch=steps_per_epoch, best_metric=best,
                                    metric_name=metric, metrics=scores, args=vars(args),
-                                   log=records, next_step=next_step, partial_losses=partial)
+                                   log=records, next_step=next_step, partial_losses=partial,
+                                   world_size=world)
 
     folder = open_run_folder(args, rank, world, device, checkpoint, records, model)
     log(f"{model.config['encoder']} + {model.config['decoder']}: "

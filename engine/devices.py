@@ -37,6 +37,12 @@ def autocast(device: torch.device, amp: str, **options) -> torch.autocast:
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != "none", **options)
 
 
+def launched_processes() -> int:
+    """How many processes torchrun started for this run (its WORLD_SIZE), 1 without torchrun."""
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return int(os.environ["WORLD_SIZE"]) if torchrun else 1
+
+
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's variables, the process group initialised;
     (0, 1, device) in a single process."""

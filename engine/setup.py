@@ -20,6 +20,7 @@ from recipes import apply_recipe
 
 from .checkpoints import RESUME_ENTRIES, model_from_checkpoint, read_checkpoint
 from .cli import UsageError, check_writable_file, folder_in_the_way, ignore_stop_signals
+from .devices import launched_processes
 
 FIXED_ON_RESUME = (  # the network: a resumed run keeps its checkpoint's
     "encoder", "decoder", "decoder_channels", "in_channels", "num_classes", "weights",
@@ -51,6 +52,14 @@ def resolve_args(args) -> list[str]:
         raise UsageError(f"--batch-size {args.batch_size}: {args.resume} stopped {within} steps "
                          f"into epoch {resumed['epoch'] + 1} at --batch-size {saved['batch_size']}; "
                          "resume it with that, or resume a checkpoint saved at an epoch's end")
+    world = launched_processes()
+    saved_world = resumed.get("world_size", world)  # unknown in a file from before it was saved
+    if within and saved_world != world:  # ...of each process: each one's share of the epoch moves
+        again = (f"torchrun --nproc_per_node {saved_world}" if saved_world > 1
+                 else "one process, without torchrun")
+        raise UsageError(f"{args.resume} stopped {within} steps into epoch {resumed['epoch'] + 1} "
+                         f"with {saved_world} process(es), this run has {world}: resume it with "
+                         f"{again}, or resume a checkpoint saved at an epoch's end")
     if fixed:  # the network comes from the checkpoint: such a flag would be listed, then ignored
         raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop "
                          "the flag, or start a new run")

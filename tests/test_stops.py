@@ -61,6 +61,13 @@ def test_sigterm_mid_epoch_saves_and_the_resumed_run_ends_bit_identical(tmp_path
     assert capsys.readouterr().err == (f"train.py: error: --batch-size 2: {stopped / 'last.pt'} stopped 2 steps "
                                        "into epoch 1 at --batch-size 3; resume it with that, or resume a "
                                        "checkpoint saved at an epoch's end\n")
+    # ...and each process takes its share of the epoch: another number of processes is refused too
+    with monkeypatch.context() as torchrun:
+        torchrun.setenv("RANK", "0"), torchrun.setenv("WORLD_SIZE", "2")
+        assert train.cli(["--resume", str(stopped / "last.pt")]) == 2
+    assert capsys.readouterr().err == (f"train.py: error: {stopped / 'last.pt'} stopped 2 steps into epoch 1 with 1 "
+                                       "process(es), this run has 2: resume it with one process, without torchrun, "
+                                       "or resume a checkpoint saved at an epoch's end\n")
     assert train.cli(["--resume", str(stopped / "last.pt"), *TINY_RESUMED]) == 0
     a, b = final_weights(straight), final_weights(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a) and epochs_logged(stopped) == [0, 1]
