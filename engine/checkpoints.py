@@ -164,6 +164,11 @@ class CheckpointWriter:
             error, self._error = self._error, None
             raise error
 
+    def raise_if_failed(self) -> None:
+        """The error of a write that has ended (a full disk), at once; one under way goes on."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
     def cancel(self) -> None:
         """Abandon the write in flight (its temporary file removed) and forget its error: the
         caller is already stopping for another reason."""

@@ -131,7 +131,9 @@ class RunFolder:
 
     def end_epoch(self, records: list[dict], state: Callable[[], dict], *, improved: bool,
                   final: bool) -> None:
-        """log.jsonl now; the best weights copied aside; last.pt (and best.pt) when due."""
+        """log.jsonl now; the best weights copied aside; last.pt (and best.pt) when due. A write
+        that failed in the background ends the run here, not minutes later at the next one."""
+        self.writer.raise_if_failed()
         self.write_log(records)
         due = final or time.monotonic() - self._last_save >= 60 * self.save_minutes
         if not (improved or due):

@@ -119,6 +119,23 @@ def test_a_full_disk_ends_in_one_line_and_keeps_the_previous_last_pt(tmp_path, m
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # no partial file left
 
 
+def test_a_write_that_failed_in_the_background_ends_the_run_at_the_next_epoch(tmp_path, monkeypatch):
+    """Not at the next write, --save-every minutes later: the run does not train on without a checkpoint."""
+    folder = run_folder.RunFolder(tmp_path, save_minutes=0)  # last.pt after every epoch
+
+    def full_disk(obj, file, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    state = lambda: {"epoch": 0, "model": {"weight": torch.zeros(3)}}
+    folder.end_epoch([{"epoch": 0}], state, improved=False, final=False)  # its write fails in the background
+    folder.writer._thread.join()
+    folder.save_minutes = 60  # the next write an hour away
+    with pytest.raises(atomic.DiskFullError, match="no space left on"):
+        folder.end_epoch([{"epoch": 0}, {"epoch": 1}], state, improved=False, final=False)
+    assert epochs_logged(tmp_path) == [0] and not (tmp_path / "last.pt").exists()
+
+
 def test_atomic_write_names_a_full_disk_and_leaves_nothing_behind(tmp_path, monkeypatch):
     target = tmp_path / "last.pt"
     target.write_bytes(b"the previous file")
