@@ -288,7 +288,7 @@ def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric: str, c
 def save_now(folder: RunFolder, rank: int, checkpoint: dict) -> None:
     """last.pt of a run that stops (a signal, a non-finite loss), written before it ends."""
     if rank == 0:
-        folder.save(checkpoint)
+        folder.save(checkpoint, final=True)
         folder.close()
 
 

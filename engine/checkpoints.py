@@ -67,14 +67,15 @@ def restore_training_state(checkpoint: dict, optimizer, scheduler, scaler, *, lr
     torch.set_rng_state(checkpoint["rng"]["torch"])
 
 
-def copy_to_cpu(value):
-    """Nested dicts and lists with every tensor copied to the CPU: training cannot change it."""
+def copy_to_cpu(value, *, copy: bool = True):
+    """Nested dicts and lists with every tensor copied to the CPU: training cannot change it.
+    copy=False copies only what is on another device (no training follows)."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
+        return value.detach().to("cpu", copy=copy)
     if isinstance(value, dict):
-        return {key: copy_to_cpu(item) for key, item in value.items()}
+        return {key: copy_to_cpu(item, copy=copy) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(copy_to_cpu(item) for item in value)
+        return type(value)(copy_to_cpu(item, copy=copy) for item in value)
     return value
 
 

@@ -139,14 +139,15 @@ class RunFolder:
         if not (improved or due):
             return
         checkpoint = state()
-        if improved:  # copied now: training goes on changing the weights
-            self._best = copy_to_cpu(weights_checkpoint(checkpoint))
+        if improved:  # copied now: training goes on changing the weights (unless final)
+            self._best = copy_to_cpu(weights_checkpoint(checkpoint), copy=not final)
         if due:
-            self.save(checkpoint)
+            self.save(checkpoint, final=final)
 
-    def save(self, checkpoint: dict) -> None:
-        """Write last.pt, then best.pt if it changed, in the background after the last write."""
-        files = [(self.path / "last.pt", copy_to_cpu(checkpoint))]
+    def save(self, checkpoint: dict, *, final: bool = False) -> None:
+        """Write last.pt, then best.pt if it changed, in the background after the last write;
+        final: no training follows (the run ends, or stops), so the state needs no copy."""
+        files = [(self.path / "last.pt", copy_to_cpu(checkpoint, copy=not final))]
         if self._best is not None:
             files.append((self.path / "best.pt", self._best))
             self._best = None
