@@ -10,6 +10,7 @@ import numpy as np
 
 BREAST_LEVEL = 0.1  # after stretch_contrast the film around the breast is ~0, tissue above
 LESION_JITTER = 0.25  # a lesion-centred patch's centre is this share of its side from the lesion
+IGNORED = 255  # a mask's ignored pixels (losses.IGNORE_INDEX): no lesion to centre a patch on
 
 
 def patch_origin(breast: np.ndarray, lesion: np.ndarray, patch: tuple[int, int],
@@ -34,6 +35,7 @@ def patch_origin(breast: np.ndarray, lesion: np.ndarray, patch: tuple[int, int],
 def crop_patch(image: np.ndarray, mask: np.ndarray, patch: tuple[int, int], lesion_share: float,
                rng: np.random.Generator, *, level: float) -> tuple[np.ndarray, np.ndarray]:
     """One training patch of an (H, W) image and its mask; the breast: pixels above `level`."""
-    top, left = patch_origin(image > level, mask > 0, patch, lesion_share, rng)
+    lesion = (mask > 0) & (mask != IGNORED)
+    top, left = patch_origin(image > level, lesion, patch, lesion_share, rng)
     window = (slice(top, top + patch[0]), slice(left, left + patch[1]))
     return image[window], mask[window]

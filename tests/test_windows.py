@@ -21,7 +21,7 @@ from engine.inference import model_logits, sliding_window_logits
 from engine.windows import sliding_window, window_starts
 from helpers import save_checkpoint, write_dicom
 from model import build_model
-from readers.patches import patch_origin
+from readers.patches import crop_patch, patch_origin
 from readers.sampling import SeededItems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,12 @@ def test_lesion_centred_patches_hit_a_lesion_in_the_share_they_promise():
     assert all(breast[top:top + 32, left:left + 32].any() and 0 <= top <= 224 and 0 <= left <= 224
                for top, left in normal)
     assert max(left for _, left in normal) > 120  # the whole breast, not one corner of it
+    # a K-class mask's ignored pixels (255; here all around the breast) are no lesion to centre a patch on
+    mask = np.where(breast, 0, 255).astype(np.uint8)
+    mask[lesion] = 1
+    masks = [crop_patch(breast.astype(np.float32), mask, (32, 32), 1.0, np.random.default_rng(seed), level=0.5)[1]
+             for seed in range(100)]
+    assert all((patch == 1).any() for patch in masks)
 
 
 def write_folder(root: Path, count: int = 4) -> Path:
