@@ -21,7 +21,7 @@ CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
     batch_size=16,  # not in the thesis (ours): 4 images on each of §4.3's 4 V100s
     in_channels=3,  # §4.3: ImageNet encoders from timm take RGB; grayscale is replicated
     decoder_channels=None,  # fusion.py's widths that match Table 2's 89.62M parameters
-    # the official training CSV split by patient 80/20: 987/244 images, not Table 1's 690/168,
+    # the official training CSV split by patient 80/20: 990/241 images, not Table 1's 690/168,
     # which no subset of the published CSVs reproduces (readers/cbis.py)
     train_split="train",
     augment=True,  # ours: readers/mammograms.py's flip, rotation, scale, shift, gamma

@@ -1,11 +1,13 @@
 """How every dataset is split (thesis §4.1, Table 1's train and validation images): by patient, or
 any group of images that must stay together, with a fixed seed; and a cross-validation's folds.
-A split depends on the group ids and the seed alone, never on which files are on disk.
+A split depends on the group ids and the seed alone, never on which files are on disk; a group
+added later (a new patient's images) moves at most one other group across each cut.
 
     held_out = groups_of_split(strata, "val", (), seed=0, fold=2, folds=5)  # fold 2 of 5
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,10 +18,13 @@ SPLITS = ("train", "val", "test")
 
 
 def groups_in_part(groups, part: int, weights: Sequence[float], seed: int) -> set:
-    """Part `part` of the sorted groups, shuffled with `seed` and cut in proportion to `weights`."""
-    order = np.random.default_rng(seed).permutation(sorted(set(groups)))
-    cuts = np.round(np.cumsum(weights) / sum(weights) * len(order)).astype(int)
-    return set(np.split(order, cuts[:-1])[part].tolist())
+    """Part `part` of the groups, in an order drawn with `seed` and cut in proportion to `weights`.
+    Each group's place in the order is a hash of (seed, group) alone, not a shuffle of them all:
+    a new group slides in among the others, which keep their order."""
+    place = lambda group: hashlib.sha256(f"{seed}:{group}".encode()).digest()  # not hash(): salted
+    order = sorted(set(groups), key=place)
+    bounds = [0, *np.round(np.cumsum(weights) / sum(weights) * len(order)).astype(int).tolist()]
+    return set(order[bounds[part]:bounds[part + 1]])
 
 
 def groups_of_split(strata: dict, split: str, weights: Sequence[float], seed: int,

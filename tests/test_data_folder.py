@@ -136,6 +136,15 @@ def test_groups_in_part_depends_on_the_group_ids_alone():
     folds = [splits.groups_of_split({g: g[-1] in "02468" for g in everyone}, "val", (), 0, k, 5) for k in range(5)]
     assert sorted(g for fold in folds for g in fold) == sorted(everyone)
     assert all(sum(g[-1] in "02468" for g in fold) == 5 for fold in folds)  # each stratum cut alike
+    # A patient added later (a folder that grows) moves at most one other patient across each cut: the val
+    # images a model was chosen on do not become training images of the next run
+    for seed, new in ((0, "a new"), (0, "p25b"), (0, "zzz"), (1, "a new"), (2, "p7b")):
+        val = splits.groups_in_part(everyone, 0, (0.2, 0.8), seed)
+        grown = splits.groups_in_part([*everyone, new], 0, (0.2, 0.8), seed) - {new}
+        assert len(val ^ grown) <= 1, (seed, new, val ^ grown)
+        fold = splits.groups_of_split(dict.fromkeys(everyone, 0), "val", (), seed, 2, 5)
+        grown = splits.groups_of_split(dict.fromkeys([*everyone, new], 0), "val", (), seed, 2, 5) - {new}
+        assert len(fold ^ grown) <= 2, (seed, new, fold ^ grown)  # fold 2 has two cuts
 
 
 def tiny(root, *images: str, masks=None, value: int = 255):
@@ -282,19 +291,20 @@ def pydicom_shape(path) -> tuple[int, int]:
 def test_an_image_that_cannot_be_used_is_left_out_before_training_not_an_epoch_in(folder, tmp_path, capsys):
     """A mask no model can read (RGB) passes the listing, which reads headers only; prepare_datasets decodes every
     image before the first step, leaves that one out, names it and lists it, and a training run goes through."""
-    mask = folder / "masks" / "case04.png"
+    victim = build(folder, "train").ids[0]  # a training image
+    mask = folder / "masks" / f"{victim}.png"
     Image.open(mask).convert("RGB").save(mask)
     train_set = build(folder, "train")
-    assert "case04" in train_set.ids  # the listing cannot know
+    assert victim in train_set.ids  # the listing cannot know
     count = len(train_set)
     prepare_datasets([train_set, build(folder, "val")], workers=0)
-    assert "case04" not in train_set.ids and len(train_set) == count - 1
+    assert victim not in train_set.ids and len(train_set) == count - 1
     assert len(train_set.cache_files) == len(train_set.sources) == count - 1
     printed = capsys.readouterr().out
     assert "train: 1 image(s) left out, since they cannot be used" in printed and "mask mode RGB" in printed
     (listing,) = (tmp_path / "cache").glob("unreadable_train-*.csv")
     with open(listing, newline="") as file:
-        assert [row["id"] for row in csv.DictReader(file)] == ["case04"]
+        assert [row["id"] for row in csv.DictReader(file)] == [victim]
     prepare_datasets([train_set], workers=2)  # every entry built: nothing to do, nothing more left out
     assert len(train_set) == count - 1
     train_set[0]  # the cache hit an epoch would read
