@@ -27,7 +27,7 @@ from pathlib import Path
 
 from engine.charts import draw_crossval
 from engine.cli import (STOP_SIGNALS, ArgumentParser, Stopped, StopRequests, UsageError,
-                        run_command)
+                        refuse_file_in_the_way, run_command)
 from engine.devices import default_workers
 from engine.run_folder import RunFolder
 from readers.atomic import write_json
@@ -338,6 +338,7 @@ def main(args, stop: StopRequests | None = None) -> int:
     if not Path(args.data_root).is_dir():
         raise UsageError(f"--data-root {args.data_root}: folder not found")
     out_dir = Path(args.out_dir or f"runs/cv-{args.dataset}")
+    refuse_file_in_the_way(out_dir, "--out-dir")
     check_settings(args, out_dir)
     stop = stop or StopRequests()
     failures = run_all(args, out_dir, stop)

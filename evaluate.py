@@ -28,7 +28,8 @@ from data import DataError, build_dataset, cache_folder, prepare_datasets
 from engine.backends import BACKENDS, fast_model
 from engine.charts import PALETTE, draw_froc
 from engine.checkpoints import CheckpointError, load_checkpoint
-from engine.cli import ArgumentParser, UsageError, check_writable_file, run_command
+from engine.cli import (ArgumentParser, UsageError, check_writable_file, refuse_file_in_the_way,
+                        run_command)
 from engine.devices import AMP_DTYPES, default_workers, resolve_device
 from engine.inference import (image_size_for, inference_seconds, overlap_for,
                               predict_dataset_batch, sliding_window_logits, window_for)
@@ -273,6 +274,8 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
     for flag, path in (("--json", args.json), ("--froc", args.froc)):
         if path:
             check_writable_file(path, flag)
+    if args.panels:
+        refuse_file_in_the_way(args.panels, "--panels")
     candidates = load_candidates(args.checkpoint, device)
     size = image_size_for({c.name: c.checkpoint for c in candidates}, args.image_size, args.dataset)
     # The table's numbers come from the model itself: a CUDA graph replays its very kernels, ONNX

@@ -28,10 +28,13 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit code 2) and a --help in the docstring's layout."""
+    """argparse with one-line errors (exit code 2) and a --help in the docstring's layout. Flags are
+    taken whole, never abbreviated: `--fol 0/2` after crossval.py's `--` would pass its check of the
+    flags it sets itself and override --fold, and a run's recorded flags would read two ways."""
 
     def __init__(self, **options):
-        super().__init__(**{"formatter_class": argparse.RawDescriptionHelpFormatter, **options})
+        super().__init__(**{"formatter_class": argparse.RawDescriptionHelpFormatter,
+                            "allow_abbrev": False, **options})
 
     def error(self, message: str):
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
@@ -126,6 +129,14 @@ def folder_in_the_way(folder: str | os.PathLike) -> Path | None:
         if path.exists():
             return None if path.is_dir() else path
     return None
+
+
+def refuse_file_in_the_way(folder: str | os.PathLike, flag: str) -> None:
+    """UsageError naming `flag` before any work if a file stands where `folder` would be."""
+    in_the_way = folder_in_the_way(folder)
+    if in_the_way is not None:
+        raise UsageError(f"{flag} {folder}: {in_the_way} is a file, not a folder; choose another "
+                         f"{flag}")
 
 
 def check_output_folder(folder: str | os.PathLike, flag: str = "--output") -> Path:

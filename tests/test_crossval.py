@@ -157,6 +157,10 @@ def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
     with pytest.raises(crossval.UsageError, match="--data-root .*missing: folder not found"):
         crossval.main(parse("--data-root", str(tmp_path / "missing")))
     assert not (tmp_path / "cv").exists()  # refused before anything was written
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(crossval.UsageError, match="--out-dir .*a-file is a file, not a folder"):
+        crossval.main(crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
+                                                             "--out-dir", str(tmp_path / "a-file" / "cv")]))
     write_finished_runs(tmp_path / "cv")
     assert crossval.main(parse("--data-root", str(tmp_path), "--folds", "3", "--decoders", "unet")) == 0
     with pytest.raises(crossval.UsageError, match=r"other settings \(folds 3, not 2\)"):

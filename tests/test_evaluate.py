@@ -356,6 +356,7 @@ def test_user_errors_are_one_line_with_exit_code_2(checkpoints, tmp_path, monkey
              "--froc goes with --dataset"),
             (["--checkpoint", *[unet] * 7, "--dataset", "synthetic", "--froc", "f.png"], "at most 6"),
             (["--checkpoint", unet, "--input", empty, "--output", tmp_path / "o"], "no .dcm"),
+            (["--checkpoint", unet, "--dataset", "synthetic", "--panels", unet / "p"], "--panels .* is a file"),
     ):
         with pytest.raises(UsageError, match=message):
             run(*argv)

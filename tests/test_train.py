@@ -325,3 +325,6 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         stderr = capsys.readouterr().err
         assert code == 2, (argv, stderr)
         assert len(stderr.strip().splitlines()) == 1 and words in stderr, (argv, stderr)
+    with pytest.raises(SystemExit) as refused:  # no abbreviations: `--fol` passed crossval's check of its own flags
+        train.cli([*TINY, "--fol", "0/2"])
+    assert refused.value.code == 2 and "unrecognized arguments: --fol 0/2" in capsys.readouterr().err
