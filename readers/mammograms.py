@@ -164,7 +164,9 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
         return read_dicom(path), True, dicom_pixel_spacing(path)
     try:
         with Image.open(path) as file:
-            mode = file.mode
+            mode, pages = file.mode, getattr(file, "n_frames", 1)
+            if pages != 1:  # as a multi-frame DICOM: which page is the mammogram is not ours to guess
+                raise DataError(f"{path}: {pages} pages; expected a single 2-D image")
             if mode == "F":
                 raise DataError(f"{path}: floating-point pixels have no known range; save 8- or "
                                 "16-bit gray or RGB")
@@ -174,7 +176,8 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
                 # one float32 array: 4 bytes a pixel
                 return np.divide(eight, 255, dtype=np.float32), False, None
             pixels = np.asarray(file)  # 16-bit gray: "I;16" (older Pillow opens 16-bit PNGs as "I")
-    except OSError as error:  # PIL's UnidentifiedImageError, truncated files
+    except (OSError, ValueError, SyntaxError, EOFError) as error:  # UnidentifiedImageError, a
+        # truncated file; Pillow's PGM/PPM reader raises ValueError for a damaged header or value
         raise DataError(f"{path}: cannot read the image ({error})") from error
     except Image.DecompressionBombError as error:  # over 2 x MAX_IMAGE_PIXELS: beyond any mammogram
         raise DataError(f"{path}: {error}") from error

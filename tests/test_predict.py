@@ -133,14 +133,17 @@ def test_predict_folder_of_png_jpeg_pgm_dicom_with_a_broken_file(checkpoints, tm
     scan_dicom(scans / "sub" / "scan.dcm", 90, 70, 1, spacing=(0.1, 0.05))
     scan_dicom(scans / "plain.dcm", 40, 50, 2)
     (scans / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing else")
+    (scans / "cut.pgm").write_bytes(b"P5\n101 75\n")  # its header ends before the maxval: Pillow's ValueError
+    page = Image.fromarray((gray * 255).round().astype(np.uint8))
+    page.save(scans / "pages.tif", save_all=True, append_images=[page])  # which page is the scan?
     out = tmp_path / "out"
     exit_code = run("--checkpoint", checkpoints["unet"], "--input", scans, "--output", out,
                     "--json", tmp_path / "p.json")
-    assert exit_code == 1  # one file failed, the others were written
+    assert exit_code == 1  # three files failed, each in one line, the others were written
     captured = capsys.readouterr()
-    assert [line for line in captured.err.splitlines() if "broken.png" in line] == [
-        line for line in captured.err.splitlines() if line.startswith("FAILED")]
-    assert len(captured.err.splitlines()) == 1
+    failed = sorted(Path(line.split()[1].rstrip(":")).name for line in captured.err.splitlines())
+    assert failed == ["broken.png", "cut.pgm", "pages.tif"], captured.err
+    assert all(line.startswith("FAILED") for line in captured.err.splitlines())
     expected_sizes = {"gray": (101, 75), "deep": (101, 75), "sub/film": (101, 75), "photo": (101, 75),
                       "sub/scan": (70, 90), "plain": (50, 40)}
     records = {Path(r["input"]).name: r for r in json.loads((tmp_path / "p.json").read_text())["files"]}
