@@ -17,6 +17,8 @@ import torch.nn as nn
 
 from readers.atomic import atomic_write
 
+from .cli import error_line
+
 BACKENDS = ("auto", "eager", "graph", "onnxruntime", "channels_last")
 ONNX_TOLERANCE = 1e-2  # x max(1, max |logit|): export.py's, measured in docs/deploy.md
 
@@ -164,7 +166,19 @@ def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto",
         print("note: --backend onnxruntime needs the CPU, `pip install onnxruntime onnx` and a "
               "checkpoint; running the model eagerly", file=sys.stderr)
         return model
-    fast = OnnxRuntimeModel(model, _onnx_file(model, checkpoint, cache))
+    try:
+        exported = _onnx_file(model, checkpoint, cache)
+    except OSError as error:  # a full disk or a quota in the cache folder
+        print(f"note: the ONNX export could not be written ({error_line(error)}); running the "
+              "model eagerly", file=sys.stderr)
+        return model
+    try:
+        fast = OnnxRuntimeModel(model, exported)
+    except Exception as error:  # ONNX Runtime's errors are plain Exceptions: a damaged cached file
+        exported.unlink(missing_ok=True)  # exported anew next time
+        print(f"note: ONNX Runtime could not load {exported} ({error_line(error)}; removed); "
+              "running the model eagerly", file=sys.stderr)
+        return model
     difference = _agrees(fast, model, size)
     if not difference <= ONNX_TOLERANCE:
         print(f"note: ONNX Runtime's logits differ by {difference:.2g} of their scale; running the "

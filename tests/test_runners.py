@@ -1,6 +1,7 @@
 """runners.py: each path prediction can take gives the eager model's logits, and a path that cannot be used falls back
 to the eager model in one line. (The CUDA graph itself is exercised by bench/gpu.sh on a GPU; here it must pass
 everything through untouched.)"""
+import errno
 import sys
 
 import pytest
@@ -50,6 +51,19 @@ def test_onnxruntime_is_checked_cached_and_falls_back_when_missing(tiny, monkeyp
     backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                        cache=folder / "cache", size=(64, 64))
     assert "exporting" not in capsys.readouterr().out  # the cached export is used again
+    exported[0].write_bytes(b"damaged")  # a cached file damaged since: noted, removed, the model runs eagerly
+    runner = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+                                 cache=folder / "cache", size=(64, 64))
+    assert runner is model and "could not load" in capsys.readouterr().err and not exported[0].exists()
+
+    def full_disk(path, content, **options):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:  # the export cannot be written (a full disk): the same
+        patch.setattr(backends, "atomic_write", full_disk)
+        runner = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+                                     cache=folder / "cache", size=(64, 64))
+    assert runner is model and "could not be written ([Errno 28] No space left on device)" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     fallback = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                                   cache=folder / "cache")
