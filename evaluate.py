@@ -289,7 +289,8 @@ def evaluate_checkpoints(args: argparse.Namespace, device: torch.device) -> int:
         cache = (cache_folder("onnx", candidate.path, flag=None) if backend == "onnxruntime"
                  else None)
         candidate.runner = fast_model(candidate.model, device, backend=backend,
-                                      checkpoint=candidate.path, cache=cache, size=size)
+                                      checkpoint=candidate.path, cache=cache, size=size,
+                                      amp=args.amp)
     # raw [0, 1] pixels; each model converts and normalises them
     channels = 3 if args.dataset == "voc" else 1
     num_classes = candidates[0].model.config["num_classes"]

@@ -163,8 +163,8 @@ def main(args: argparse.Namespace) -> None:
     model, checkpoint = load_checkpoint(args.checkpoint)
     config = model.config
     trained = image_size_for({args.checkpoint: checkpoint}, None)  # the whole image's
-    size = image_size_for({args.checkpoint: checkpoint}, args.image_size) if args.image_size else \
-        window_for(checkpoint, trained) or trained  # the network's input: its patch, if any
+    size = (image_size_for({args.checkpoint: checkpoint}, args.image_size)  # checked, 0 refused
+            if args.image_size is not None else window_for(checkpoint, trained) or trained)
     second_size = (max(32, size[0] // 64 * 32), size[1] + 32)  # half as high, a step wider
     mammogram = trained_on_mammograms(checkpoint)
     pixels, source = check_pixels(args.check_image, mammogram=mammogram)

@@ -42,7 +42,7 @@ def get_args_parser() -> ArgumentParser:
         "(default: auto)")
     add("--backend", choices=BACKENDS, default="auto", help="how the model runs "
         "(engine/backends.py): auto = a CUDA graph on a GPU, ONNX Runtime on a CPU when "
-        "installed, else channels_last (default: auto)")
+        "installed and --amp is none (it runs float32), else channels_last (default: auto)")
     add("--overlap", type=float, metavar="SHARE", help="overlap of the sliding windows of a model "
         "trained on patches, [0, 1) (default: the checkpoint's)")
     add("--save", nargs="+", choices=OUTPUT_KINDS, default=list(OUTPUT_KINDS),

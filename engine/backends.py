@@ -146,14 +146,19 @@ def _agrees(fast: nn.Module, model: nn.Module, size: tuple[int, int]) -> float:
 
 def fast_model(model: nn.Module, device: torch.device, *, backend: str = "auto",
                checkpoint: str | None = None, cache: Path | None = None,
-               size: tuple[int, int] = (256, 256)) -> nn.Module:
+               size: tuple[int, int] = (256, 256), amp: str = "none") -> nn.Module:
     """The model wrapped for `backend`; auto: the fastest on `device` (ONNX Runtime needs a
-    checkpoint and a cache folder for its export); a path refused falls back to eager."""
+    checkpoint and a cache folder for its export, and runs float32 only: not with `amp`); a path
+    refused falls back to eager."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     model.eval()
+    if backend == "onnxruntime" and amp != "none":
+        print(f"note: ONNX Runtime runs the float32 graph, --amp {amp} asks for {amp}; running the "
+              "model eagerly", file=sys.stderr)
+        return model
     if backend == "auto":  # measured by bench/cpu_predict.py (docs/speed.md, "Prediction on a CPU")
-        onnx = _has_onnxruntime() and checkpoint and cache
+        onnx = _has_onnxruntime() and checkpoint and cache and amp == "none"
         backend = ("graph" if device.type == "cuda" else
                    "onnxruntime" if onnx else "channels_last")
     if backend == "graph":

@@ -328,7 +328,7 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
     size = image_size_for({checkpoint: saved}, image_size)
     window, overlap = window_for(saved, size), overlap_for(saved, overlap)
     model = fast_model(model, device, backend=backend, checkpoint=checkpoint,
-                       cache=onnx_cache(checkpoint, device), size=window or size)
+                       cache=onnx_cache(checkpoint, device), size=window or size, amp=amp)
     windows = f" by {window[0]}x{window[1]} windows (overlap {overlap:g})" if window else ""
     print(f"{checkpoint}: {model.config['encoder']} + {model.config['decoder']}, "
           f"{model.config['num_classes']} output(s){describe_checkpoint(checkpoint, saved)}, input "

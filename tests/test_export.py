@@ -141,6 +141,7 @@ def unet_checkpoint(tmp_path_factory):
     (["--output", "{tmp}"], "is a folder"),
     (["--output", "{tmp}/model.onnx", "--opset", "9"], "--opset 9"),
     (["--output", "{tmp}/model.onnx", "--image-size", "50"], "--image-size 50"),
+    (["--output", "{tmp}/model.onnx", "--image-size", "0"], "--image-size 0"),  # not taken as "not given"
     (["--output", "{tmp}/model.onnx", "--check-image", "{tmp}/missing.png"], "missing.png"),
     (["--output", "{tmp}/model.onnx", "--opset", "seventeen"], "--opset"),  # argparse's own error, one line too
 ])

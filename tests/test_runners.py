@@ -64,6 +64,13 @@ def test_onnxruntime_is_checked_cached_and_falls_back_when_missing(tiny, monkeyp
         runner = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                                      cache=folder / "cache", size=(64, 64))
     assert runner is model and "could not be written ([Errno 28] No space left on device)" in capsys.readouterr().err
+    # ONNX Runtime runs float32: asked for bf16, the model runs eagerly, where autocast applies (auto says nothing)
+    runner = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
+                                 cache=folder / "cache", size=(64, 64), amp="bf16")
+    assert runner is model and "--amp bf16" in capsys.readouterr().err
+    runner = backends.fast_model(model, torch.device("cpu"), backend="auto", checkpoint=str(checkpoint),
+                                 cache=folder / "cache", size=(64, 64), amp="bf16")
+    assert not isinstance(runner, backends.OnnxRuntimeModel) and capsys.readouterr().err == ""
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     fallback = backends.fast_model(model, torch.device("cpu"), backend="onnxruntime", checkpoint=str(checkpoint),
                                   cache=folder / "cache")
