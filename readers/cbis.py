@@ -107,6 +107,13 @@ class CbisTree:
                 self.bases += [metadata.parent, metadata.parent / "CBIS-DDSM"]
 
     def _read_metadata(self, path: Path) -> None:
+        try:
+            self._read_locations(path)
+        except UnicodeDecodeError as error:  # edited and saved by a spreadsheet in a code page
+            raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as \"CSV "
+                            "UTF-8\"") from None
+
+    def _read_locations(self, path: Path) -> None:
         with open(path, newline="", encoding="utf-8-sig") as file:
             reader = csv.reader(file)
             # The retriever writes "Subject ID,...,File Location"; some tools rewrite them as

@@ -37,6 +37,14 @@ def image_id(relative: str) -> str:
 
 def read_split_csv(path: Path) -> dict[str, dict[str, str]]:
     """split.csv as {image id: {"split", "group", "line"}}; DataError for rows that disagree."""
+    try:
+        return _read_split_rows(path)
+    except UnicodeDecodeError as error:  # Excel's plain "CSV" is the system's code page
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as \"CSV UTF-8\"") \
+            from None
+
+
+def _read_split_rows(path: Path) -> dict[str, dict[str, str]]:
     with open(path, newline="", encoding="utf-8-sig") as file:
         reader = csv.DictReader(file)
         columns = [name.strip().lower() for name in reader.fieldnames or []]
@@ -178,7 +186,10 @@ def check_class_masks(items: list[FolderItem], num_classes: int, sample: int = 8
     """DataError when the first `sample` masks of a K-class set are binary 0/255 ones."""
     values = set()
     for item in items[:sample]:
-        values |= set(np.unique(read_mask(item.mask, num_classes)).tolist())
+        try:
+            values |= set(np.unique(read_mask(item.mask, num_classes)).tolist())
+        except DataError:  # an unusable mask is left out, and listed, when the images are prepared
+            continue
     # their lesions would be ignored (255); one such mask is fine: a normal image, an ignored area
     if 255 in values and values <= {0, 255}:
         raise DataError(f"{items[0].mask.parent}: the first {min(sample, len(items))} masks hold "

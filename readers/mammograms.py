@@ -165,7 +165,7 @@ def read_image_file(path: Path) -> tuple[np.ndarray, bool, tuple[float, float, s
     try:
         with Image.open(path) as file:
             mode, pages = file.mode, getattr(file, "n_frames", 1)
-            if pages != 1:  # as a multi-frame DICOM: which page is the mammogram is not ours to guess
+            if pages != 1:  # as a multi-frame DICOM: which page is the scan is not ours to guess
                 raise DataError(f"{path}: {pages} pages; expected a single 2-D image")
             if mode == "F":
                 raise DataError(f"{path}: floating-point pixels have no known range; save 8- or "

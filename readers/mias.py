@@ -84,8 +84,12 @@ def read_mias(root: Path
                                       "radius")
                 continue
             x, y, radius = (int(value) for value in fields[4:7])  # y counts from the BOTTOM
-            with Image.open(path) as header:  # the size only: no pixels are decoded
-                width, height = header.size
+            try:
+                with Image.open(path) as header:  # the size only: no pixels are decoded
+                    width, height = header.size
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                problem = problem or f"unreadable image {path.name} ({error})"
+                continue
             if not (0 <= x < width and 0 < y <= height):
                 problem = problem or (f"circle outside the image: line {number} puts the centre at "
                                       f"x {x}, y {y} (from the bottom) in a {width}x{height} image")

@@ -64,11 +64,15 @@ def voc_files(root: Path, split: str,
 
 def read_voc_label(path: Path) -> np.ndarray:
     """A palette PNG as (H, W) uint8 class indices, 255 = ignore; DataError for other values."""
-    with Image.open(path) as label:
-        if label.mode not in ("P", "L"):
-            raise DataError(f"{path}: label mode {label.mode}; expected a palette PNG of class "
-                            "indices")
-        values = np.asarray(label)
+    try:
+        with Image.open(path) as label:
+            if label.mode not in ("P", "L"):
+                raise DataError(f"{path}: label mode {label.mode}; expected a palette PNG of "
+                                "class indices")
+            values = np.asarray(label)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # a damaged file
+        raise DataError(f"{path}: cannot read the label ({error}); re-extract the archive") \
+            from error
     bad = np.setdiff1d(np.unique(values), [*range(len(VOC_CLASSES)), 255])
     if bad.size:
         raise DataError(f"{path}: label values {bad.tolist()} are not classes 0-20 or 255 (ignore)")

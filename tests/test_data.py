@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import data
-from helpers import listing
+from helpers import listing, write_toy_mias
 from readers import mammograms
 from readers import mias as mias_lib
 import train
@@ -124,6 +124,13 @@ def test_mias_without_outlines_falls_back_to_circles_counted_from_the_bottom(mia
     bottom = (rows - (1024 - 280)) ** 2 + (cols - 522) ** 2 <= 69 ** 2
     top = (rows - 280) ** 2 + (cols - 522) ** 2 <= 69 ** 2
     assert _local_contrast(raw, bottom) > 30 > _local_contrast(raw, top)
+
+
+def test_an_unreadable_mias_image_is_skipped_with_its_reason_not_a_traceback(tmp_path):
+    write_toy_mias(tmp_path / "mias")
+    (tmp_path / "mias" / "images" / "mdb002.png").write_bytes(b"")  # a mass with circles only (no outline)
+    skipped = mias_lib.read_mias(tmp_path / "mias")[1]
+    assert [(ref, reason.split(" (")[0]) for _, _, ref, reason in skipped] == [("mdb002", "unreadable image mdb002.png")]
 
 
 def test_mias_cache_is_reused(mias, mias_cache, monkeypatch):
@@ -259,6 +266,11 @@ def test_voc_trainaug_and_errors(tmp_path):
         trainaug[0]  # 40 is no class: a colour-rendered or corrupt label
     Image.new("RGB", (90, 60)).save(voc / "SegmentationClass" / "2007_000032.png")
     with pytest.raises(DataError, match="palette"):
+        trainaug[0]
+    label = voc / "SegmentationClass" / "2007_000032.png"
+    Image.fromarray(np.zeros((60, 90), np.uint8), mode="L").save(label)
+    label.write_bytes(label.read_bytes()[:60])  # cut short: the file is named, not only Pillow's reason
+    with pytest.raises(DataError, match="2007_000032.png: cannot read the label"):
         trainaug[0]
 
 
