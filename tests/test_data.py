@@ -130,7 +130,8 @@ def test_an_unreadable_mias_image_is_skipped_with_its_reason_not_a_traceback(tmp
     write_toy_mias(tmp_path / "mias")
     (tmp_path / "mias" / "images" / "mdb002.png").write_bytes(b"")  # a mass with circles only (no outline)
     skipped = mias_lib.read_mias(tmp_path / "mias")[1]
-    assert [(ref, reason.split(" (")[0]) for _, _, ref, reason in skipped] == [("mdb002", "unreadable image mdb002.png")]
+    reasons = [(ref, reason.split(" (")[0]) for _, _, ref, reason in skipped]
+    assert reasons == [("mdb002", "unreadable image mdb002.png")]
 
 
 def test_mias_cache_is_reused(mias, mias_cache, monkeypatch):
