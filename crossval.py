@@ -280,7 +280,9 @@ def print_summary(summary: dict) -> None:
     """Table 2's format, mean ± std over folds, then the paired comparison."""
     def cell(score: dict, scale: float) -> str:
         mean, std = scale * score["mean"], scale * score["std"]
-        return "n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
+        if math.isnan(mean):
+            return "n/a"
+        return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"  # one fold: no spread
 
     columns, compared = SCORES[summary["scores"]], summary["compared"]
     header = ["Architecture", *columns, "folds"]

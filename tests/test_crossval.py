@@ -2,6 +2,7 @@
 deviation over folds, the paired comparison and the figure, without training anything; and a cross-validation stopped
 by a signal, with tiny runs. The whole command runs to its end in bench/gpu.sh's dry run (tests/test_benchmark.py)."""
 import json
+import math
 import os
 import re
 import signal
@@ -78,6 +79,11 @@ def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison
     cells = re.split(r"\s{2,}", fusion)[-4:]
     assert cells == ["80.00 ± 10.00", "1.60 ± 1.05", "2.00 ± 2.00", "3"]  # FP not in %
     assert "fusion wins 2 of 3 folds" in printed
+    for score in summary["table"]["fusion"].values():  # one fold scored: a mean, no spread (not "± nan")
+        score["std"] = math.nan
+    crossval.print_summary(summary)
+    fusion = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("fusion "))
+    assert "nan" not in fusion and re.split(r"\s{2,}", fusion)[-4:-1] == ["80.00", "1.60", "2.00"]
     assert "images at 1024x1024, trained on 256x256 patches (0.33 lesion-centred)" in printed
     assert (summary["image_size"], summary["patch_size"]) == (1024, 256)
     assert (out_dir / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
