@@ -131,6 +131,8 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
     check_fold("folder", split, fold, folds)
     # fixed: split.csv's rows per split; then every item has its split
     items, skipped, fixed = folder_items(root)
+    if num_classes > 1 and items:  # the folder's first masks: every split takes the same decision
+        check_class_masks(items, num_classes)
     rows = read_split_csv(root / "split.csv") if (root / "split.csv").is_file() else {}
     if fold is not None or not fixed:
         # Drawn over every image found, usable or skipped, so that mending a file later moves no
@@ -147,8 +149,6 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
     else:
         items = [item for item in items if item.split == split]
     missing = fixed and fold is None and split != "test" and not items
-    if num_classes > 1 and items:
-        check_class_masks(items, num_classes)
     items = items[:limit]
     cache_dir = cache_folder("folder", root, cache_dir)
     options = dict(size=size, orient=orient, crop_breast=crop_breast, keep_aspect=keep_aspect)

@@ -186,11 +186,11 @@ def test_a_0_255_mask_for_a_multiclass_model_is_refused_as_binary(tmp_path):
     with pytest.raises(DataError, match="a2.png: cannot read the mask"):
         folders.read_mask(root / "masks" / "a2.png", 2)
     # one of the first masks unusable: left out with its reason when the images are prepared, wherever it stands
-    (root / "split.csv").write_text("file,split\n" + "".join(f"a{i}.png,{'val' if i == 1 else 'train'}\n"
+    (root / "split.csv").write_text("file,split\n" + "".join(f"a{i}.png,{'val' if i == 0 else 'train'}\n"
                                                              for i in range(5)))
-    train = build(root, "train", num_classes=2)
-    prepare_datasets([train], workers=0)
-    assert train.ids == ["a0", "a3", "a4"]
+    train, val = build(root, "train", num_classes=2), build(root, "val", num_classes=2)  # val: the normal image
+    prepare_datasets([train, val], workers=0)  # alone; its split is not refused as binary for it: the folder's
+    assert train.ids == ["a1", "a3", "a4"] and val.ids == ["a0"]  # first masks decide, for every split
 
 
 def test_a_fixed_split_without_the_requested_split_names_split_csv(tmp_path):
