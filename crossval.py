@@ -250,7 +250,8 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
                     final[lesion], final["older_run"] = final[every], True
             finals[decoder].append(final)
             curves[decoder].append(RunFolder(folder).read_log())
-    classes = any("mean_iou" in final for runs in finals.values() for final in runs)
+    classes = any("mean_iou" in final for runs in finals.values() for final in runs) or any(
+        "val_mean_iou" in record for logs in curves.values() for log in logs for record in log)
     kind = "classes" if classes else "binary"
     keys, compared = SCORES[kind].values(), COMPARED[kind]
     kept = (*keys, "images", "images_with_lesion", "older_run")

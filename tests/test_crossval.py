@@ -43,6 +43,21 @@ def write_finished_runs(out_dir):
             (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
+def test_a_multiclass_cross_validation_with_no_run_finished_is_summarised_by_miou(tmp_path):
+    """Its logs say what it scores before any final.json does: each run's last mIoU, not an empty binary table."""
+    for fold in range(2):
+        folder = tmp_path / "cv" / "unet" / f"fold{fold}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"args": {"epochs": 10, "image_size": 64}}))
+        (folder / "log.jsonl").write_text("".join(json.dumps({"epoch": epoch, "val_mean_iou": epoch / 8})
+                                                  + "\n" for epoch in range(4)))
+    args = crossval.get_args_parser().parse_args(["--dataset", "folder", "--data-root", str(tmp_path), "--folds", "2",
+                                                  "--decoders", "unet", "--", "--num-classes", "3"])
+    summary, _ = crossval.summarise(args, tmp_path / "cv")
+    assert summary["scores"] == "classes"
+    assert [run["last_validated"] for run in summary["runs"]["unet"]] == [{"epoch": 3, "score": 0.375}] * 2
+
+
 def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison(tmp_path, capsys):
     out_dir = tmp_path / "cv"
     write_finished_runs(out_dir)
