@@ -148,9 +148,11 @@ def write_prediction(base: Path, pixels: np.ndarray, labels: np.ndarray, confide
             picture.save(buffer, format="PNG", compress_level=PNG_LEVEL)
             atomic_write(paths[kind], buffer.getbuffer(), size_hint=buffer.tell())
             written.append(paths[kind])
-    except OSError as error:
+    except BaseException as error:  # a full disk, a name too long; or Ctrl-C between two files
         for path in written:  # a half set is never taken for a whole one
             Path(path).unlink(missing_ok=True)
+        if not isinstance(error, OSError):
+            raise
         failed = paths[kinds[len(written)]]
         raise OSError(error.errno, _why_not_written(error, Path(failed)), failed) from error
     for kind in set(OUTPUT_KINDS) - set(kinds):  # an earlier prediction's (--overwrite) not asked

@@ -319,6 +319,22 @@ def test_an_earlier_prediction_is_replaced_only_when_asked_and_a_failed_image_ke
         assert not (tmp_path / "new").exists()
 
 
+def test_a_stop_between_two_outputs_of_an_image_leaves_none_of_them(tmp_path, monkeypatch):
+    real_write, calls = scan_files.atomic_write, []
+
+    def write_then_stop(path, content, **options):
+        if calls:
+            raise KeyboardInterrupt  # Ctrl-C after the mask was written, before the rest
+        calls.append(real_write(path, content, **options))
+
+    monkeypatch.setattr(scan_files, "atomic_write", write_then_stop)
+    labels = np.zeros((20, 30), np.uint8)
+    with pytest.raises(KeyboardInterrupt):
+        scan_files.write_prediction(tmp_path / "scan", np.zeros((20, 30), np.float32), labels,
+                                    labels.astype(np.float32), num_classes=1)
+    assert calls and list(tmp_path.iterdir()) == []  # the mask was written, and removed again
+
+
 def test_a_name_too_long_and_files_or_folders_in_the_way_fail_alone(checkpoints, tmp_path, capsys):
     """Real faults, no simulation: an overlay name over the file system's limit (the mask's fits exactly), a file
     where an output subfolder must go, a folder where an output file must go."""
