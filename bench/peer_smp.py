@@ -46,8 +46,10 @@ def output_difference(ours, theirs, side: int, device: torch.device) -> float:
     x = torch.randn(1, 3, side, side, device=device)
     with torch.no_grad():
         a, b = ours.eval()(x), theirs.eval()(x)
-    pairs = zip(a, b) if isinstance(a, list) else [(a, b)]  # an encoder returns its feature maps
-    return max(float((p - q).abs().max()) for p, q in pairs if p.shape == q.shape)
+    # an encoder returns its feature maps: ours the input first, then the five that timm's
+    # features_only returns; a map of another shape is an error here, not a pair left out
+    pairs = list(zip(a[-len(b):], b, strict=True)) if isinstance(a, list) else [(a, b)]
+    return max(float((p - q).abs().max()) for p, q in pairs)
 
 
 def loss_of(out, classes: int, target: torch.Tensor) -> torch.Tensor:

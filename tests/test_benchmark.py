@@ -90,3 +90,18 @@ def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
     (peer,) = json.loads((results / "peer.json").read_text())["rows"]  # SMP and timm are test requirements
     assert peer["pair"] == "Unet, ResNet-34" and peer["max_abs_output_difference"] < 1e-4  # the same network
     assert all(peer[f"{who}_{what}_s"] > 0 for who in ("ours", "theirs") for what in ("forward", "train_step"))
+
+
+def test_the_peer_comparison_pairs_our_bit_encoders_maps_with_timms(monkeypatch):
+    """bench/peer_smp.py's BiT row runs only on the GPU (the dry run compares ResNet-34): ours returns the input and
+    five maps, timm's features_only the five; paired from the end they agree, and a map of another shape fails."""
+    pytest.importorskip("timm")
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import peer_smp
+    torch.manual_seed(0)
+    ours, theirs, _ = peer_smp.build_pair("BiT-R50x1 encoder")
+    # float32 rounding of maps up to ~120 (random weights): 1e-4 of their scale, as the model tests allow
+    assert peer_smp.output_difference(ours, theirs, 64, torch.device("cpu")) < 0.02
+    theirs.forward = lambda x: [torch.zeros(1, 3, 5, 5)] * 5  # maps of other shapes: no pair is quietly left out
+    with pytest.raises(RuntimeError):
+        peer_smp.output_difference(ours, theirs, 64, torch.device("cpu"))
