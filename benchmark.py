@@ -92,8 +92,11 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
             runner(x)
 
     phase("build")
-    latency = median_seconds(lambda: forward(one), device=device, warmup=warmup, repeats=repeats)
-    phase("latency")
+    latency = None  # compiled: not at batch 1, each new shape would cost another compilation
+    if not compile_model:
+        latency = median_seconds(lambda: forward(one), device=device, warmup=warmup,
+                                 repeats=repeats)
+        phase("latency")
     # As a CUDA graph: the card's own time, without Python's cost of launching each kernel, which
     # bounds eager batch-1 latency on a fast card
     graph_seconds = None
@@ -234,9 +237,9 @@ def speed_table(args: argparse.Namespace, rows: list, device: torch.device, resu
                         if r["peak_train_memory_gib"] is not None else "-")
                 share = (f" ({r['train_tflops'] / ceiling:.0%})"
                          if ceiling and precision == "bf16" else "")
-                graph = (f"{r['graph_latency_s'] * 1e3:.1f}"
-                         if r["graph_latency_s"] is not None else "-")
-                print(f"{label:<42} {r['precision']:>5} {r['latency_s'] * 1e3:>10.1f} {graph:>8} "
+                graph, latency = (f"{r[key] * 1e3:.1f}" if r[key] is not None else "-"
+                                  for key in ("graph_latency_s", "latency_s"))
+                print(f"{label:<42} {r['precision']:>5} {latency:>10} {graph:>8} "
                       f"{thesis_seconds * 1e3:>9.1f} {r['forward_images_per_s']:>10.1f} "
                       f"{r['train_images_per_s']:>11.1f} {r['train_tflops']:>7.3f}{share:>6} "
                       f"{peak:>8}", flush=True)
