@@ -263,8 +263,9 @@ def build_loss(spec: str, num_classes: int, *, distributed: bool = False) -> Com
         if not weight > 0:
             raise ValueError(f"loss spec {spec!r}: weight of {name!r} must be > 0, got "
                              f"{weight:g}")
-        if any(name == other for _, other, _ in terms):
-            raise ValueError(f"loss spec {spec!r}: {name!r} appears twice; give it one weight "
-                             f"instead")
+        twice = [other for _, other, _ in terms if LOSSES[other] is LOSSES[name]]  # ce is bce
+        if twice:
+            raise ValueError(f"loss spec {spec!r}: {name!r} repeats {twice[0]!r}, the same loss; "
+                             f"give it one weight instead")
         terms.append((weight, name, LOSSES[name](num_classes, distributed=distributed)))
     return CombinedLoss(terms)

@@ -247,7 +247,8 @@ def test_build_loss_thesis_specs_and_weights():
     ("bce+dice", 21, "use 'ce'"),
     ("half*dice", 1, "not a number"),
     ("-1*dice", 1, "must be > 0"),
-    ("dice+2*dice", 1, "appears twice"),
+    ("dice+2*dice", 1, "'dice' repeats 'dice'"),
+    ("ce+bce", 1, "'bce' repeats 'ce', the same loss"),  # binary: both are BCE
     ("dice+", 1, "unknown loss ''"),
 ])
 def test_build_loss_rejects_bad_specs(spec, num_classes, message):
