@@ -248,13 +248,15 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
                                   ("iou_mean_lesion_images", "iou_mean_per_image")):
                 if every in final and lesion not in final:  # an older version's run: noted
                     final[lesion], final["older_run"] = final[every], True
+            # an older version's run had no lesion counts; a null sensitivity is a fold without lesions
+            final["lesions_uncounted"] = bool(final) and "false_positives_per_image" not in final
             finals[decoder].append(final)
             curves[decoder].append(RunFolder(folder).read_log())
     classes = any("mean_iou" in final for runs in finals.values() for final in runs) or any(
         "val_mean_iou" in record for logs in curves.values() for log in logs for record in log)
     kind = "classes" if classes else "binary"
     keys, compared = SCORES[kind].values(), COMPARED[kind]
-    kept = (*keys, "images", "images_with_lesion", "older_run")
+    kept = (*keys, "images", "images_with_lesion", "older_run", "lesions_uncounted")
     runs = {decoder: [{"fold": fold, **run_progress(run_folder(out_dir, decoder, fold),
                                                     curves[decoder][fold], compared),
                        **{key: final.get(key) for key in kept}}
@@ -308,8 +310,8 @@ def print_summary(summary: dict) -> None:
     if older:
         print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are "
               "over all images")
-    uncounted = sum(run.get("lesion_sensitivity") is None and run[compared] is not None
-                    for runs in summary["runs"].values() for run in runs)
+    uncounted = sum(bool(run.get("lesions_uncounted")) for runs in summary["runs"].values()
+                    for run in runs)
     if summary["scores"] == "binary" and uncounted:
         print(f"{uncounted} run(s) predate the lesion counts: their lesion columns are left out")
     what = "Dice (images with a lesion)" if summary["scores"] == "binary" else "mIoU"

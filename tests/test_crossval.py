@@ -160,6 +160,9 @@ def test_runs_without_lesion_counts_show_n_a_in_their_columns(tmp_path, capsys):
         scores = json.loads(final.read_text())["final"]
         older = {key: value for key, value in scores.items() if key not in counted}
         final.write_text(json.dumps({"final": older}))
+    no_lesion = out_dir / "fusion" / "fold0" / "final.json"  # a fold without lesions: no sensitivity, yet counted
+    scores = json.loads(no_lesion.read_text())["final"]
+    no_lesion.write_text(json.dumps({"final": dict(scores, lesion_sensitivity=None)}))
     args = crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
                                                   "--folds", "3", "--out-dir", str(out_dir),
                                                   "--decoders", "fusion", "unet"])
@@ -167,7 +170,7 @@ def test_runs_without_lesion_counts_show_n_a_in_their_columns(tmp_path, capsys):
     printed = capsys.readouterr().out
     unet = next(line for line in printed.splitlines() if line.startswith("unet "))
     assert unet.split()[-4:] == ["n/a", "n/a", "n/a", "3"]  # the lesion columns; the Dice are there
-    assert "3 run(s) predate the lesion counts" in printed
+    assert "3 run(s) predate the lesion counts" in printed  # unet's three, not fusion's fold without lesions
 
 
 def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
