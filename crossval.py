@@ -248,7 +248,7 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
                                   ("iou_mean_lesion_images", "iou_mean_per_image")):
                 if every in final and lesion not in final:  # an older version's run: noted
                     final[lesion], final["older_run"] = final[every], True
-            # an older version's run had no lesion counts; a null sensitivity is a fold without lesions
+            # an older version's run had no lesion counts (a null sensitivity: a fold without lesions)
             final["lesions_uncounted"] = bool(final) and "false_positives_per_image" not in final
             finals[decoder].append(final)
             curves[decoder].append(RunFolder(folder).read_log())
@@ -285,7 +285,7 @@ def print_summary(summary: dict) -> None:
         mean, std = scale * score["mean"], scale * score["std"]
         if math.isnan(mean):
             return "n/a"
-        return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"  # one fold: no spread
+        return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"  # NaN: one fold
 
     columns, compared = SCORES[summary["scores"]], summary["compared"]
     header = ["Architecture", *columns, "folds"]
