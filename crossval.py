@@ -248,7 +248,7 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
                                   ("iou_mean_lesion_images", "iou_mean_per_image")):
                 if every in final and lesion not in final:  # an older version's run: noted
                     final[lesion], final["older_run"] = final[every], True
-            # an older version's run had no lesion counts (a null sensitivity: a fold without lesions)
+            # an older run had no lesion counts (a null sensitivity: a fold without lesions)
             final["lesions_uncounted"] = bool(final) and "false_positives_per_image" not in final
             finals[decoder].append(final)
             curves[decoder].append(RunFolder(folder).read_log())
