@@ -92,6 +92,11 @@ def find_inputs(inputs: list[str], output: Path,
                             "never read as inputs: write the masks to another folder")
         found += [(file, output / file.relative_to(item).parent / _output_name(file))
                   for file in images]
+    # A file given twice (itself and its folder, or a shell's overlapping globs) is one image
+    first_of = {}
+    for file, base in found:
+        first_of.setdefault(file.resolve(), (file, base))
+    found = list(first_of.values())
     # Inputs that would share an output name keep their suffix (scan_dcm, scan_png), then a
     # counter (scan_png_2).
     taken, used, unique = Counter(base for _, base in found), set(), []

@@ -175,10 +175,12 @@ def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, 
     scan_dicom(scans / "b" / "1.2.840.1.3", 20, 20, 0)  # named by its UID
     scan_dicom(scans / "b" / "DICOMDIR", 20, 20, 0)  # stands for the index
     (scans / "b" / "NOTES").write_text("not an image")
-    # Files given one by one: same names from different folders never share an output.
-    files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png"]
+    # Files given one by one: same names from different folders never share an output; a file given twice (here
+    # also through its folder) is one input.
+    files = [scans / "a" / "scan.png", scans / "b" / "scan.png", scans / "a" / "scan.dcm", scans / "b" / "scan.png",
+             scans / "b" / ".." / "b" / "scan.png", scans / "a"]
     bases = [base.relative_to(out.resolve()) for _, base in scan_files.find_inputs(list(map(str, files)), out)]
-    assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm", "scan_png_3"]
+    assert list(map(str, bases)) == ["scan_png", "scan_png_2", "scan_dcm"]
     # A folder: subfolders kept, DICOMs named otherwise found by their marker, the index and the text left alone.
     found = {str(file.relative_to(scans)): str(base.relative_to(out.resolve()))
              for file, base in scan_files.find_inputs([str(scans)], out)}
