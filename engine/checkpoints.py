@@ -225,10 +225,12 @@ def read_checkpoint(path: str | os.PathLike, *, needs: tuple[str, ...] = MODEL_E
         raise CheckpointError(f"{path}: no {entries} entries (found {found}); "
                               f"{flag} takes a file written by train.py, which stores the "
                               "model_config that names the network (a bare state_dict does not)")
-    if "model_config" in needs and not isinstance(checkpoint["model_config"], dict):
-        kind = type(checkpoint["model_config"]).__name__
-        raise CheckpointError(f"{path}: its model_config is a {kind}, not the dict of build_model "
-                              f"arguments train.py writes ({flag})")
+    for entry, what in (("model_config", "the dict of build_model arguments"),
+                        ("model", "the dict of weights")):
+        if entry in needs and not isinstance(checkpoint[entry], dict):
+            kind = type(checkpoint[entry]).__name__
+            raise CheckpointError(f"{path}: its {entry} is a {kind}, not {what} train.py writes "
+                                  f"({flag})")
     if "model" in needs and not mmap and "checksum" in checkpoint:
         if weights_checksum(checkpoint["model"]) != checkpoint["checksum"]:
             raise CheckpointError(f"{path}: its weights do not match the checksum saved with them "

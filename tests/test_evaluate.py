@@ -128,8 +128,10 @@ def test_load_checkpoint_rebuilds_strips_prefixes_and_rejects_bad_files(checkpoi
     torch.save(wrong, tmp_path / "wrong.pt")
     torch.save(dict(wrong, model_config=["resnet34", "fusion"]), tmp_path / "listed.pt")
     torch.save(dict(wrong, args=argparse.Namespace(epochs=1)), tmp_path / "pickled.pt")  # an object, not a number
+    torch.save(dict(wrong, model=torch.zeros(3)), tmp_path / "tensor.pt")  # weights, but not by name
     for name, message in (("missing.pt", "not found"), ("garbage.pt", "cannot open"), ("bare.pt", "model_config"),
                           ("wrong.pt", "do not fit"), ("listed.pt", "model_config is a list, not the dict"),
+                          ("tensor.pt", "its model is a Tensor, not the dict of weights"),
                           ("pickled.pt", "GLOBAL argparse.Namespace.*never loaded")):
         with pytest.raises(CheckpointError, match=message) as error:
             load_checkpoint(tmp_path / name)
