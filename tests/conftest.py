@@ -22,7 +22,8 @@ if WORKERS > 1:
 
 # The tests' folders in memory where the machine has room: a tiny run's last.pt is 350 MB (ResNet-34 and AdamW's state),
 # and writing one took 3-5 s on a disk-backed /tmp (ext4 with discard) against 0.5 s in tmpfs: the suite took 245 s on
-# the disk, 158 s in memory. At most 3.3 GB was held at once (a passing test's folder is removed when it ends: pytest.ini).
+# the disk, 158 s in memory. At most 3.3 GB was held at once (a passing test's folder is removed when it ends:
+# pytest.ini).
 MEMORY_FOLDER, ROOM_NEEDED = Path("/dev/shm"), 8 * 2 ** 30
 
 
