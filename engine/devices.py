@@ -37,16 +37,19 @@ def autocast(device: torch.device, amp: str, **options) -> torch.autocast:
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != "none", **options)
 
 
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def launched_processes() -> int:
     """How many processes torchrun started for this run (its WORLD_SIZE), 1 without torchrun."""
-    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    return int(os.environ["WORLD_SIZE"]) if torchrun else 1
+    return int(os.environ["WORLD_SIZE"]) if under_torchrun() else 1
 
 
 def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's variables, the process group initialised;
     (0, 1, device) in a single process."""
-    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    torchrun = under_torchrun()
     rank, world, local_rank = (int(os.environ.get(k, 0))
                                for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":

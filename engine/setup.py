@@ -19,7 +19,7 @@ from readers.sampling import EpochSampler, SeededItems
 from recipes import apply_recipe
 
 from .checkpoints import RESUME_ENTRIES, model_from_checkpoint, read_checkpoint
-from .cli import UsageError, check_writable_file, folder_in_the_way, ignore_stop_signals
+from .cli import UsageError, check_writable_file, ignore_stop_signals, refuse_file_in_the_way
 from .devices import launched_processes
 
 FIXED_ON_RESUME = (  # the network: a resumed run keeps its checkpoint's
@@ -50,8 +50,9 @@ def resolve_args(args) -> list[str]:
     within = 0 if args.eval_only else resumed.get("next_step", 0)
     if within and "batch_size" in differing:  # its position in the epoch is counted in batches
         raise UsageError(f"--batch-size {args.batch_size}: {args.resume} stopped {within} steps "
-                         f"into epoch {resumed['epoch'] + 1} at --batch-size {saved['batch_size']}; "
-                         "resume it with that, or resume a checkpoint saved at an epoch's end")
+                         f"into epoch {resumed['epoch'] + 1} at --batch-size "
+                         f"{saved['batch_size']}; resume it with that, or resume a checkpoint "
+                         "saved at an epoch's end")
     world = launched_processes()
     saved_world = resumed.get("world_size", world)  # unknown in a file from before it was saved
     if within and saved_world != world:  # ...of each process: each one's share of the epoch moves
@@ -64,7 +65,6 @@ def resolve_args(args) -> list[str]:
         raise UsageError(f"{'; '.join(fixed)}: a resumed run keeps its checkpoint's network; drop "
                          "the flag, or start a new run")
     size, patch = args.image_size, args.patch_size
-    in_the_way = folder_in_the_way(args.out_dir) if args.out_dir else None
     problems = [
         (args.eval_only and not args.resume,
          "--eval-only needs --resume CHECKPOINT (the weights to score)"),
@@ -88,12 +88,12 @@ def resolve_args(args) -> list[str]:
          f"--batch-size 1 at {patch or size}x{patch or size}: the encoder's last feature map is "
          "1x1, where BatchNorm cannot train on one value; use --batch-size 2 or larger images"),
         (args.overwrite and (args.resume or not args.out_dir),
-         "--overwrite replaces the run in a given --out-dir; it does not go with --resume"),
-        (in_the_way is not None, f"--out-dir {args.out_dir}: {in_the_way} is a file, not a folder; "
-         "choose another --out-dir")]
+         "--overwrite replaces the run in a given --out-dir; it does not go with --resume")]
     for failed, message in problems:
         if failed:
             raise UsageError(message)
+    if args.out_dir:
+        refuse_file_in_the_way(args.out_dir, "--out-dir")
     try:
         build_loss(args.loss, args.num_classes)
     except ValueError as error:

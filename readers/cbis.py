@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .mammograms import DataError, dicom_shape, read_dicom
+from .mammograms import DataError, dicom_shape, open_csv, read_dicom
 from .splits import groups_in_part
 
 CSV_NAMES = {  # (abnormality, official split) -> file name as TCIA publishes it
@@ -44,7 +44,7 @@ def read_case_rows(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: CBIS-DDSM case-description CSV not found; download the four CSVs "
                         "from the TCIA CBIS-DDSM page into the data root (--data-root)")
-    with open(path, newline="", encoding="utf-8-sig") as file:
+    with open_csv(path) as file:
         reader = csv.reader(file)
         header = [name.strip() for name in next(reader, [])]
         missing = [name for name in CSV_COLUMNS if name not in header]
@@ -107,14 +107,7 @@ class CbisTree:
                 self.bases += [metadata.parent, metadata.parent / "CBIS-DDSM"]
 
     def _read_metadata(self, path: Path) -> None:
-        try:
-            self._read_locations(path)
-        except UnicodeDecodeError as error:  # edited and saved by a spreadsheet in a code page
-            raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as \"CSV "
-                            "UTF-8\"") from None
-
-    def _read_locations(self, path: Path) -> None:
-        with open(path, newline="", encoding="utf-8-sig") as file:
+        with open_csv(path) as file:
             reader = csv.reader(file)
             # The retriever writes "Subject ID,...,File Location"; some tools rewrite them as
             # subject_id, file_location.

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from .mammograms import IMAGE_SUFFIXES, DataError, dicom_shape, is_dicom, read_image_file
+from .mammograms import IMAGE_SUFFIXES, DataError, dicom_shape, is_dicom, open_csv, read_image_file
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -37,15 +37,7 @@ def image_id(relative: str) -> str:
 
 def read_split_csv(path: Path) -> dict[str, dict[str, str]]:
     """split.csv as {image id: {"split", "group", "line"}}; DataError for rows that disagree."""
-    try:
-        return _read_split_rows(path)
-    except UnicodeDecodeError as error:  # Excel's plain "CSV" is the system's code page
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as \"CSV UTF-8\"") \
-            from None
-
-
-def _read_split_rows(path: Path) -> dict[str, dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as file:
+    with open_csv(path) as file:
         reader = csv.DictReader(file)
         columns = [name.strip().lower() for name in reader.fieldnames or []]
         if "file" not in columns or not {"split", "group"} & set(columns):

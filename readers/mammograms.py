@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,17 @@ UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2
 
 class DataError(Exception):
     """A data problem the user can fix; the message names the file, option or CSV row, and a fix."""
+
+
+@contextmanager
+def open_csv(path: Path) -> Iterator:
+    """A CSV file as UTF-8 text (a spreadsheet's BOM dropped); DataError naming it if it is not."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            yield file
+    except UnicodeDecodeError as error:  # Excel's plain "CSV" is the system's code page
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); save it as \"CSV "
+                        "UTF-8\"") from None
 
 
 # -------------------------------------------------------------------------------------------- DICOM

@@ -77,19 +77,20 @@ def read_mias(root: Path
         mask = mask if mask is not None and mask.is_file() else None
         problem = (f"image file missing: no {ref}.pgm or {ref}.png in the root or root/images"
                    if path is None else "")
-        circles = []
-        for number, fields in masses if path is not None else []:
+        circles, size = [], None
+        if path is not None and masses:  # to check the circles: the size only, no pixels decoded
+            try:
+                with Image.open(path) as header:
+                    size = header.size
+            except (OSError, ValueError, Image.DecompressionBombError) as error:
+                problem = f"unreadable image {path.name} ({error})"
+        for number, fields in masses if size is not None else []:
             if len(fields) < 7 or not all(value.isdigit() for value in fields[4:7]):
                 problem = problem or (f"no coordinates: line {number} gives no centre x, y and "
                                       "radius")
                 continue
             x, y, radius = (int(value) for value in fields[4:7])  # y counts from the BOTTOM
-            try:
-                with Image.open(path) as header:  # the size only: no pixels are decoded
-                    width, height = header.size
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                problem = problem or f"unreadable image {path.name} ({error})"
-                continue
+            width, height = size
             if not (0 <= x < width and 0 < y <= height):
                 problem = problem or (f"circle outside the image: line {number} puts the centre at "
                                       f"x {x}, y {y} (from the bottom) in a {width}x{height} image")
