@@ -106,8 +106,12 @@ def check_settings(args, out_dir: Path) -> None:
                     folds=args.folds, train_args=recipe_flags(args.train_args))
     path = out_dir / "crossval.json"
     # fixed once a run has started: a call whose runs all failed at once (a typo) fixes nothing
-    started = any(out_dir.glob("*/fold*/config.json"))
-    if not path.is_file() or not started:
+    started = sorted(out_dir.glob("*/fold*/config.json"))
+    if started and not path.is_file():  # runs of unknown settings: moved in, or crossval.json lost
+        raise UsageError(f"--out-dir {out_dir} holds runs ({started[0].parent}) but no "
+                         f"crossval.json to say with which settings they ran: choose another "
+                         f"--out-dir, or move the runs away")
+    if not started:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(path, settings)
         return

@@ -26,6 +26,11 @@ DICE = {"fusion": [(0.60, 0.70), (0.50, 0.64), (0.70, 0.78)],
 
 
 def write_finished_runs(out_dir):
+    """Finished runs of 3 folds, as an earlier `crossval.py --dataset mias --data-root <out_dir's parent> --folds 3`
+    left them, with the crossval.json that call wrote."""
+    settings = dict(dataset="mias", data_root=str(out_dir.parent.resolve()), folds=3, train_args=[])
+    out_dir.mkdir(parents=True)
+    (out_dir / "crossval.json").write_text(json.dumps(settings))
     for decoder, folds in DICE.items():
         for fold, (lesion, every) in enumerate(folds):
             folder = out_dir / decoder / f"fold{fold}"
@@ -191,6 +196,9 @@ def test_bad_flags_and_other_settings_are_refused_before_any_run(tmp_path):
         crossval.main(parse("--data-root", str(tmp_path), "--folds", "2", "--decoders", "unet"))
     with pytest.raises(crossval.UsageError, match="train_args"):
         crossval.main(parse("--data-root", str(tmp_path), "--folds", "3", "--", "--epochs", "9"))
+    (tmp_path / "cv" / "crossval.json").unlink()  # runs whose settings nothing records are not mixed in either
+    with pytest.raises(crossval.UsageError, match=r"holds runs \(.*fold0\) but no crossval.json"):
+        crossval.main(parse("--data-root", str(tmp_path), "--folds", "3", "--decoders", "unet"))
     corrected = ["--dataset", "mias", "--data-root", str(tmp_path), "--out-dir", str(tmp_path / "cv2"), "--folds",
                  "2", "--decoders", "unet", "--", "--epochs", "5"]
     typo = crossval.get_args_parser().parse_args([*corrected[:-2], "--epoch", "5"])
