@@ -39,7 +39,8 @@ from engine.devices import (AMP_DTYPES, autocast, check_device_flags, default_wo
 from engine.measure import count_parameters, process_seconds
 from engine.panels import write_dataset_panels
 from engine.run_folder import RunFolder
-from engine.setup import build_loaders, build_network, resolve_args
+from engine.setup import (build_loaders, build_network, check_same_images, images_of_run,
+                          resolve_args)
 from engine.windows import sliding_window
 from losses import build_loss
 from metrics import LesionStats, all_background_scores, build_metrics, predict_labels
@@ -166,7 +167,9 @@ def main(args, stop: StopRequests | None = None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     first_epoch, first_step, totals, best, records, scores = 0, 0, {}, None, [], None
+    images = images_of_run(train_set, val_set)
     if checkpoint:
+        check_same_images(checkpoint, images, args.resume)
         first_epoch, first_step, totals, best, records = restore(
             checkpoint, optimizer, scheduler, scaler, args, metric, changed, log)
         scores = checkpoint.get("metrics")
@@ -177,7 +180,7 @@ def main(args, stop: StopRequests | None = None) -> dict:
                                    steps_per_epoch=steps_per_epoch, best_metric=best,
                                    metric_name=metric, metrics=scores, args=vars(args),
                                    log=records, next_step=next_step, partial_losses=partial,
-                                   world_size=world)
+                                   world_size=world, images=images)
 
     folder = open_run_folder(args, rank, world, device, checkpoint, records, model)
     log(f"{model.config['encoder']} + {model.config['decoder']}: "

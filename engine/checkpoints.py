@@ -37,14 +37,15 @@ class CheckpointError(Exception):
 def training_checkpoint(model: torch.nn.Module, optimizer, scheduler, scaler, *, epoch: int,
                         steps_per_epoch: int, best_metric: float | None, metric_name: str,
                         metrics: dict | None, args: dict, log: list[dict], next_step: int = 0,
-                        partial_losses: dict | None = None, world_size: int = 1) -> dict:
+                        partial_losses: dict | None = None, world_size: int = 1,
+                        images: dict | None = None) -> dict:
     """last.pt after `epoch` (-1: none yet) and `next_step` steps into the next one, each step
-    one batch on each of `world_size` processes."""
+    one batch on each of `world_size` processes; `images`: engine/setup.images_of_run's."""
     return {"kind": "training", "model": model.state_dict(), "model_config": model.config,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": {"torch": torch.get_rng_state()},
             "epoch": epoch, "step": (epoch + 1) * steps_per_epoch + next_step,
-            "next_step": next_step, "world_size": world_size,
+            "next_step": next_step, "world_size": world_size, "images": images,
             "partial_losses": partial_losses or {},
             "best_metric": best_metric, "metric_name": metric_name,
             "metrics": metrics, "args": args, "versions": versions(), "log": list(log)}

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -184,3 +185,25 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
                          f"than one batch of --batch-size {args.batch_size} per process; lower "
                          "--batch-size")
     return train_set, val_set, train_loader, val_loader
+
+
+def images_of_run(train_set, val_set) -> dict:
+    """Each set's image count and a digest of its ids (names, not paths: a data root moved keeps
+    them). last.pt keeps it, so that a resumed run checks it trains and scores the same images."""
+    return {part: {"images": len(dataset),
+                   "ids_sha1": hashlib.sha1("\n".join(map(str, dataset.ids)).encode()).hexdigest()}
+            for part, dataset in (("train", train_set), ("val", val_set))}
+
+
+def check_same_images(checkpoint: dict, now: dict, resume: str) -> None:
+    """A resumed run continues on its images; another set (files added, mended or removed, or a
+    split drawn otherwise) would make its log and best.pt mix two experiments."""
+    then = checkpoint.get("images")  # None in a file from before it was saved: not checked
+    if then is None or then == now:
+        return
+    counts = lambda images: f"{images['train']['images']}/{images['val']['images']}"
+    others = " other ones" if counts(then) == counts(now) else ""
+    raise UsageError(f"--resume {resume}: the run trained/validated on {counts(then)} images, this "
+                     f"call finds{others} {counts(now)}: the files under --data-root or their "
+                     "split changed since it started; resume with the data as it was, or start a "
+                     "new run")

@@ -63,10 +63,19 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
     # its settings too: epoch 1 is not validated (--val-every 3), the last one is
     assert [("val_dice_mean_per_image" in r) for r in read_log(folder)] == [True, False, True]
     # Another dataset or another network is another run: refused, in one line
-    for flags, words in ((["--dataset", "mias"], "continues a synthetic run"),
-                         (["--decoder", "unet"], "--decoder unet (checkpoint: fusion)")):
-        assert train.cli(["--resume", str(folder / "last.pt"), "--epochs", "4", *flags]) == 2
+    # and so are other images: fewer, or as many with other names (a file swapped, a split drawn another way)
+    swapped = torch.load(folder / "last.pt", weights_only=True)
+    swapped["images"]["val"]["ids_sha1"] = "0" * 40
+    torch.save(swapped, tmp_path / "swapped.pt")
+    before = snapshot(folder)
+    for checkpoint, flags, words in (
+            (folder / "last.pt", ["--dataset", "mias"], "continues a synthetic run"),
+            (folder / "last.pt", ["--decoder", "unet"], "--decoder unet (checkpoint: fusion)"),
+            (folder / "last.pt", ["--limit", "5"], "trained/validated on 6/6 images, this call finds 5/5"),
+            (tmp_path / "swapped.pt", ["--out-dir", str(folder)], "finds other ones 6/6: the files under --data-root")):
+        assert train.cli(["--resume", str(checkpoint), "--epochs", "4", *TINY_RESUMED, *flags]) == 2
         assert words in capsys.readouterr().err
+    assert snapshot(folder) == before
     # A run copied elsewhere resumes where it now is, the original untouched; and a kill between last.pt and its
     # log line (simulated: the line removed) is made good from the checkpoint, which holds the log
     copy = tmp_path / "copy"
