@@ -26,7 +26,7 @@ from .atomic import atomic_write
 from .mammograms import DataError, augment_mammogram, preprocess_mammogram
 from .patches import BREAST_LEVEL, crop_patch
 
-CACHE_VERSION = 2  # bump when preprocess_mammogram changes, so old cache entries are not reused
+CACHE_VERSION = 3  # bump when reading or preprocess_mammogram changes, so old cache entries are not reused
 CACHE_ENV = "UNET_FUSION_CACHE"  # the cache's base folder, when ~/.cache cannot be written
 
 

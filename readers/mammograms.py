@@ -17,6 +17,7 @@ import pydicom
 import torch
 import torch.nn.functional as F
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_voi
 from PIL import Image
 
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
@@ -81,6 +82,17 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(f"{path}: pixel array of shape {pixels.shape}; expected a single 2-D image")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    padding = _padding(ds, pixels)  # the area outside the detector, before any value changes
+    voi = _display_lut(ds, path) if pixels.dtype.kind != "f" else None
+    if voi is not None:  # the file says how to show it: as its viewer would, then [0, 1]
+        image = pixels.astype(np.float32)
+        image *= slope
+        image += intercept
+        image = voi(image)
+        if ds.PhotometricInterpretation == "MONOCHROME1":
+            np.subtract(1.0, image, out=image)
+        image[padding] = 0.0
+        return image
     finite, bad = None, 0
     if pixels.dtype.kind == "f":  # float pixels have no nominal range: the image's own finite one
         finite = np.isfinite(pixels)
@@ -103,6 +115,7 @@ def _read_dicom(path: Path) -> np.ndarray:
     image *= scale
     image += offset
     np.clip(image, 0.0, 1.0, out=image)  # values beyond BitsStored (bad headers) stay in [0, 1]
+    image[padding] = 0.0
     if bad:  # NaN would spread through every resize and percentile: no data is the darkest
         image[~finite] = 0.0
         print(f"note: {path}: {bad} of {pixels.size} pixels are NaN or infinite; read as the "
@@ -110,9 +123,65 @@ def _read_dicom(path: Path) -> np.ndarray:
     return image
 
 
+def _padding(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray | bool:
+    """Where PixelPaddingValue (to PixelPaddingRangeLimit) marks no image, e.g. outside a
+    detector's field: read as the darkest value, whatever MONOCHROME1 or a window would make it."""
+    if "PixelPaddingValue" not in ds or pixels.dtype.kind == "f":
+        return False
+    low = int(ds.PixelPaddingValue)
+    high = int(ds.get("PixelPaddingRangeLimit", low))
+    return (pixels >= min(low, high)) & (pixels <= max(low, high))
+
+
+def _display_lut(ds: pydicom.Dataset, path: Path):
+    """The VOI LUT (PS3.3 C.11.2) the file asks a viewer to apply to its rescaled values, as a
+    function onto [0, 1], or None without one. Mammograms "for presentation" carry one (a window,
+    often a sigmoid, or a table); the first is taken where there are several, as viewers do."""
+    if ds.get("VOILUTSequence"):
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor  # (entries, first value mapped, bits)
+        entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+        try:  # the table, as pydicom decodes it (US or OW, either byte order): the ramp mapped
+            table = apply_voi(np.arange(first, first + entries), ds).astype(np.float32)
+        except Exception as error:  # an entry size the standard does not allow, a short table
+            print(f"note: {path}: its VOI LUT cannot be used ({error}); read by the stored range "
+                  "instead", file=sys.stderr)
+            return None
+        # its own top, not the descriptor's bits: some files declare 16 bits for 12-bit entries
+        table /= max(float(table.max()), 1.0)
+        # values below the first entry take it, above the last the last (C.11.2.1.1)
+        return lambda values: table[np.clip(np.rint(values) - first, 0, entries - 1).astype(int)]
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    one = lambda value: float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
+    center, width = one(ds.WindowCenter), one(ds.WindowWidth)
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width <= 0 or (
+            function == "LINEAR" and width < 1):
+        print(f"note: {path}: VOI LUT function {function} with window width {width:g} is not one "
+              "the standard allows; read by the stored range instead", file=sys.stderr)
+        return None
+    if function == "LINEAR":  # C.11.2.1.2.1: the window's ends at c - 0.5 -/+ (w - 1) / 2
+        center, width = center - 0.5, width - 1
+
+    def window(values: np.ndarray) -> np.ndarray:  # in place: a full-field mammogram is large
+        values -= center
+        if function == "SIGMOID":  # C.11.2.1.3.1: 1 / (1 + exp(-4 (x - c) / w))
+            values *= -4.0 / width
+            np.exp(values, out=values)
+            values += 1.0
+            return np.reciprocal(values, out=values)
+        if width == 0:  # LINEAR with width 1: a threshold at the centre
+            return np.greater(values, 0, out=values, casting="unsafe")
+        values /= width
+        values += 0.5
+        return np.clip(values, 0.0, 1.0, out=values)
+    return window
+
+
 def read_dicom(path: str | os.PathLike) -> np.ndarray:
-    """One grayscale DICOM as (H, W) float32 in [0, 1]: the stored range, rescaled, maps onto [0, 1]
-    (float pixels: their finite range), MONOCHROME1 inverted; else DataError naming the file."""
+    """One grayscale DICOM as (H, W) float32 in [0, 1]: rescaled, through the file's VOI LUT
+    (window or table) where it has one, else its stored range onto [0, 1] (float pixels: their
+    finite range); MONOCHROME1 inverted, padding black; else DataError naming the file."""
     path = Path(path)
     try:
         return _read_dicom(path)

@@ -16,9 +16,10 @@ from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
 def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
                 slope: float | None = None, intercept: float | None = None, frames: bool = False,
-                spacing: tuple[float, float] | None = None) -> Path:
+                spacing: tuple[float, float] | None = None, **tags) -> Path:
     """A Secondary Capture DICOM as CBIS-DDSM ships them (implicit VR little endian, uncompressed) of integer
-    `pixels`: (H, W) gray, (H, W, 3) RGB, or (N, H, W) with frames=True; optional rescale and PixelSpacing (mm)."""
+    `pixels`: (H, W) gray, (H, W, 3) RGB, or (N, H, W) with frames=True; optional rescale and PixelSpacing (mm);
+    `tags`: any other attributes by keyword (WindowCenter=...)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -42,6 +43,8 @@ def write_dicom(path: Path, pixels: np.ndarray, *, photometric: str = "MONOCHROM
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if spacing is not None:
         ds.PixelSpacing = [f"{spacing[0]}", f"{spacing[1]}"]
+    for keyword, value in tags.items():
+        setattr(ds, keyword, value)
     ds.PixelData = pixels.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

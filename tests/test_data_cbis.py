@@ -11,7 +11,9 @@ import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_files
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEGLSLossless
 
 from readers import cbis
@@ -70,6 +72,43 @@ def test_read_dicom_rescale_and_monochrome1(tmp_path):
     np.testing.assert_allclose(flipped, [[1, 1 - 1000 / 4095, 0]], atol=1e-6)
     inverted = read_dicom(write_dicom(tmp_path / "m1.dcm", pixels, bits_stored=12, photometric="MONOCHROME1"))
     np.testing.assert_allclose(inverted, [[1, 1 - 1000 / 4095, 0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
+def test_read_dicom_applies_the_files_window_as_a_viewer_does(tmp_path, function):
+    """A mammogram "for presentation" carries the window its viewer applies after the rescale; pydicom's own
+    apply_voi_lut is the oracle (its output spans the rescaled stored range, ours [0, 1]). The first of several
+    windows is taken; MONOCHROME1 is inverted after the window."""
+    pixels = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
+    window = dict(WindowCenter=[3000, 5000], WindowWidth=[2500, 100], VOILUTFunction=function)
+    path = write_dicom(tmp_path / "w.dcm", pixels, bits_stored=12, slope=2, intercept=-100, **window)
+    ds = pydicom.dcmread(path)
+    low, high = -100, 4095 * 2 - 100  # pydicom's output range: the stored range, rescaled
+    expected = (apply_voi_lut(apply_modality_lut(pixels, ds), ds) - low) / (high - low)
+    image = read_dicom(path)
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+    assert image.dtype == np.float32 and (function == "SIGMOID" or 0 < (image == 1).sum() < image.size)  # clipped
+    inverted = read_dicom(write_dicom(tmp_path / "m1.dcm", pixels, bits_stored=12, slope=2, intercept=-100,
+                                      photometric="MONOCHROME1", **window))
+    np.testing.assert_allclose(inverted, 1 - expected, atol=1e-6)
+
+
+def test_read_dicom_applies_a_voi_lut_table_and_reads_padding_as_black(tmp_path, capsys):
+    """A VOI LUT Sequence (a table, here 12-bit entries declared as 16 bits, as some files do) maps each value;
+    PixelPaddingValue (outside the detector) is black whatever the table or MONOCHROME1 would make it."""
+    table = np.round(np.linspace(0, 1, 1024) ** 0.5 * 4095).astype(np.uint16)  # a gamma
+    item = Dataset()
+    item.LUTDescriptor, item.LUTData = [1024, 512, 16], table.tobytes()  # values 512..1535 mapped; OW
+    pixels = np.array([[0, 600, 1000, 1500, 4000, 4095]], np.uint16)
+    path = write_dicom(tmp_path / "lut.dcm", pixels, bits_stored=12, photometric="MONOCHROME1",
+                       VOILUTSequence=[item], PixelPaddingValue=0)
+    expected = 1 - table[np.clip(pixels.astype(int) - 512, 0, 1023)] / 4095
+    expected[0, 0] = 0  # the padding, else white: the table's first entry, inverted
+    np.testing.assert_allclose(read_dicom(path), expected, atol=1e-6)
+    # a window the standard does not allow: said in one line, read by the stored range
+    bad = read_dicom(write_dicom(tmp_path / "bad.dcm", pixels, bits_stored=12, WindowCenter=100, WindowWidth=0))
+    np.testing.assert_allclose(bad, pixels / 4095, atol=1e-6)
+    assert "window width 0 is not one the standard allows" in capsys.readouterr().err
 
 
 def _compressed_without_decoder(path: Path) -> Path:
