@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Subset
 from data import DataError, build_dataset, prepare_datasets
 from losses import build_loss
 from model import WeightsError, build_model, load_encoder_weights
+from readers.items import CACHE_VERSION, MammogramDataset
 from readers.sampling import EpochSampler, SeededItems
 from recipes import apply_recipe
 
@@ -188,22 +189,32 @@ def build_loaders(args, config: dict, rank: int, world: int, device: torch.devic
 
 
 def images_of_run(train_set, val_set) -> dict:
-    """Each set's image count and a digest of its ids (names, not paths: a data root moved keeps
-    them). last.pt keeps it, so that a resumed run checks it trains and scores the same images."""
-    return {part: {"images": len(dataset),
-                   "ids_sha1": hashlib.sha1("\n".join(map(str, dataset.ids)).encode()).hexdigest()}
-            for part, dataset in (("train", train_set), ("val", val_set))}
+    """Each set's image count and a digest of its ids in order (names, not paths: a data root moved
+    keeps them), and for mammograms the version of how a file becomes the network's input. last.pt
+    keeps it, so that a resumed run checks it trains and scores the same images."""
+    digest = lambda ids: hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()
+    images = {part: {"images": len(dataset), "ids_sha1": digest(dataset.ids)}
+              for part, dataset in (("train", train_set), ("val", val_set))}
+    if isinstance(val_set, MammogramDataset):
+        images["reading"] = CACHE_VERSION
+    return images
 
 
 def check_same_images(checkpoint: dict, now: dict, resume: str) -> None:
-    """A resumed run continues on its images; another set (files added, mended or removed, or a
-    split drawn otherwise) would make its log and best.pt mix two experiments."""
+    """A resumed run continues on its images; another set (files added, mended or removed, a split
+    drawn otherwise, files read otherwise) would make its log and best.pt mix two experiments."""
     then = checkpoint.get("images")  # None in a file from before it was saved: not checked
     if then is None or then == now:
         return
+    if {k: v for k, v in then.items() if k != "reading"} == {k: v for k, v in now.items()
+                                                              if k != "reading"}:
+        raise UsageError(f"--resume {resume}: its images were read and prepared by version "
+                         f"{then.get('reading')} of the mammogram reading, this one is version "
+                         f"{now.get('reading')}, so the run would go on seeing other pixels; start "
+                         "a new run, or resume it with the project's version it started with")
     counts = lambda images: f"{images['train']['images']}/{images['val']['images']}"
-    others = " other ones" if counts(then) == counts(now) else ""
+    others = " other ones (or in another order)" if counts(then) == counts(now) else ""
     raise UsageError(f"--resume {resume}: the run trained/validated on {counts(then)} images, this "
                      f"call finds{others} {counts(now)}: the files under --data-root or their "
-                     "split changed since it started; resume with the data as it was, or start a "
-                     "new run")
+                     "split changed since it started, or some cannot be read here (a line above "
+                     "says so); resume with the data as it was, or start a new run")

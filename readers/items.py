@@ -26,7 +26,9 @@ from .atomic import atomic_write
 from .mammograms import DataError, augment_mammogram, preprocess_mammogram
 from .patches import BREAST_LEVEL, crop_patch
 
-CACHE_VERSION = 3  # bump when reading or preprocess_mammogram changes, so old cache entries are not reused
+# bump when reading a file or preprocess_mammogram changes: old cache entries are not reused, and
+# a run started before is not resumed on other pixels (engine/setup.check_same_images)
+CACHE_VERSION = 3
 CACHE_ENV = "UNET_FUSION_CACHE"  # the cache's base folder, when ~/.cache cannot be written
 
 

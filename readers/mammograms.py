@@ -6,6 +6,7 @@ and the training augmentation. DataError is every data problem a user can fix.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -82,17 +83,6 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(f"{path}: pixel array of shape {pixels.shape}; expected a single 2-D image")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    padding = _padding(ds, pixels)  # the area outside the detector, before any value changes
-    voi = _display_lut(ds, path) if pixels.dtype.kind != "f" else None
-    if voi is not None:  # the file says how to show it: as its viewer would, then [0, 1]
-        image = pixels.astype(np.float32)
-        image *= slope
-        image += intercept
-        image = voi(image)
-        if ds.PhotometricInterpretation == "MONOCHROME1":
-            np.subtract(1.0, image, out=image)
-        image[padding] = 0.0
-        return image
     finite, bad = None, 0
     if pixels.dtype.kind == "f":  # float pixels have no nominal range: the image's own finite one
         finite = np.isfinite(pixels)
@@ -107,14 +97,20 @@ def _read_dicom(path: Path) -> np.ndarray:
         stored = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if pixels.dtype.kind == "i"
                   else (0, 2 ** bits - 1))
     low, high = sorted(value * slope + intercept for value in stored)
-    # One affine map, value -> (value * slope + intercept - low) / (high - low), in two passes.
-    scale, offset = slope / max(high - low, 1e-12), (intercept - low) / max(high - low, 1e-12)
+    padding = _padding(ds, pixels)  # the area outside the detector, found before values change
+    voi = None if finite is not None else _display_lut(ds, path, lowest=low)
+    if voi is not None:  # the file says how to show it: as its viewer would, onto [0, 1]
+        image = pixels.astype(np.float32)
+        image *= slope
+        image += intercept
+        image = voi(image)
+    else:  # one affine map, value -> (value * slope + intercept - low) / (high - low)
+        image = pixels.astype(np.float32)
+        image *= slope / max(high - low, 1e-12)
+        image += (intercept - low) / max(high - low, 1e-12)
+        np.clip(image, 0.0, 1.0, out=image)  # values beyond BitsStored (bad headers) stay in [0, 1]
     if ds.PhotometricInterpretation == "MONOCHROME1":  # 0 = white: invert, so bright means dense
-        scale, offset = -scale, 1.0 - offset
-    image = pixels.astype(np.float32)
-    image *= scale
-    image += offset
-    np.clip(image, 0.0, 1.0, out=image)  # values beyond BitsStored (bad headers) stay in [0, 1]
+        np.subtract(1.0, image, out=image)
     image[padding] = 0.0
     if bad:  # NaN would spread through every resize and percentile: no data is the darkest
         image[~finite] = 0.0
@@ -124,42 +120,69 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def _padding(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray | bool:
-    """Where PixelPaddingValue (to PixelPaddingRangeLimit) marks no image, e.g. outside a
-    detector's field: read as the darkest value, whatever MONOCHROME1 or a window would make it."""
-    if "PixelPaddingValue" not in ds or pixels.dtype.kind == "f":
+    """Where PixelPaddingValue (to PixelPaddingRangeLimit), in stored values, marks no image, e.g.
+    outside a detector's field: read as black, whatever MONOCHROME1 or a window would make it."""
+    try:
+        low = int(ds.PixelPaddingValue)
+        high = int(ds.get("PixelPaddingRangeLimit", low))
+    except (AttributeError, TypeError, ValueError):  # none, or left empty (by an anonymiser)
         return False
-    low = int(ds.PixelPaddingValue)
-    high = int(ds.get("PixelPaddingRangeLimit", low))
     return (pixels >= min(low, high)) & (pixels <= max(low, high))
 
 
-def _display_lut(ds: pydicom.Dataset, path: Path):
-    """The VOI LUT (PS3.3 C.11.2) the file asks a viewer to apply to its rescaled values, as a
-    function onto [0, 1], or None without one. Mammograms "for presentation" carry one (a window,
-    often a sigmoid, or a table); the first is taken where there are several, as viewers do."""
+def _display_lut(ds: pydicom.Dataset, path: Path, *, lowest: float):
+    """The VOI LUT (PS3.3 C.11.2) a viewer applies to the file's rescaled values, as a function
+    onto [0, 1], or None without a usable one. Mammograms "for presentation" carry one (a window,
+    often a sigmoid, or a table); the first is taken where there are several, as viewers do; a
+    table that cannot be used gives way to the window, as in pydicom. `lowest`: the rescaled
+    values' floor."""
+    unusable, chosen = [], None
     if ds.get("VOILUTSequence"):
-        descriptor = ds.VOILUTSequence[0].LUTDescriptor  # (entries, first value mapped, bits)
-        entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
-        try:  # the table, as pydicom decodes it (US or OW, either byte order): the ramp mapped
-            table = apply_voi(np.arange(first, first + entries), ds).astype(np.float32)
-        except Exception as error:  # an entry size the standard does not allow, a short table
-            print(f"note: {path}: its VOI LUT cannot be used ({error}); read by the stored range "
-                  "instead", file=sys.stderr)
-            return None
-        # its own top, not the descriptor's bits: some files declare 16 bits for 12-bit entries
-        table /= max(float(table.max()), 1.0)
+        try:
+            chosen = _voi_table(ds, lowest)
+        except Exception as error:  # no descriptor, an entry size the standard does not allow, ...
+            unusable.append(f"VOI LUT table ({' '.join(str(error).split())})")
+    if chosen is None and ("WindowCenter" in ds or "WindowWidth" in ds):
+        try:
+            chosen = _voi_window(ds)
+        except (TypeError, ValueError, IndexError, KeyError) as error:  # empty, NaN, width 0
+            unusable.append(f"window ({error})")
+    if unusable:
+        instead = "the stored range" if chosen is None else "its window"
+        print(f"note: {path}: its {' and '.join(unusable)} cannot be used; read by {instead} "
+              "instead", file=sys.stderr)
+    return chosen
+
+
+def _voi_table(ds: pydicom.Dataset, lowest: float):
+    descriptor = ds.VOILUTSequence[0].LUTDescriptor  # (entries, first value mapped, bits)
+    entries, listed = int(descriptor[0]) or 2**16, int(descriptor[1])
+    # the entries in order, as pydicom decodes them (US or OW, either byte order): its ramp mapped
+    table = apply_voi(np.arange(listed, listed + entries), ds).astype(np.float32)
+    if table.shape != (entries,) or table.max() <= 0:
+        raise ValueError(f"{table.size} entries, the largest {table.max():g}")
+    # its own top, not the descriptor's bits: some files declare 16 bits for 12-bit entries
+    table /= float(table.max())
+    # A negative first value, read where the VR is implicit as unsigned: 0xFC00 is -1024
+    first = listed - 2**16 if listed >= 2**15 and lowest < 0 else listed
+
+    def lookup(values: np.ndarray) -> np.ndarray:  # in place: a full-field mammogram is large
+        np.rint(values, out=values)
+        values -= first
         # values below the first entry take it, above the last the last (C.11.2.1.1)
-        return lambda values: table[np.clip(np.rint(values) - first, 0, entries - 1).astype(int)]
-    if "WindowCenter" not in ds or "WindowWidth" not in ds:
-        return None
+        np.clip(values, 0, entries - 1, out=values)
+        return table[values.astype(np.int32)]
+    return lookup
+
+
+def _voi_window(ds: pydicom.Dataset):
     one = lambda value: float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
     center, width = one(ds.WindowCenter), one(ds.WindowWidth)
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or width <= 0 or (
-            function == "LINEAR" and width < 1):
-        print(f"note: {path}: VOI LUT function {function} with window width {width:g} is not one "
-              "the standard allows; read by the stored range instead", file=sys.stderr)
-        return None
+    if (function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID") or not math.isfinite(center)
+            or not width > 0 or not math.isfinite(width) or (function == "LINEAR" and width < 1)):
+        raise ValueError(f"{function} at {center:g} with width {width:g}, not one the standard "
+                         "allows")
     if function == "LINEAR":  # C.11.2.1.2.1: the window's ends at c - 0.5 -/+ (w - 1) / 2
         center, width = center - 0.5, width - 1
 
@@ -167,7 +190,8 @@ def _display_lut(ds: pydicom.Dataset, path: Path):
         values -= center
         if function == "SIGMOID":  # C.11.2.1.3.1: 1 / (1 + exp(-4 (x - c) / w))
             values *= -4.0 / width
-            np.exp(values, out=values)
+            with np.errstate(over="ignore"):  # exp overflows to inf far below the centre: 0
+                np.exp(values, out=values)
             values += 1.0
             return np.reciprocal(values, out=values)
         if width == 0:  # LINEAR with width 1: a threshold at the centre

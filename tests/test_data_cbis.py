@@ -74,17 +74,21 @@ def test_read_dicom_rescale_and_monochrome1(tmp_path):
     np.testing.assert_allclose(inverted, [[1, 1 - 1000 / 4095, 0]], atol=1e-6)
 
 
+@pytest.mark.filterwarnings("error")  # a narrow sigmoid overflows exp far from its centre: no warning either
 @pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
-def test_read_dicom_applies_the_files_window_as_a_viewer_does(tmp_path, function):
+@pytest.mark.parametrize("center, width", [([3000, 5000], [2500, 100]), (2000.5, 1)])
+def test_read_dicom_applies_the_files_window_as_a_viewer_does(tmp_path, function, center, width):
     """A mammogram "for presentation" carries the window its viewer applies after the rescale; pydicom's own
     apply_voi_lut is the oracle (its output spans the rescaled stored range, ours [0, 1]). The first of several
-    windows is taken; MONOCHROME1 is inverted after the window."""
+    windows is taken; width 1 is a threshold; MONOCHROME1 is inverted after the window."""
     pixels = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
-    window = dict(WindowCenter=[3000, 5000], WindowWidth=[2500, 100], VOILUTFunction=function)
+    pixels[0, :4] = [1049, 1050, 1051, 1052]  # 1998-2004 rescaled; 2000, the threshold of width 1, maps to 0
+    window = dict(WindowCenter=center, WindowWidth=width, VOILUTFunction=function)
     path = write_dicom(tmp_path / "w.dcm", pixels, bits_stored=12, slope=2, intercept=-100, **window)
     ds = pydicom.dcmread(path)
     low, high = -100, 4095 * 2 - 100  # pydicom's output range: the stored range, rescaled
-    expected = (apply_voi_lut(apply_modality_lut(pixels, ds), ds) - low) / (high - low)
+    with np.errstate(over="ignore"):  # pydicom's sigmoid overflows too
+        expected = (apply_voi_lut(apply_modality_lut(pixels, ds), ds) - low) / (high - low)
     image = read_dicom(path)
     np.testing.assert_allclose(image, expected, atol=1e-6)
     assert image.dtype == np.float32 and (function == "SIGMOID" or 0 < (image == 1).sum() < image.size)  # clipped
@@ -93,22 +97,48 @@ def test_read_dicom_applies_the_files_window_as_a_viewer_does(tmp_path, function
     np.testing.assert_allclose(inverted, 1 - expected, atol=1e-6)
 
 
-def test_read_dicom_applies_a_voi_lut_table_and_reads_padding_as_black(tmp_path, capsys):
-    """A VOI LUT Sequence (a table, here 12-bit entries declared as 16 bits, as some files do) maps each value;
-    PixelPaddingValue (outside the detector) is black whatever the table or MONOCHROME1 would make it."""
+def test_read_dicom_applies_a_voi_lut_table_and_reads_padding_as_black(tmp_path):
+    """A VOI LUT Sequence (a table; here 12-bit entries declared as 16 bits, as some files do) maps each rescaled
+    value; below its first entry the first, above its last the last. Its first value, -900, is written unsigned
+    (64636), as implicit VR leaves it. PixelPaddingValue to PixelPaddingRangeLimit, in stored values (outside the
+    detector), is black whatever the table or MONOCHROME1 would make it."""
     table = np.round(np.linspace(0, 1, 1024) ** 0.5 * 4095).astype(np.uint16)  # a gamma
     item = Dataset()
-    item.LUTDescriptor, item.LUTData = [1024, 512, 16], table.tobytes()  # values 512..1535 mapped; OW
-    pixels = np.array([[0, 600, 1000, 1500, 4000, 4095]], np.uint16)
-    path = write_dicom(tmp_path / "lut.dcm", pixels, bits_stored=12, photometric="MONOCHROME1",
-                       VOILUTSequence=[item], PixelPaddingValue=0)
-    expected = 1 - table[np.clip(pixels.astype(int) - 512, 0, 1023)] / 4095
-    expected[0, 0] = 0  # the padding, else white: the table's first entry, inverted
+    item.LUTDescriptor, item.LUTData = [1024, 2**16 - 900, 16], table.tobytes()  # OW, as scanners write it
+    pixels = np.array([[0, 50, 100, 500, 1000, 3000, 4095]], np.uint16)  # -1024 ... 3071 rescaled
+    path = write_dicom(tmp_path / "lut.dcm", pixels, bits_stored=12, slope=1, intercept=-1024,
+                       photometric="MONOCHROME1", VOILUTSequence=[item], PixelPaddingValue=0,
+                       PixelPaddingRangeLimit=50)
+    expected = 1 - table[np.clip(pixels.astype(int) - 1024 + 900, 0, 1023)] / 4095
+    expected[0, :2] = 0  # the padding, else white: below the table's first value, inverted
     np.testing.assert_allclose(read_dicom(path), expected, atol=1e-6)
-    # a window the standard does not allow: said in one line, read by the stored range
-    bad = read_dicom(write_dicom(tmp_path / "bad.dcm", pixels, bits_stored=12, WindowCenter=100, WindowWidth=0))
-    np.testing.assert_allclose(bad, pixels / 4095, atol=1e-6)
-    assert "window width 0 is not one the standard allows" in capsys.readouterr().err
+    assert expected[0, 2] == 1 and 0 < expected[0, 3] < 1 and expected[0, 5] == 0  # below, within, above
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # pydicom, writing the NaN this test needs
+def test_read_dicom_reads_a_voi_it_cannot_use_by_the_stored_range_and_says_so(tmp_path, capsys):
+    """An empty window (as anonymisers leave it), a NaN width, a LINEAR width under 1: one note each, the image read
+    by its stored range, not dropped. A table without its descriptor gives way to the window, as in pydicom;
+    padding is black on that path too."""
+    pixels = np.array([[0, 1000, 2000, 4095]], np.uint16)
+    for name, tags in (("empty", dict(WindowCenter="", WindowWidth="")),
+                       ("nan width", dict(WindowCenter="2000", WindowWidth="NaN")),
+                       ("nan centre", dict(WindowCenter="NaN", WindowWidth="1000")),
+                       ("narrow", dict(WindowCenter=2000, WindowWidth=0.5)),
+                       ("padded", dict(PixelPaddingValue=0, photometric="MONOCHROME1"))):
+        image = read_dicom(write_dicom(tmp_path / f"{name}.dcm", pixels, bits_stored=12, **tags))
+        stored = 1 - pixels / 4095 if name == "padded" else pixels / 4095
+        stored[0, 0] = 0 if name == "padded" else stored[0, 0]  # else white: 0 in MONOCHROME1
+        np.testing.assert_allclose(image, stored, atol=1e-6)
+        assert capsys.readouterr().err.count("read by the stored range") == (name != "padded")
+    broken = Dataset()
+    broken.LUTDescriptor, broken.LUTData = [2, 0, 9], b"\x00\x00\x01\x00"  # 9-bit entries: not allowed
+    window = dict(WindowCenter=2000, WindowWidth=1000)
+    windowed = read_dicom(write_dicom(tmp_path / "w.dcm", pixels, bits_stored=12, **window))
+    assert 0 < windowed[0, 2] < 1 and windowed[0, 1] == 0 and windowed[0, 3] == 1
+    both = read_dicom(write_dicom(tmp_path / "both.dcm", pixels, bits_stored=12, VOILUTSequence=[broken], **window))
+    np.testing.assert_array_equal(both, windowed)
+    assert "its VOI LUT table" in capsys.readouterr().err
 
 
 def _compressed_without_decoder(path: Path) -> Path:

@@ -14,6 +14,8 @@ import train
 from data import DataError, build_dataset, cache_folder
 from engine import checkpoints, run_folder
 from engine.checkpoints import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
+from engine.cli import UsageError
+from engine.setup import check_same_images
 from helpers import TINY, TINY_RESUMED, as_logged, epochs_logged, read_log
 from model import build_model
 from readers import atomic
@@ -72,7 +74,7 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
             (folder / "last.pt", ["--dataset", "mias"], "continues a synthetic run"),
             (folder / "last.pt", ["--decoder", "unet"], "--decoder unet (checkpoint: fusion)"),
             (folder / "last.pt", ["--limit", "5"], "trained/validated on 6/6 images, this call finds 5/5"),
-            (tmp_path / "swapped.pt", ["--out-dir", str(folder)], "finds other ones 6/6: the files under --data-root")):
+            (tmp_path / "swapped.pt", ["--out-dir", str(folder)], "finds other ones (or in another order) 6/6")):
         assert train.cli(["--resume", str(checkpoint), "--epochs", "4", *TINY_RESUMED, *flags]) == 2
         assert words in capsys.readouterr().err
     assert snapshot(folder) == before
@@ -91,6 +93,17 @@ def test_resume_is_the_same_run_with_a_log_that_matches_its_weights(tmp_path, ca
     assert "kept as" in capsys.readouterr().out and (copy / "last-epoch3.pt").read_bytes() == newer
     assert epochs_logged(copy) == [0, 1]
     assert as_logged(torch.load(copy / "last.pt", weights_only=True)["log"]) == read_log(copy)
+
+
+def test_a_resume_is_refused_where_its_mammograms_would_be_read_otherwise():
+    """The same image ids read by another version of the mammogram reading (a VOI LUT now applied, say) are other
+    pixels: refused, naming both versions; a checkpoint from before the images were recorded is not checked."""
+    now = {"train": {"images": 6, "ids_sha1": "a"}, "val": {"images": 2, "ids_sha1": "b"}, "reading": 3}
+    check_same_images({"images": dict(now)}, now, "last.pt")
+    check_same_images({}, now, "last.pt")
+    with pytest.raises(UsageError, match="read and prepared by version 2 of the mammogram reading, this one is "
+                                         "version 3"):
+        check_same_images({"images": dict(now, reading=2)}, now, "last.pt")
 
 
 def test_a_checkpoint_saved_within_an_epoch_is_newer_than_one_saved_at_its_start(tmp_path, capsys):
