@@ -26,7 +26,7 @@ MODEL_ENTRIES = ("model", "model_config")
 RESUME_ENTRIES = (*MODEL_ENTRIES, "optimizer", "scheduler", "scaler", "rng", "epoch", "best_metric",
                   "args")
 WEIGHT_ENTRIES = (*MODEL_ENTRIES, "epoch", "step", "metrics", "metric_name", "best_metric", "args",
-                  "versions")
+                  "versions", "images")
 
 
 class CheckpointError(Exception):
@@ -53,7 +53,7 @@ def training_checkpoint(model: torch.nn.Module, optimizer, scheduler, scaler, *,
 
 def weights_checkpoint(checkpoint: dict) -> dict:
     """best.pt: the weights and their record, a third of last.pt's size."""
-    return {"kind": "weights", **{key: checkpoint[key] for key in WEIGHT_ENTRIES}}
+    return {"kind": "weights", **{key: checkpoint.get(key) for key in WEIGHT_ENTRIES}}
 
 
 def restore_training_state(checkpoint: dict, optimizer, scheduler, scaler, *, lr: float,

@@ -22,6 +22,7 @@ from PIL import Image
 
 from data import DataError, cache_folder
 from readers.atomic import atomic_write, write_json
+from readers.items import CACHE_VERSION
 from readers.mammograms import IMAGE_SUFFIXES, is_dicom, read_image_file
 from readers.voc import VOC_CLASSES
 
@@ -281,6 +282,11 @@ def describe_checkpoint(checkpoint: str, saved: dict) -> str:
         print(f"warning: {checkpoint} was saved before the first training epoch: its weights are "
               "untrained and its masks mean nothing; predict with a later last.pt or best.pt",
               file=sys.stderr)
+    reading = (saved.get("images") or {}).get("reading")  # None: not mammograms, or an older file
+    if reading not in (None, CACHE_VERSION):
+        print(f"note: {checkpoint} learnt from mammograms read and prepared by version {reading} of "
+              f"the reading, this project's is version {CACHE_VERSION} (docs/data.md says what changed): "
+              "its inputs here may differ from those it learnt from", file=sys.stderr)
     text = "" if epoch is None else f", epoch {epoch}"
     if isinstance(metrics, dict) and isinstance(metrics.get(name), float):
         text += f", validation {name} {metrics[name]:.4f}"

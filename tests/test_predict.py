@@ -314,6 +314,10 @@ def test_an_earlier_prediction_is_replaced_only_when_asked_and_a_failed_image_ke
     capsys.readouterr()
     assert run_predict("--checkpoint", untrained, "--input", scans / "a.png", "--output", tmp_path / "early") == 0
     assert "saved before the first training epoch: its weights are untrained" in capsys.readouterr().err
+    older = save_checkpoint(tmp_path / "older.pt", checkpoints["models"]["unet"], images={"reading": 2},
+                            args=dict(image_size=64, dataset="folder"))
+    assert run_predict("--checkpoint", older, "--input", scans / "a.png", "--output", tmp_path / "older") == 0
+    assert "learnt from mammograms read and prepared by version 2 of the reading" in capsys.readouterr().err
     for flags in (["--image-size", "100"], ["--checkpoint", scans / "a.png"]):
         with pytest.raises((UsageError, CheckpointError)):
             run_predict("--checkpoint", checkpoints["unet"], "--input", scans / "a.png", "--output",
