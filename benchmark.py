@@ -1,9 +1,9 @@
-"""The cost of each thesis model (Tables 2 and 4: "#Params", "FLOPS", "Inference time"). Table 1:
-parameters and FLOPs beside the thesis'. Table 2 (--speed): latency at batch 1, forward and training
-throughput per precision. Both name the device; docs/speed.md holds the results.
+"""The cost of each thesis model (Tables 2 and 4: "#Params", "FLOPS", "Inference time"). The cost
+table: parameters and FLOPs beside the thesis'. The speed table (--speed): latency at batch 1,
+forward and training throughput per precision. Both name the device; docs/speed.md has results.
 
-    python benchmark.py                                   # table 1 (seconds)
-    python benchmark.py --speed --device cpu --repeats 3  # + table 2 on this machine's CPU
+    python benchmark.py                                   # the cost table (seconds)
+    python benchmark.py --speed --device cpu --repeats 3  # + the speed table on this machine's CPU
     python benchmark.py --speed --device cuda --amp none bf16 --channels-last --json gpu.json
 """
 from __future__ import annotations
@@ -146,7 +146,7 @@ def speed_row(kwargs: dict, side: int, *, device: torch.device, precision: str, 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="benchmark.py", description=__doc__)
     add = parser.add_argument
-    add("--speed", action="store_true", help="also time every model (table 2)")
+    add("--speed", action="store_true", help="also time every model (the speed table)")
     add("--device", default="auto",
         help="auto (cuda when visible, else cpu), cpu, cuda or cuda:N (default: auto)")
     # none is fp32, which cuDNN runs as TF32 on Ampere and newer GPUs (its default and train.py's)
@@ -199,7 +199,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def speed_table(args: argparse.Namespace, rows: list, device: torch.device, results: dict) -> None:
-    """Table 2: every row at every precision; a row that does not fit the card is named."""
+    """The speed table: every row at every precision; a row that does not fit the card is named."""
     on_gpu = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 1)
     repeats = args.repeats if args.repeats is not None else (50 if on_gpu else 5)

@@ -45,12 +45,12 @@ class SEBlock(nn.Module):
         return x * weights[:, :, None, None]  # (B, C, H, W)
 
 
-# Fig. 6, with m output channels:
+# Fig. 6 as inferred (the figure is not in the thesis text: docs/reproduce.md), m output channels:
 #   semantic: high -> bilinear x2 -> conv3x3
 #   detail:   high -> conv3x3 to 4m -> pixel shuffle x2 (+ skip) -> conv3x3
 #   output:   concat(detail, semantic) (2m) -> SE -> conv3x3 -> conv3x3 (m)
 class FusionLayer(nn.Module):
-    """Fig. 6: the previous decoder level (high) fused with the encoder's (skip) through SE."""
+    """Fig. 6, inferred: the previous decoder level (high) fused with the encoder's (skip) by SE."""
 
     def __init__(self, high_channels: int, skip_channels: int, out_channels: int, *,
                  se_reduction: int = 4):

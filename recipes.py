@@ -26,7 +26,7 @@ CBIS = dict(  # Table 1, CBIS-DDSM column; PRESETS["cbis"]
     train_split="train",
     augment=True,  # ours: readers/mammograms.py's flip, rotation, scale, shift, gamma
     num_classes=1,  # binary: one lesion logit (data.py's dataset.num_classes, checked)
-    foreground_prior=None,  # the head's bias starts at 0, SMP's initialisation, as the thesis ran
+    foreground_prior=None,  # the head's bias starts at 0: SMP's initialisation, the baselines'
 )
 PRESETS = {
     "cbis": CBIS,
