@@ -97,7 +97,8 @@ def evaluate_dataset(candidates: list[Candidate], dataset, voc_labels: list | No
                                   for pred, target in zip(labels, targets_here))
                 continue
             labels = predict_dataset_batch(candidate.runner, images, [t.shape for t in targets],
-                                           tta=tta, amp=amp, mammogram=False)
+                                           tta=tta, amp=amp, mammogram=False,
+                                           window=candidate.window, overlap=candidate.overlap)
             for pred, target in zip(labels, targets):  # VOC: at the original size
                 target = torch.from_numpy(target).to(pred.device)  # (h, w)
                 metric.update(pred[None], target[None])

@@ -307,6 +307,11 @@ def count_lesions(marked: np.ndarray, target: np.ndarray,
     return lesions[3], found, marks[3], false_positives
 
 
+def _float32_at_or_below(value: float) -> np.float32:
+    rounded = np.float32(value)
+    return np.nextafter(rounded, np.float32(-np.inf)) if float(rounded) > value else rounded
+
+
 class LesionStats:
     """Per-image lesion counts at each FROC threshold; a mark of IoU >= min_iou finds a lesion."""
 
@@ -314,7 +319,9 @@ class LesionStats:
         if 0.5 not in thresholds or not all(0 < t < 1 for t in thresholds):
             raise ValueError(f"thresholds must lie in (0, 1) and hold 0.5, got {thresholds}")
         self.min_iou, self.thresholds = min_iou, tuple(sorted(thresholds))
-        self._cuts = [math.log(t / (1 - t)) for t in self.thresholds]  # p > t <=> logit > logit(t)
+        # p > t <=> logit > logit(t); scores are float32, so each cut is the float32 at or below
+        # logit(t): a cut rounded up would miss a score between the two
+        self._cuts = [_float32_at_or_below(math.log(t / (1 - t))) for t in self.thresholds]
         self._batches: list[torch.Tensor] = []  # (B, 2 + 3T) int64 per update: see counts()
         self._reduced = False
 

@@ -18,7 +18,7 @@ def window_starts(length: int, window: int, overlap: float) -> list[int]:
     """First pixel of each window along a side: every (1 - overlap) x window, the last flush."""
     if window >= length:
         return [0]
-    step = max(1, int(window * (1 - overlap)))
+    step = max(1, round(window * (1 - overlap)))  # round: 320 x (1 - 0.9) is 31.99... in floats
     return [*range(0, length - window, step), length - window]
 
 

@@ -255,6 +255,24 @@ def write_voc(root: Path, sizes: list[tuple[int, int]]) -> tuple[Path, list[str]
     return voc, ids
 
 
+def test_a_voc_model_of_patches_is_scored_by_its_windows_as_its_header_says(checkpoints, tmp_path):
+    """A VOC checkpoint trained on patches, evaluated at a larger size, is scored window by window, as the report's
+    header, FLOPs and timing count it: the network sees its patch size, never the whole image."""
+    voc, _ = write_voc(tmp_path / "voc", [(45, 60), (70, 33)])
+    model = checkpoints["models"]["voc"]
+    dataset = build_dataset("voc", tmp_path / "voc", "val", 64, mean=model.config["mean"], std=model.config["std"],
+                            augment=False, verbose=False)
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+    labels = [voc / "SegmentationClass" / f"{name}.png" for name in dataset.ids]
+    candidate = evaluate.Candidate("voc.pt", "voc", model, {}, runner=model, window=(32, 32))
+    try:
+        evaluate.evaluate_dataset([candidate], dataset, labels, batch_size=2, workers=0, tta=False, amp="none")
+    finally:
+        hook.remove()  # the model is shared with other tests
+    assert seen and set(seen) == {(32, 32)}
+
+
 def test_voc_miou_at_original_resolution_matches_the_metric_functions(checkpoints, tmp_path, capsys):
     sizes = [(45, 60), (70, 33), (64, 64)]
     voc, ids = write_voc(tmp_path / "voc", sizes)

@@ -308,6 +308,21 @@ def test_froc_of_a_perfect_prediction_is_sensitivity_1_at_0_false_positives():
     assert summary["false_positives_per_normal_image"] == 0
 
 
+def test_a_score_just_above_a_froc_threshold_marks_at_float32_precision():
+    """p > t is logit > logit(t): a float32 logit between logit(t) and the float32 that logit(0.05) rounds up to
+    (sigmoid above 0.05) still marks its lesion at t = 0.05."""
+    cut = math.log(0.05 / 0.95)
+    score = np.float32(cut)
+    assert float(score) > cut  # the float32 nearest logit(0.05) lies above it
+    logits = torch.full((1, 1, 4, 4), -20.0)
+    logits[0, 0, 1:3, 1:3] = float(score)
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 1:3, 1:3] = 1
+    stats = LesionStats(thresholds=(0.05, 0.5))
+    stats.update(logits, target)
+    assert stats.counts()[0, 2:5].tolist() == [1, 1, 0]  # at 0.05: found, one mark, no false positive
+
+
 def test_lesion_stats_counts_rates_and_froc_by_hand():
     target = torch.zeros(3, 10, 10, dtype=torch.long)
     target[0, 1:4, 1:4], target[0, 6:9, 6:9] = 1, 1  # image 0: two lesions; image 1: normal

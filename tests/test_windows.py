@@ -56,6 +56,7 @@ def test_stitching_is_an_explicit_gaussian_blend_in_batches_of_at_most_batch_siz
     net, images, batches = conv_net(), torch.rand(2, 1, 70, 90), []
     assert window_starts(70, 32, 0.5) == [0, 16, 32, 38]
     assert window_starts(90, 48, 0.5) == [0, 24, 42]
+    assert window_starts(1024, 320, 0.9)[:3] == [0, 32, 64]  # 320 x (1 - 0.9) is 31.99... in floats
 
     def forward(crops):
         batches.append(len(crops))
