@@ -84,7 +84,7 @@ def _build_cbis(root: Path, split: str, size: tuple[int, int], *, abnormality: s
     counts = (f"{len(ids)} images, {lesions} lesion masks ({lesions - len(ids)} merged into images "
               "with several lesions)")
     # Mass and calcification builds share the cache folder, so each keeps its own list.
-    listing = skipped_listing(cache_dir, f"cbis-{abnormality}", root, split)
+    listing = skipped_listing(cache_dir, f"cbis-{abnormality}", root, split, fold, folds)
     report_skipped("cbis", split, counts, skipped, listing, verbose)
     return MammogramDataset(ids, sources, cache_files, _cbis_sample, split=split, **options,
                             **common)
@@ -117,8 +117,8 @@ def _build_mias(root: Path, split: str, size: tuple[int, int], *, include_normal
     normal = sum(image.normal for image in images)
     counts = (f"{len(images)} images: {outlined} with outline masks ({root / 'masks'}), "
               f"{len(images) - outlined - normal} with Info.txt's circles, {normal} normal")
-    report_skipped("mias", split, counts, skipped, skipped_listing(cache_dir, "mias", root, split),
-                   verbose)
+    listing = skipped_listing(cache_dir, "mias", root, split, fold, folds)
+    report_skipped("mias", split, counts, skipped, listing, verbose)
     return MammogramDataset([image.ref for image in images], [(image,) for image in images],
                             cache_files, _mias_sample, split=split, **options, **common)
 
@@ -160,7 +160,7 @@ def _build_folder(root: Path, split: str, size: tuple[int, int], *, num_classes:
     split_of = rows if fixed else {}
     skipped = [row for row in skipped
                if (split_of.get(row[2], {}).get("split") or "train") == split]
-    report = skipped_listing(cache_dir, "folder", root, split)
+    report = skipped_listing(cache_dir, "folder", root, split, fold, folds)
     report_skipped("folder", split, counts, skipped, report, verbose)
     # Else the empty part would read as a wrong data root ("no images found"); raised after the
     # report, which lists the skipped rows. A test part is optional, as a drawn split has none.
@@ -191,7 +191,10 @@ class SyntheticMammograms(SegmentationSet):
         self.ids = [f"synthetic-{split}-{i:05d}" for i in range(count)]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.split_index, index])
+        # the training images follow --seed; the validation and test images are the same for every
+        # seed (those of seed 0), so that runs of other seeds are scored on the same images
+        rng = np.random.default_rng([self.seed if self.split == "train" else 0, self.split_index,
+                                     index])
         image, mask = synthetic_mammogram(self.size, rng, mass_probability=self.mass_probability)
         rng = self._rng(index) if self.augment or self.patch else None
         if self.patch:
@@ -240,8 +243,8 @@ def build_dataset(name: str, root: str | os.PathLike | None, split: str,
     Items are (image float32 (C, H, W) normalised, mask int64 (H, W)); `.ids[i]` names item i and
     `.num_classes` is the model's outputs. The options are listed in docs/data.md."""
     try:
-        size = ((image_size, image_size) if isinstance(image_size, (int, np.integer))
-                else tuple(map(int, image_size)))
+        size = ((int(image_size),) * 2 if isinstance(image_size, (int, np.integer))  # int: the
+                else tuple(map(int, image_size)))  # cache key of numpy's 64 is "64", of Python's 64
     except (TypeError, ValueError):
         size = ()
     if len(size) != 2 or min(size) < 1:

@@ -140,7 +140,9 @@ def _full_image(files: list[Path], csv_path: str) -> Path | None:
     # the classic folder name, or its last 5 digits in the current one
     series = csv_path.replace("\\", "/").split("/")[-2]
     matches = [f for f in files if series in f.parts or f.parent.name.endswith("-" + series[-5:])]
-    if len({(f.parent.name, f.name) for f in matches}) == 1:  # one file, or copies of it
+    # one file, or copies of it in downloads that named the series folder otherwise (a full image's
+    # series holds one image); two files in one folder of the series cannot be told apart
+    if matches and len({f.parent for f in matches}) == len(matches):
         return matches[0]
     return None
 
@@ -153,7 +155,7 @@ def check_mammogram(tree: CbisTree, rows: list[dict]
     files = tree.files(subject_of(image_path))
     full = _full_image(files, image_path)
     if full is None:
-        reason = (f"full mammogram ambiguous: {len(files)} DICOM files and none in series "
+        reason = (f"full mammogram ambiguous: {len(files)} DICOM files, not one alone in series "
                   f"{image_path.split('/')[-2]}" if files else
                   f"full mammogram missing: no DICOM for {subject_of(image_path)}")
         return Path(), [], [(row, reason) for row in rows]

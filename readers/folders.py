@@ -76,9 +76,14 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """Every file below `folder`, hidden files and folders left out, sorted."""
-    files = []
-    for parent, subfolders, names in os.walk(folder):
+    """Every file below `folder`, through linked folders too, hidden files and folders left out,
+    sorted; a folder reached twice (a link to a folder above it) is listed once."""
+    files, seen = [], set()
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        if os.path.realpath(parent) in seen:
+            subfolders[:] = []
+            continue
+        seen.add(os.path.realpath(parent))
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         files += [Path(parent) / name for name in names if not name.startswith(".")]
     return sorted(file for file in files if file.is_file())
@@ -119,6 +124,8 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
                          f"the stem {stem} ({names}): rename one") for file in files]
             continue
         image, mask, row = files[0], masks_dir / f"{stem}.png", fixed.get(stem, {})
+        if not mask.is_file() and mask.with_suffix(".PNG").is_file():  # as some tools name it
+            mask = mask.with_suffix(".PNG")
         try:
             problem = ("" if mask.is_file() else
                        f"mask missing: no {mask}{_misnamed_masks(mask, root, listings)}")
@@ -159,6 +166,9 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
                 raise DataError(f"{path}: mask mode {mask.mode}; save a single-channel PNG (0/255, "
                                 "0/1 or class indices)")
             values = np.asarray(mask)
+            if num_classes == 1 and mask.mode == "P":  # a palette's indices are in any order:
+                gray = np.asarray(mask.convert("L"))  # Pillow's own black/white puts white at 0
+                values = gray if set(np.unique(gray).tolist()) <= {0, 255} else values
     except (OSError, Image.DecompressionBombError) as error:  # truncated, not an image, too large
         raise DataError(f"{path}: cannot read the mask ({error})") from None
     found = np.unique(values)

@@ -218,9 +218,12 @@ def _list_rows(path: Path, rows: list[tuple]) -> None:
     atomic_write(path, text.getvalue().encode())
 
 
-def skipped_listing(cache_dir: Path, name: str, root: Path, split: str) -> Path:
-    """The CSV of a split's skipped rows, named by the dataset and its root (a shared cache)."""
-    return cache_dir / f"skipped_{name}-{root_hash(root)[:8]}_{split}.csv"
+def skipped_listing(cache_dir: Path, name: str, root: Path, split: str, fold: int | None = None,
+                    folds: int = 5) -> Path:
+    """The CSV of a split's skipped rows, named by the dataset and its root (a shared cache), and
+    by its fold: the folds of a cross-validation, run at once, each write their own."""
+    part = split if fold is None else f"{split}-fold{fold}of{folds}"
+    return cache_dir / f"skipped_{name}-{root_hash(root)[:8]}_{part}.csv"
 
 
 def report_skipped(name: str, split: str, counts: str, skipped: list[tuple], path: Path,

@@ -134,6 +134,21 @@ def test_an_unreadable_mias_image_is_skipped_with_its_reason_not_a_traceback(tmp
     assert reasons == [("mdb002", "unreadable image mdb002.png")]
 
 
+def test_a_size_given_as_a_numpy_integer_and_each_fold_keep_their_own_cache_files(tmp_path):
+    """np.int64(32) is the size 32, down to the cache entry's name; each fold of a cross-validation lists its skipped
+    rows in a file of its own (folds run at once would overwrite one)."""
+    write_toy_mias(tmp_path / "mias")
+    names = [sorted(entry.cache_files) for entry in (
+        data.build_dataset("mias", tmp_path / "mias", "train", size, cache_dir=tmp_path / "cache", verbose=False)
+        for size in (32, np.int64(32)))]
+    assert names[0] == names[1]
+    for fold in range(2):
+        data.build_dataset("mias", tmp_path / "mias", "train", 32, fold=fold, folds=2, cache_dir=tmp_path / "cache",
+                           verbose=False)
+    assert {path.name.split("_", 2)[-1] for path in (tmp_path / "cache").glob("skipped_mias-*")} == {
+        "train.csv", "train-fold0of2.csv", "train-fold1of2.csv"}
+
+
 def test_mias_cache_is_reused(mias, mias_cache, monkeypatch):
     first = _mias(mias, "val", mias_cache)[0]  # built (and cached) here, whichever tests ran before
     monkeypatch.setattr(data, "load_mias", lambda *args: pytest.fail("decoded although cached"))
@@ -172,6 +187,10 @@ def test_synthetic_is_deterministic_and_sized():
     assert torch.equal(train[5][0], build_dataset("synthetic", None, "train", 64, augment=False)[5][0])
     assert not torch.equal(train[0][0], build_dataset("synthetic", None, "test", 64)[0][0])
     assert not torch.equal(train[0][0], build_dataset("synthetic", None, "train", 64, augment=False, seed=1)[0][0])
+    # the images a run is scored on are the same whatever its seed: runs of several seeds compare
+    for split in ("val", "test"):
+        assert torch.equal(build_dataset("synthetic", None, split, 64, seed=1)[3][1],
+                           build_dataset("synthetic", None, split, 64)[3][1])
 
 
 def test_synthetic_masses_are_learnable_but_not_trivial():

@@ -286,6 +286,16 @@ def _cbis(root, split, tmp_path, **options):
     return build_dataset("cbis", root, split, SHAPE, **options)
 
 
+def test_a_full_mammogram_downloaded_twice_under_two_folder_names_is_one_image():
+    """Two retriever versions name one series' folder differently; both copies are the one full image. Two files
+    in one folder of the series cannot be told apart."""
+    csv_path = "Mass-Training_P_00001_LEFT_CC/1.3.6.1.4.1.9590.100.1.2.4226/1.3.6.1.4.1.9590.100.1.2.224515/000000.dcm"
+    old = Path("Mass-Training_P_00001_LEFT_CC/07-20-2016-DDSM-74994/1-full mammogram images-24515/000000.dcm")
+    new = Path("Mass-Training_P_00001_LEFT_CC/07-20-2016-DDSM-NA-74994/1.000000-full mammogram images-24515/1-1.dcm")
+    assert cbis._full_image([old, new], csv_path) == old
+    assert cbis._full_image([old, old.with_name("000001.dcm")], csv_path) is None
+
+
 @pytest.mark.parametrize("layout,metadata", [("classic", False), ("current", True), ("current", False)])
 def test_cbis_both_layouts_and_every_pitfall(tmp_path, layout, metadata, capsys):
     root = tmp_path / "download"

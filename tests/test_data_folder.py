@@ -193,6 +193,21 @@ def test_a_0_255_mask_for_a_multiclass_model_is_refused_as_binary(tmp_path):
     assert train.ids == ["a1", "a3", "a4"] and val.ids == ["a0"]  # first masks decide, for every split
 
 
+def test_a_black_and_white_palette_mask_is_read_by_its_colours_not_its_indices(tmp_path):
+    """Pillow's own black/white palette puts white at index 0: read by index, the lesion would be background. A
+    palette of classes (VOC's: 1 is dark red) keeps its indices."""
+    lesion = np.zeros((6, 6), bool)
+    lesion[2:4, 2:4] = True
+    rgb = np.repeat(lesion[..., None] * np.uint8(255), 3, axis=2)
+    Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=2).save(tmp_path / "white_first.png")
+    assert np.asarray(Image.open(tmp_path / "white_first.png"))[0, 0] == 1  # the background's index
+    classes = Image.fromarray(lesion.astype(np.uint8)).convert("P")
+    classes.putpalette([0, 0, 0, 128, 0, 0])
+    classes.save(tmp_path / "voc_palette.png")
+    for name in ("white_first.png", "voc_palette.png"):
+        np.testing.assert_array_equal(folders.read_mask(tmp_path / name, 1), lesion)
+
+
 def test_a_fixed_split_without_the_requested_split_names_split_csv(tmp_path):
     root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(6)))
     (root / "split.csv").write_text("file,split\n" + "".join(f"a{i}.png,{'train' if i < 4 else 'test'}\n"
@@ -239,6 +254,18 @@ def test_images_in_subfolders_pair_with_masks_at_the_same_path(tmp_path):
     assert build(root, "val").ids == ["p1/a0"] and build(root, "train").ids == ["b", "p2/a0", "p2/a1"]
     (root / "split.csv").write_text("file,split\na1.png,val\np1/a0.png,train\n")  # a bare name of a nested image
     assert reasons(root)["split.csv"].endswith("images/ holds p2/a1; name it by its path under images/")
+
+
+def test_linked_subfolders_and_upper_case_png_masks_are_read(tmp_path):
+    """A patient's folder linked in from elsewhere is read (a link back up to images/ is not read twice), and a mask
+    named A0.PNG pairs like a0.png."""
+    root = tiny(tmp_path / "mine", "p1/a0.png", masks=["p1/a0.PNG"])
+    tiny(tmp_path / "elsewhere", "p2/a0.png")
+    (root / "images" / "p2").symlink_to(tmp_path / "elsewhere" / "images" / "p2")
+    (root / "masks" / "p2").symlink_to(tmp_path / "elsewhere" / "masks" / "p2")
+    (root / "images" / "p1" / "up").symlink_to(root / "images")  # a loop
+    items = folders.folder_items(root)[0]
+    assert [(item.stem, item.mask.name) for item in items] == [("p1/a0", "a0.PNG"), ("p2/a0", "a0.png")]
 
 
 def test_two_images_sharing_a_stem_are_both_skipped(tmp_path):
