@@ -7,6 +7,7 @@ indices with 255 = ignore), and an optional DIR/split.csv (file,split[,group]); 
 from __future__ import annotations
 
 import csv
+import glob
 import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -124,8 +125,9 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
                          f"the stem {stem} ({names}): rename one") for file in files]
             continue
         image, mask, row = files[0], masks_dir / f"{stem}.png", fixed.get(stem, {})
-        if not mask.is_file() and mask.with_suffix(".PNG").is_file():  # as some tools name it
-            mask = mask.with_suffix(".PNG")
+        if not mask.is_file():  # a.PNG, a.Png, as some tools name them
+            mask = next((other for other in sorted(mask.parent.glob(glob.escape(mask.stem) + ".*"))
+                         if other.suffix.lower() == ".png" and other.is_file()), mask)
         try:
             problem = ("" if mask.is_file() else
                        f"mask missing: no {mask}{_misnamed_masks(mask, root, listings)}")
