@@ -261,8 +261,8 @@ def load_encoder_weights(encoder: nn.Module, name: str, weights: str, *,
                 torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix, progress=True)
         except (OSError, RuntimeError) as err:  # URLError is an OSError
             raise WeightsError(f"could not download {weights!r} weights from {url} ({err}); "
-                               f"download the file elsewhere and pass its path (--weights PATH)"
-                               ) from None
+                               f"download the file elsewhere and pass its path (--weights PATH), "
+                               f"or start from scratch (--weights none)") from None
     elif os.path.isfile(weights):
         path = weights
     else:

@@ -40,6 +40,9 @@ def resolve_args(args) -> list[str]:
         raise UsageError(f"--resume {args.resume} continues a {saved.get('dataset')} run; "
                          f"--dataset {args.dataset} would make it another run: drop --dataset, or "
                          "score it there with --eval-only")
+    if args.dataset is None and not saved and args.data_root:  # the default, synthetic, reads none
+        raise UsageError(f"--data-root {args.data_root} without --dataset: say what it holds, "
+                         "--dataset folder (your images/ and masks/), cbis, mias or voc")
     args.dataset = args.dataset or saved.get("dataset", "synthetic")
     saved = saved if saved.get("dataset") == args.dataset else {}
     try:

@@ -150,8 +150,8 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
     nested = {}  # a bare name in split.csv for an image in a subfolder: say how to name it
     for stem in images:
         nested.setdefault(stem.rsplit("/", 1)[-1], []).append(stem)
-    for stem, row in fixed.items():
-        if row.get("split") and stem not in usable:
+    for stem, row in fixed.items():  # an image found but skipped has its own row, with its reason
+        if row.get("split") and stem not in usable and stem not in images:
             hint = "" if "/" in stem or stem in images else ", ".join(nested.get(stem, []))
             skipped.append(("split.csv", int(row["line"]), stem,
                             "listed in split.csv, but no usable image and mask"

@@ -233,5 +233,6 @@ def report_skipped(name: str, split: str, counts: str, skipped: list[tuple], pat
     if verbose:
         kinds = ", ".join(f"{count} {kind}"
                           for kind, count in Counter(r[3].split(":")[0] for r in skipped).items())
-        print(f"{name} {split}: {counts}; skipped rows: {len(skipped)}"
-              f"{f' ({kinds})' if kinds else ''}, listed in {path}")
+        first = ", ".join(row[2] for row in skipped[:3]) + ", ..." * (len(skipped) > 3)
+        listed = f" ({kinds}: {first}), listed in {path}" if skipped else ""
+        print(f"{name} {split}: {counts}; skipped rows: {len(skipped)}{listed}")

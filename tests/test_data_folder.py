@@ -223,6 +223,16 @@ def test_a_fixed_split_without_the_requested_split_names_split_csv(tmp_path):
     assert "listed in split.csv, but no usable" in listing(tmp_path / "cache", "folder", "val").read_text()
 
 
+def test_an_image_skipped_for_its_mask_is_one_row_named_in_the_summary(tmp_path, capsys):
+    """An image split.csv lists whose mask is missing is one skipped row (not a second one for split.csv), and the
+    one-line summary names the first skipped ids, not the CSV alone."""
+    root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(4)))
+    (root / "masks" / "a3.png").unlink()
+    (root / "split.csv").write_text("file,split\n" + "".join(f"a{i}.png,train\n" for i in range(4)))
+    build_dataset("folder", root, "train", SIZE, in_channels=1, cache_dir=tmp_path / "cache")
+    assert "skipped rows: 1 (1 mask missing: a3), listed in" in capsys.readouterr().out
+
+
 def test_a_leaking_group_and_disagreeing_rows_raise_and_an_image_without_a_split_says_so(tmp_path):
     root = tiny(tmp_path / "mine", *(f"a{i}.png" for i in range(4)))
     (root / "split.csv").write_text("file,split,group\na0.png,train,p1\na1.png,val,p2\na2.png,val,p1\n")
