@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 
 # GNU OpenMP spins about 300000 times at each barrier; two runs sharing 2 cores then spin through
 # each other's time slices and each is 6x+ slower. 10000 spins keep one run's speed, and two
@@ -213,7 +214,10 @@ def main(args, stop: StopRequests | None = None) -> dict:
                 save_now(folder, rank, state(epoch - 1, steps, totals))  # validation on resume
                 raise Stopped(stop.signum,
                               stopped_line(stop, epoch, steps, steps_per_epoch, folder))
-            scheduler.step()
+            with warnings.catch_warnings():  # resumed after an epoch's last step, this process
+                # steps no optimizer before it: PyTorch's check of that order would warn, needlessly
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                scheduler.step()
             improved = summary is not None and (best is None or summary[metric] > best)
             scores, best = summary or scores, summary[metric] if improved else best
             records.append({"epoch": epoch, "lr": lr,
@@ -276,8 +280,9 @@ def restore(checkpoint: dict, optimizer, scheduler, scaler, args, metric: str, c
                          f"{first_epoch}")
     restore_training_state(checkpoint, optimizer, scheduler, scaler, lr=args.lr,
                            milestones=args.milestones, factors=args.lr_factors)
-    within = f", {first_step} steps into epoch {first_epoch}" if first_step else ""
-    log(f"resumed {args.resume} (epoch {checkpoint['epoch']}{within})"
+    where = [f"after epoch {checkpoint['epoch']}"] * (first_epoch > 0) + [
+        f"{first_step} steps into epoch {first_epoch}"] * (first_step > 0)
+    log(f"resumed {args.resume} ({', '.join(where) or 'before epoch 0'})"
         + "; changed: " * bool(changed) + ", ".join(changed))
     best = checkpoint["best_metric"]
     if checkpoint.get("metric_name") != metric:  # an older file chose best.pt by another score
