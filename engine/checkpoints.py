@@ -52,7 +52,7 @@ def training_checkpoint(model: torch.nn.Module, optimizer, scheduler, scaler, *,
 
 
 def weights_checkpoint(checkpoint: dict) -> dict:
-    """best.pt: the weights and their record, a third of last.pt's size."""
+    """best.pt: the weights and their record, a quarter of last.pt's size."""
     return {"kind": "weights", **{key: checkpoint.get(key) for key in WEIGHT_ENTRIES}}
 
 
