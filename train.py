@@ -138,7 +138,7 @@ def main(args, stop: StopRequests | None = None) -> dict:
     stop = stop or StopRequests()
     changed = resolve_args(args)  # every unset flag from the recipe or the --resume checkpoint
     if args.dataset != "synthetic" and not args.data_root:  # said before weights are downloaded
-        raise UsageError(f"--dataset {args.dataset} reads files: name their folder, --data-root DIR")
+        raise UsageError(f"--dataset {args.dataset} reads files: name their folder (--data-root)")
     device = resolve_device(args.device)
     check_device_flags(device, args.device, amp=args.amp, sync_bn=args.sync_bn,
                        data_parallel=args.data_parallel)

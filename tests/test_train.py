@@ -300,7 +300,7 @@ def test_user_errors_end_in_one_line_and_exit_code_2(tmp_path, monkeypatch, caps
         (["--amp", "fp16", "--device", "cpu"], {}, "bf16"),
         (["--dataset", "cbis", "--data-root", str(tmp_path / "missing")], {}, "not found"),  # before any download
         (["--data-root", str(empty)], {}, "without --dataset: say what it holds, --dataset folder"),
-        (["--dataset", "cbis"], {}, "--dataset cbis reads files: name their folder, --data-root DIR"),
+        (["--dataset", "cbis"], {}, "--dataset cbis reads files: name their folder (--data-root)"),
         (["--lr", "-1"], {}, "--lr -1.0: must be >= 0"),
         (["--weight-decay", "-0.1"], {}, "--weight-decay -0.1"),
         (["--decoder-channels", "64,32"], {}, "five positive widths"),
