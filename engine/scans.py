@@ -350,6 +350,11 @@ def run_prediction(checkpoint: str, inputs: list[str], output: str, *, image_siz
     predict_files(model, found, records, size, tta=tta, amp=amp,
                   mammogram=trained_on_mammograms(saved), window=window, overlap=overlap, save=save)
     failed = sum("error" in record for record in records)
+    for folder in made if failed == len(records) else []:  # nothing written: no empty folder left
+        try:
+            folder.rmdir()
+        except OSError:  # not empty after all
+            break
     print(f"{len(records) - failed} image(s) predicted into {output}"
           f"{f', {failed} FAILED' if failed else ''}")
     if json_path:

@@ -163,6 +163,10 @@ def test_predict_folder_of_png_jpeg_pgm_dicom_with_a_broken_file(checkpoints, tm
     model = checkpoints["models"]["unet"]
     png = np.asarray(Image.open(scans / "gray.png"), dtype=np.float32) / 255
     assert np.array_equal(np.asarray(Image.open(out / "gray_mask.png")) == 255, reference_mask(model, png))
+    # every input failed: the output folder this call made is not left behind, empty
+    assert run("--checkpoint", checkpoints["unet"], "--input", scans / "broken.png", "--output", tmp_path / "a" / "b",
+               "--json", tmp_path / "failed.json") == 1
+    assert not (tmp_path / "a").exists()
 
 
 def test_input_discovery_keeps_outputs_apart_and_away_from_the_inputs(tmp_path, monkeypatch):
