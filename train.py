@@ -216,10 +216,12 @@ def main(args, stop: StopRequests | None = None) -> dict:
                 save_now(folder, rank, state(epoch - 1, steps, totals))  # validation on resume
                 raise Stopped(stop.signum,
                               stopped_line(stop, epoch, steps, steps_per_epoch, folder))
-            with warnings.catch_warnings():  # resumed after an epoch's last step, this process
-                # steps no optimizer before it: PyTorch's check of that order would warn, needlessly
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            if first_step < steps_per_epoch:
                 scheduler.step()
+            else:  # resumed after the epoch's last step, no optimizer step came first in this
+                with warnings.catch_warnings():  # process: PyTorch's check of the order would warn
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    scheduler.step()
             improved = summary is not None and (best is None or summary[metric] > best)
             scores, best = summary or scores, summary[metric] if improved else best
             records.append({"epoch": epoch, "lr": lr,

@@ -7,7 +7,6 @@ indices with 255 = ignore), and an optional DIR/split.csv (file,split[,group]); 
 from __future__ import annotations
 
 import csv
-import glob
 import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -77,28 +76,40 @@ def _image_size(path: Path) -> tuple[int, int]:
 
 
 def _files_under(folder: Path) -> list[Path]:
-    """Every file below `folder`, through linked folders too, hidden files and folders left out,
-    sorted; a folder reached twice (a link to a folder above it) is listed once."""
-    files, seen = [], set()
+    """Every file below `folder`, hidden files and folders left out, sorted. A linked folder is
+    followed where it leads elsewhere (a patient's images kept on another disk), not where it
+    leads inside `folder` (read under its own name already) or above it; each real folder once."""
+    top, files, seen = os.path.realpath(folder), [], set()
+
+    def elsewhere(path: str) -> bool:
+        real = os.path.realpath(path)
+        return not os.path.islink(path) or os.path.commonpath([real, top]) not in (real, top)
+
     for parent, subfolders, names in os.walk(folder, followlinks=True):
-        if os.path.realpath(parent) in seen:
+        if os.path.realpath(parent) in seen:  # two links to one folder elsewhere, or a loop there
             subfolders[:] = []
             continue
         seen.add(os.path.realpath(parent))
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith(".")
+                               and elsewhere(os.path.join(parent, name)))
         files += [Path(parent) / name for name in names if not name.startswith(".")]
     return sorted(file for file in files if file.is_file())
 
 
-def _misnamed_masks(mask: Path, root: Path, listings: dict[Path, dict[str, list[str]]]) -> str:
-    """'; found masks/x.jpg: ...' when masks/ holds `mask`'s stem with another suffix, else ''."""
+def _same_stem(mask: Path, root: Path, listings: dict[Path, dict[str, list[str]]]) -> list[str]:
+    """The files of `mask`'s folder with its stem, any suffix, as paths under root."""
     if mask.parent not in listings:  # each folder listed once, however many masks it lacks
         listings[mask.parent] = {}
         for file in mask.parent.iterdir() if mask.parent.is_dir() else ():
             names = listings[mask.parent].setdefault(file.stem, [])
             names.append(file.relative_to(root).as_posix())
-    found = sorted(name for name in listings[mask.parent].get(mask.stem, [])
-                   if (root / name).is_file())
+    return sorted(name for name in listings[mask.parent].get(mask.stem, [])
+                  if (root / name).is_file())
+
+
+def _misnamed_masks(mask: Path, root: Path, listings: dict[Path, dict[str, list[str]]]) -> str:
+    """'; found masks/x.jpg: ...' when masks/ holds `mask`'s stem with another suffix, else ''."""
+    found = _same_stem(mask, root, listings)
     return (f"; found {', '.join(found)}: masks must be PNG (lossless), named {mask.name}"
             if found else "")
 
@@ -126,8 +137,8 @@ def folder_items(root: Path) -> tuple[list[FolderItem], list[tuple[str, int, str
             continue
         image, mask, row = files[0], masks_dir / f"{stem}.png", fixed.get(stem, {})
         if not mask.is_file():  # a.PNG, a.Png, as some tools name them
-            mask = next((other for other in sorted(mask.parent.glob(glob.escape(mask.stem) + ".*"))
-                         if other.suffix.lower() == ".png" and other.is_file()), mask)
+            mask = next((root / name for name in _same_stem(mask, root, listings)
+                         if name.lower().endswith(".png")), mask)
         try:
             problem = ("" if mask.is_file() else
                        f"mask missing: no {mask}{_misnamed_masks(mask, root, listings)}")

@@ -267,15 +267,20 @@ def test_images_in_subfolders_pair_with_masks_at_the_same_path(tmp_path):
 
 
 def test_linked_subfolders_and_upper_case_png_masks_are_read(tmp_path):
-    """A patient's folder linked in from elsewhere is read (a link back up to images/ is not read twice), and a mask
-    named a0.Png pairs like a0.png."""
-    root = tiny(tmp_path / "mine", "p1/a0.png", masks=["p1/a0.Png"])
+    """A patient's folder linked in from elsewhere is read; links that lead inside images/ (read under their own
+    names already: whichever the disk lists first must not hide the real folder) or above it (the dataset, the disk)
+    are not. A mask named a0.Png pairs like a0.png; a.b.png is not a's mask."""
+    root = tiny(tmp_path / "mine", "p1/a0.png", "a.png", "a.b.png", masks=["p1/a0.Png", "a.b.png"])
     tiny(tmp_path / "elsewhere", "p2/a0.png")
     (root / "images" / "p2").symlink_to(tmp_path / "elsewhere" / "images" / "p2")
     (root / "masks" / "p2").symlink_to(tmp_path / "elsewhere" / "masks" / "p2")
-    (root / "images" / "p1" / "up").symlink_to(root / "images")  # a loop
-    items = folders.folder_items(root)[0]
-    assert [(item.stem, item.mask.name) for item in items] == [("p1/a0", "a0.Png"), ("p2/a0", "a0.png")]
+    for name, target in (("p1/up", root / "images"), ("a1", root / "images" / "p1"), ("z", root / "images" / "p1"),
+                         ("dataset", root)):
+        (root / "images" / name).symlink_to(target)
+    items, skipped, _ = folders.folder_items(root)
+    assert [(item.stem, item.mask.name) for item in items] == [("a.b", "a.b.png"), ("p1/a0", "a0.Png"),
+                                                                ("p2/a0", "a0.png")]
+    assert [(row[2], row[3].split(":")[0]) for row in skipped] == [("a", "mask missing")]
 
 
 def test_two_images_sharing_a_stem_are_both_skipped(tmp_path):
