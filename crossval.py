@@ -28,7 +28,6 @@ from pathlib import Path
 from engine.charts import draw_crossval
 from engine.cli import (STOP_SIGNALS, ArgumentParser, Stopped, StopRequests, UsageError,
                         refuse_file_in_the_way, run_command)
-from engine.devices import default_workers
 from engine.run_folder import RunFolder
 from readers.atomic import write_json
 from recipes import PRESETS
@@ -106,9 +105,9 @@ def check_settings(args, out_dir: Path) -> None:
                     folds=args.folds, train_args=recipe_flags(args.train_args))
     path = out_dir / "crossval.json"
     # fixed once a run has started: a call whose runs all failed at once (a typo) fixes nothing
-    started = sorted(out_dir.glob("*/fold*/config.json"))
+    started = sorted(folder for folder in out_dir.glob("*/fold*") if RunFolder(folder).holds_run())
     if started and not path.is_file():  # runs of unknown settings: moved in, or crossval.json lost
-        raise UsageError(f"--out-dir {out_dir} holds runs ({started[0].parent}) but no "
+        raise UsageError(f"--out-dir {out_dir} holds runs ({started[0]}) but no "
                          f"crossval.json to say with which settings they ran: choose another "
                          f"--out-dir, or move the runs away")
     if not started:
@@ -151,10 +150,11 @@ def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
                and not score_from_log(run_folder(out_dir, decoder, fold))]
     print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} "
           f"runs to do, {args.jobs} at a time, in {out_dir}")
-    threads = max(1, default_workers() // args.jobs)  # runs side by side share the cores
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    threads = max(1, cores // max(1, min(args.jobs, len(pending))))  # the runs share the cores
     environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
     running, failures, told = {}, [], set()
-    stop.graceful = True  # a signal is a request: this loop passes it on and waits
     while pending or running:
         if stop.signum is not None:
             pending.clear()
@@ -164,7 +164,7 @@ def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
                 if key not in told:
                     process.send_signal(signal.SIGTERM)
                     told.add(key)
-        while pending and len(running) < args.jobs:
+        while pending and len(running) < args.jobs and stop.signum is None:
             decoder, fold = pending.pop(0)
             folder = run_folder(out_dir, decoder, fold)
             folder.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,6 @@ def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
                                 f"{folder / 'train.log'})")
                 print(f"  FAILED {failures[-1]}", file=sys.stderr, flush=True)
         time.sleep(0.5)
-    stop.graceful = False
     return failures
 
 
@@ -223,9 +222,10 @@ def resolution_text(summary: dict) -> str:
         return "image size not recorded"
     if not patch or patch >= size:
         return f"whole images at {size}x{size}"
-    return (f"images at {size}x{size}, trained on {patch}x{patch} patches "
-            f"({summary['lesion_patches']:.2g} lesion-centred), validated by windows "
-            f"(overlap {summary['overlap']:g})")
+    centred, overlap = summary.get("lesion_patches"), summary.get("overlap")
+    return (f"images at {size}x{size}, trained on {patch}x{patch} patches"
+            + (f" ({centred:.2g} lesion-centred)" if centred is not None else "")
+            + ", validated by windows" + (f" (overlap {overlap:g})" if overlap is not None else ""))
 
 
 def run_progress(folder: Path, log: list[dict], compared: str) -> dict:
@@ -330,8 +330,11 @@ def print_summary(summary: dict) -> None:
         differences = ", ".join("n/a" if d is None else f"{100 * d:+.1f}"
                                 for d in pair["differences"])
         counted = len([d for d in pair["differences"] if d is not None])
-        print(f"{name}: {what} difference per fold {differences} points (mean "
-              f"{100 * pair['mean']:+.2f}); fusion wins {pair['fusion_wins']} of {counted} folds")
+        mean = "n/a" if math.isnan(pair["mean"]) else f"{100 * pair['mean']:+.2f}"
+        other = name.split(" vs ")[1]
+        print(f"{name}: {what} difference per fold {differences} points (mean {mean}); fusion "
+              f"wins {pair['fusion_wins']}, {other} {pair['other_wins']}, ties {pair['ties']}, of "
+              f"{counted} folds")
 
 
 def main(args, stop: StopRequests | None = None) -> int:
@@ -348,15 +351,20 @@ def main(args, stop: StopRequests | None = None) -> int:
         raise UsageError(f"--data-root {args.data_root}: folder not found")
     out_dir = Path(args.out_dir or f"runs/cv-{args.dataset}")
     refuse_file_in_the_way(out_dir, "--out-dir")
+    args.decoders = list(dict.fromkeys(args.decoders))  # a decoder named twice is trained once
     check_settings(args, out_dir)
     stop = stop or StopRequests()
-    failures = run_all(args, out_dir, stop)
-    summary, curves = summarise(args, out_dir)
-    print_summary(summary)
-    write_json(out_dir / "summary.json", summary)
-    draw_crossval(out_dir / "summary.png", summary["runs"], curves, metric=summary["compared"],
-                  title=f"{args.dataset}: Table 2 decoders, {args.folds}-fold cross-validation by "
-                        "patient")
+    stop.graceful = True  # a signal is a request: the runs stop and save, the summary is written
+    try:
+        failures = run_all(args, out_dir, stop)
+        summary, curves = summarise(args, out_dir)
+        write_json(out_dir / "summary.json", summary)  # kept, whatever printing it meets
+        print_summary(summary)
+        draw_crossval(out_dir / "summary.png", summary["runs"], curves,
+                      metric=summary["compared"], title=f"{args.dataset}: Table 2 decoders, "
+                      f"{args.folds}-fold cross-validation by patient")
+    finally:
+        stop.graceful = False
     print(f"\nwrote {out_dir / 'summary.json'} and {out_dir / 'summary.png'}")
     if failures:
         print(f"{len(failures)} run(s) failed: {'; '.join(failures)}; run the command again to "

@@ -98,7 +98,7 @@ def test_summary_of_finished_runs_is_table_2_with_spread_and_a_paired_comparison
     fusion = next(line for line in printed.splitlines() if line.startswith("fusion "))
     cells = re.split(r"\s{2,}", fusion)[-4:]
     assert cells == ["80.00 ± 10.00", "1.60 ± 1.05", "2.00 ± 2.00", "3"]  # FP not in %
-    assert "fusion wins 2 of 3 folds" in printed
+    assert "(mean +4.00); fusion wins 2, unet 1, ties 0, of 3 folds" in printed
     for score in summary["table"]["fusion"].values():  # one fold scored: a mean, no spread (not "± nan")
         score["std"] = math.nan
     crossval.print_summary(summary)
@@ -142,6 +142,28 @@ def test_a_run_killed_after_its_last_epoch_is_scored_from_its_log(tmp_path, caps
     assert final == {"final": {"dice_mean_lesion_images": 0.52 * 3 / 3}, "from": "log.jsonl"}  # epoch 2's
 
 
+def test_a_decoder_named_twice_runs_once_and_a_summary_says_what_it_cannot_compute(tmp_path, capsys):
+    """--decoders unet unet trains each fold once; a comparison with no fold to pair prints n/a, not +nan; a caption
+    whose run records lack the patch settings leaves them out; runs whose config.json is gone still hold runs."""
+    out_dir = tmp_path / "cv"
+    write_finished_runs(out_dir)
+    parse = lambda *argv: crossval.get_args_parser().parse_args(["--dataset", "mias", "--data-root", str(tmp_path),
+                                                                 "--folds", "3", "--out-dir", str(out_dir), *argv])
+    assert crossval.main(parse("--decoders", "unet", "unet")) == 0
+    assert "mias: 1 decoders x 3 folds, 0 runs to do" in capsys.readouterr().out
+    summary, _ = crossval.summarise(parse("--decoders", "fusion", "unet"), out_dir)
+    summary["paired"]["fusion vs unet"].update(differences=[None] * 3, mean=math.nan, fusion_wins=0, other_wins=0)
+    crossval.print_summary(summary)
+    assert "(mean n/a); fusion wins 0, unet 0, ties 0, of 0 folds" in capsys.readouterr().out
+    assert crossval.resolution_text(dict(image_size=1024, patch_size=256)) == (
+        "images at 1024x1024, trained on 256x256 patches, validated by windows")
+    (out_dir / "crossval.json").unlink()
+    for config in out_dir.glob("*/fold*/config.json"):
+        config.unlink()  # a log and a final.json remain: runs all the same
+    with pytest.raises(crossval.UsageError, match="holds runs .* but no crossval.json"):
+        crossval.main(parse("--decoders", "unet"))
+
+
 def test_runs_of_an_older_version_are_scored_by_their_mean_over_all_images_and_say_so(tmp_path, capsys):
     out_dir = tmp_path / "cv"
     write_finished_runs(out_dir)
@@ -153,7 +175,7 @@ def test_runs_of_an_older_version_are_scored_by_their_mean_over_all_images_and_s
     assert crossval.main(args) == 0
     summary, printed = json.loads((out_dir / "summary.json").read_text()), capsys.readouterr().out
     assert summary["runs"]["unet"][0]["dice_mean_lesion_images"] == 0.69  # that fold's mean over all images
-    assert "1 run(s) predate the means over images with a lesion" in printed and "fusion wins 1 of 3 folds" in printed
+    assert "1 run(s) predate the means over images with a lesion" in printed and "fusion wins 1, unet 2, ties 0, of 3 folds" in printed
 
 
 def test_runs_without_lesion_counts_show_n_a_in_their_columns(tmp_path, capsys):
