@@ -8,6 +8,7 @@
 #
 #   bash bench/crossval_mias.sh RESULTS_DIR [MIAS_ROOT]   # default root: ../shared/data/mini-mias
 #   DRY_RUN=1 bash bench/crossval_mias.sh DIR             # the same command on the CPU at toy sizes
+#   COPY_ONLY=1 bash bench/crossval_mias.sh DIR           # copy what the runs in $CV_RUNS wrote, again
 #
 # The runs go to $CV_RUNS/$PROTOCOL (default: a temporary folder); RESULTS_DIR gets summary.json, summary.png, and each run's
 # log.jsonl, final.json and train.log.
@@ -17,6 +18,14 @@ results=${1:-bench-results/crossval-mias}
 mias=${2:-${MIAS_ROOT:-../shared/data/mini-mias}}
 runs=${CV_RUNS:-$(mktemp -d)}/${PROTOCOL:-whole}  # one folder of runs per protocol
 mkdir -p "$results"
+copy_results() {  # the summary and the small files of every run, for the record
+  cp "$runs"/summary.json "$runs"/summary.png "$results"/ 2>/dev/null
+  for folder in "$runs"/*/fold*; do
+    target="$results/$(basename "$(dirname "$folder")")/$(basename "$folder")"
+    mkdir -p "$target" && cp "$folder"/log.jsonl "$folder"/final.json "$folder"/train.log "$target"/ 2>/dev/null
+  done
+}
+if [[ "${COPY_ONLY:-0}" == 1 ]]; then copy_results; exit 0; fi
 if [[ ! -f "$mias/Info.txt" ]]; then
   echo "crossval_mias.sh: no mini-MIAS at $mias (Info.txt, images/, masks/); pass its folder" >&2
   exit 2
@@ -32,7 +41,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then  # on the CPU: the first decoder, 2 folds, 1
          --batch-size 4 --limit 8 --workers 0 --decoder-channels 16,16,16,16,16 --weights none --panels 0)
 else
   flags=(--folds 5 --jobs "$jobs" --decoders "${decoders[@]}" -- --device cuda --amp bf16 "${sizes[@]}"
-         --weights "${WEIGHTS:-none}" --workers 2 --panels 2)
+         --weights "${WEIGHTS:-none}" --workers 1 --panels 2)  # 1: up to 15 runs at once share the cores
 fi
 # Stopped (Ctrl-C, a hang-up, or gpu.sh's time limit signalling the whole process group), crossval.py stops its runs,
 # which save, and writes the summary of what was done; this script waits for that, then copies the files as usual: the
@@ -41,9 +50,5 @@ trap 'echo "crossval_mias.sh: stopped; copying what was done"' INT TERM HUP
 python crossval.py --dataset mias --data-root "$mias" --out-dir "$runs" "${flags[@]}" \
   --cache-dir "$runs/cache" 2>&1 | (trap '' INT TERM HUP; exec tee "$results/crossval.txt")
 status=${PIPESTATUS[0]}
-cp "$runs"/summary.json "$runs"/summary.png "$results"/ 2>/dev/null
-for folder in "$runs"/*/fold*; do  # the small files of every run, for the record
-  target="$results/$(basename "$(dirname "$folder")")/$(basename "$folder")"
-  mkdir -p "$target" && cp "$folder"/log.jsonl "$folder"/final.json "$folder"/train.log "$target"/ 2>/dev/null
-done
+copy_results
 exit "$status"

@@ -77,6 +77,10 @@ def test_gpu_script_runs_start_to_finish_in_its_cpu_dry_run(tmp_path):
                           env=dict(os.environ, DRY_RUN="1", OMP_NUM_THREADS="1", CV_RUNS=str(tmp_path / "cv")))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "!! " not in done.stdout  # no step failed
+    steps = (results / "steps.txt").read_text().splitlines()  # each step's exit code, for a caller's record
+    assert [line.split(" exit ")[0] for line in steps[:-1]] == [
+        "crossval_256", "pipeline", "profile_eager", "speed", "peer", "crossval_1024"]
+    assert all(" exit 0 after " in line for line in steps[:-1]) and steps[-1] == "exit 0"
     # whole images; patches: one decoder each (summaries of several: test_crossval.py)
     for protocol, decoders in (("256", {"fusion"}), ("1024", {"unet"})):
         summary = json.loads((results / f"crossval-mias-{protocol}" / "summary.json").read_text())
