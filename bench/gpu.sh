@@ -54,7 +54,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then  # the same steps, on the CPU, one small mod
   compiled=false
 else
   device=cuda; batch=16; amp=(none bf16); timing=(--warmup 5 --repeats 10); rows=("Table 2 (A)" "Table 4 (A)")
-  peer=(--rounds 3 --repeats 10); pipeline=(--images 48 --amp bf16); profile=(--amp bf16 --batch-size 16)
+  peer=(--rounds 3 --repeats 10); pipeline=(--images 24 --amp bf16); profile=(--amp bf16 --batch-size 16)
   compiled=true
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$results/gpu.txt"
 fi
