@@ -268,9 +268,14 @@ def summarise(args, out_dir: Path) -> tuple[dict, dict]:
     table = {decoder: {key: dict(zip(("mean", "std"), mean_and_std([r[key] for r in rows])))
                        for key in keys}
              for decoder, rows in runs.items()}
+    # a fold is compared where both runs scored it, by the same statistic (an older run's is
+    # over all images); a NaN written by hand or an older version counts as unscored
+    scored_alike = lambda a, b: (all(isinstance(r[compared], (int, float))
+                                     and math.isfinite(r[compared]) for r in (a, b))
+                                 and bool(a.get("older_run")) == bool(b.get("older_run")))
     paired = {}
     for other in (d for d in args.decoders if d != "fusion" and "fusion" in args.decoders):
-        differences = [None if None in (a[compared], b[compared]) else a[compared] - b[compared]
+        differences = [a[compared] - b[compared] if scored_alike(a, b) else None
                        for a, b in zip(runs["fusion"], runs[other])]
         scored = [d for d in differences if d is not None]
         paired[f"fusion vs {other}"] = dict(differences=differences, mean=mean_and_std(scored)[0],
@@ -313,7 +318,7 @@ def print_summary(summary: dict) -> None:
     older = sum(bool(run.get("older_run")) for runs in summary["runs"].values() for run in runs)
     if older:
         print(f"{older} run(s) predate the means over images with a lesion: their IoU and DICE are "
-              "over all images")
+              "over all images, and their folds are not paired with newer runs'")
     uncounted = sum(bool(run.get("lesions_uncounted")) for runs in summary["runs"].values()
                     for run in runs)
     if summary["scores"] == "binary" and uncounted:

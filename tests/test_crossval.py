@@ -151,7 +151,10 @@ def test_a_decoder_named_twice_runs_once_and_a_summary_says_what_it_cannot_compu
                                                                  "--folds", "3", "--out-dir", str(out_dir), *argv])
     assert crossval.main(parse("--decoders", "unet", "unet")) == 0
     assert "mias: 1 decoders x 3 folds, 0 runs to do" in capsys.readouterr().out
+    final = out_dir / "unet" / "fold1" / "final.json"
+    final.write_text(final.read_text().replace('"dice_mean_lesion_images": 0.52', '"dice_mean_lesion_images": NaN'))
     summary, _ = crossval.summarise(parse("--decoders", "fusion", "unet"), out_dir)
+    assert summary["paired"]["fusion vs unet"]["differences"][1] is None  # a NaN score is no score to pair
     summary["paired"]["fusion vs unet"].update(differences=[None] * 3, mean=math.nan, fusion_wins=0, other_wins=0)
     crossval.print_summary(summary)
     assert "(mean n/a); fusion wins 0, unet 0, ties 0, of 0 folds" in capsys.readouterr().out
@@ -176,7 +179,8 @@ def test_runs_of_an_older_version_are_scored_by_their_mean_over_all_images_and_s
     summary, printed = json.loads((out_dir / "summary.json").read_text()), capsys.readouterr().out
     assert summary["runs"]["unet"][0]["dice_mean_lesion_images"] == 0.69  # that fold's mean over all images
     assert "1 run(s) predate the means over images with a lesion" in printed
-    assert "fusion wins 1, unet 2, ties 0, of 3 folds" in printed
+    # ...so its fold is not paired with fusion's Dice over the images with a lesion: another statistic
+    assert "per fold n/a, -2.0, +9.0 points" in printed and "fusion wins 1, unet 1, ties 0, of 2 folds" in printed
 
 
 def test_runs_without_lesion_counts_show_n_a_in_their_columns(tmp_path, capsys):
