@@ -145,7 +145,8 @@ def score_from_log(folder: Path) -> bool:
 def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
     """Every run not finished yet, --jobs at a time, each logging to its train.log -> failures.
     After a stop request no run starts, the running ones stop and save; it returns when they end."""
-    pending = [(decoder, fold) for decoder in args.decoders for fold in range(args.folds)
+    # fold by fold, every decoder on a fold before the next: a call cut short leaves folds to pair
+    pending = [(decoder, fold) for fold in range(args.folds) for decoder in args.decoders
                if not (run_folder(out_dir, decoder, fold) / "final.json").is_file()
                and not score_from_log(run_folder(out_dir, decoder, fold))]
     print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} "
