@@ -155,7 +155,7 @@ def _display_lut(ds: pydicom.Dataset, path: Path, *, lowest: float):
 
 
 def _voi_table(ds: pydicom.Dataset, lowest: float):
-    """The first VOI LUT Sequence item as a lookup onto [0, 1] (C.11.2.1.1); ValueError if unusable."""
+    """The first VOI LUT Sequence item as a lookup onto [0, 1]; ValueError if unusable."""
     descriptor = ds.VOILUTSequence[0].LUTDescriptor  # (entries, first value mapped, bits)
     entries, listed = int(descriptor[0]) or 2**16, int(descriptor[1])
     # the entries in order, as pydicom decodes them (US or OW, either byte order): its ramp mapped
@@ -177,7 +177,7 @@ def _voi_table(ds: pydicom.Dataset, lowest: float):
 
 
 def _voi_window(ds: pydicom.Dataset):
-    """The first Window Center/Width as a function onto [0, 1] (C.11.2.1.2); ValueError if unusable."""
+    """The first Window Center/Width as a function onto [0, 1]; ValueError if unusable."""
     one = lambda value: float(value[0] if isinstance(value, pydicom.multival.MultiValue) else value)
     center, width = one(ds.WindowCenter), one(ds.WindowWidth)
     function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
