@@ -28,6 +28,7 @@ from pathlib import Path
 from engine.charts import draw_crossval
 from engine.cli import (STOP_SIGNALS, ArgumentParser, Stopped, StopRequests, UsageError,
                         refuse_file_in_the_way, run_command)
+from engine.devices import available_cores
 from engine.run_folder import RunFolder
 from readers.atomic import write_json
 from recipes import PRESETS
@@ -151,9 +152,8 @@ def run_all(args, out_dir: Path, stop: StopRequests) -> list[str]:
                and not score_from_log(run_folder(out_dir, decoder, fold))]
     print(f"{args.dataset}: {len(args.decoders)} decoders x {args.folds} folds, {len(pending)} "
           f"runs to do, {args.jobs} at a time, in {out_dir}")
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    threads = max(1, cores // max(1, min(args.jobs, len(pending))))  # the runs share the cores
+    # the runs at once share the cores
+    threads = max(1, available_cores() // max(1, min(args.jobs, len(pending))))
     environment = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", str(threads)))
     running, failures, told = {}, [], set()
     while pending or running:

@@ -53,7 +53,7 @@ def training_checkpoint(model: torch.nn.Module, optimizer, scheduler, scaler, *,
 
 def weights_checkpoint(checkpoint: dict) -> dict:
     """best.pt: the weights and their record, a quarter of last.pt's size."""
-    return {"kind": "weights", **{key: checkpoint.get(key) for key in WEIGHT_ENTRIES}}
+    return {"kind": "weights", **{key: checkpoint[key] for key in WEIGHT_ENTRIES}}
 
 
 def restore_training_state(checkpoint: dict, optimizer, scheduler, scaler, *, lr: float,

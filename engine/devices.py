@@ -124,11 +124,14 @@ class AutocastReplica(nn.Module):
             return self.module(images)
 
 
+def available_cores() -> int:
+    """The cores this process may use (its affinity, where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """One DataLoader worker per core this process may use, at most 4 (torch warns past them)."""
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    return min(4, cores)
+    return min(4, available_cores())
 
 
 def versions() -> dict:

@@ -284,9 +284,9 @@ def describe_checkpoint(checkpoint: str, saved: dict) -> str:
               file=sys.stderr)
     reading = (saved.get("images") or {}).get("reading")  # None: not mammograms, or an older file
     if reading not in (None, CACHE_VERSION):
-        print(f"note: {checkpoint} learnt from mammograms read and prepared by version {reading} of "
-              f"the reading, this project's is version {CACHE_VERSION} (docs/data.md says what changed): "
-              "its inputs here may differ from those it learnt from", file=sys.stderr)
+        print(f"note: {checkpoint} learnt from mammograms read and prepared by version {reading} "
+              f"of the reading, this project's is version {CACHE_VERSION} (docs/data.md says what "
+              "changed): its inputs here may differ from those it learnt from", file=sys.stderr)
     text = "" if epoch is None else f", epoch {epoch}"
     if isinstance(metrics, dict) and isinstance(metrics.get(name), float):
         text += f", validation {name} {metrics[name]:.4f}"

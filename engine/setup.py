@@ -209,8 +209,7 @@ def check_same_images(checkpoint: dict, now: dict, resume: str) -> None:
     then = checkpoint.get("images")  # None in a file from before it was saved: not checked
     if then is None or then == now:
         return
-    if {k: v for k, v in then.items() if k != "reading"} == {k: v for k, v in now.items()
-                                                              if k != "reading"}:
+    if all(then.get(part) == now.get(part) for part in ("train", "val")):  # the reading differs
         raise UsageError(f"--resume {resume}: its images were read and prepared by version "
                          f"{then.get('reading')} of the mammogram reading, this one is version "
                          f"{now.get('reading')}, so the run would go on seeing other pixels; start "

@@ -99,13 +99,12 @@ def _read_dicom(path: Path) -> np.ndarray:
     low, high = sorted(value * slope + intercept for value in stored)
     padding = _padding(ds, pixels)  # the area outside the detector, found before values change
     voi = None if finite is not None else _display_lut(ds, path, lowest=low)
+    image = pixels.astype(np.float32)
     if voi is not None:  # the file says how to show it: as its viewer would, onto [0, 1]
-        image = pixels.astype(np.float32)
         image *= slope
         image += intercept
         image = voi(image)
     else:  # one affine map, value -> (value * slope + intercept - low) / (high - low)
-        image = pixels.astype(np.float32)
         image *= slope / max(high - low, 1e-12)
         image += (intercept - low) / max(high - low, 1e-12)
         np.clip(image, 0.0, 1.0, out=image)  # values beyond BitsStored (bad headers) stay in [0, 1]
