@@ -1,6 +1,6 @@
 """data.py: mini-MIAS (the real files in ../shared/data), synthetic mammograms, a fake Pascal VOC tree, mammogram
-preprocessing, paired augmentation, normalisation and the build_dataset contract. CBIS-DDSM and read_dicom are
-tested in test_data_cbis.py."""
+preprocessing, paired augmentation, normalisation and the build_dataset contract. CBIS-DDSM is tested in
+test_data_cbis.py, read_dicom in test_dicom.py."""
 from pathlib import Path
 
 import numpy as np
